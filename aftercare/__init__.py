@@ -1,0 +1,3 @@
+"""aftercare: exactly-once post-purchase automation for online shops."""
+
+__version__ = "0.1.0"

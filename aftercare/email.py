@@ -1,0 +1,182 @@
+"""Email adapters: a file outbox (default) and SendGrid (the official SDK). Both take an
+OutgoingEmail and return the provider's message id, or raise a Transient/PermanentSendError."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, make_msgid
+from pathlib import Path
+from typing import Protocol
+
+from python_http_client import exceptions as http_errors
+from sendgrid import SendGridAPIClient
+from sendgrid.helpers.mail import Category, Content, CustomArg, From, Mail, Personalization, To
+
+from aftercare.errors import PermanentSendError, TransientSendError
+from aftercare.settings import Settings
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    outbox_id: int
+    kind: str
+    to_email: str
+    to_name: str | None
+    from_email: str
+    from_name: str | None
+    subject: str
+    text: str
+    html: str
+    is_test: bool = False
+    categories: tuple[str, ...] = field(default=())
+
+
+class EmailBackend(Protocol):
+    name: str
+
+    def send(self, email: OutgoingEmail) -> str:
+        """Hand the message to the provider; return its message id."""
+        ...
+
+    def was_delivered(self, outbox_id: int) -> bool | None:
+        """After a crash mid-send: True/False when the backend can tell, None when it cannot."""
+        ...
+
+
+def to_mime(email: OutgoingEmail) -> EmailMessage:
+    """The message as RFC 5322 (multipart/alternative: text and HTML)."""
+    msg = EmailMessage()
+    msg["From"] = formataddr((email.from_name or "", email.from_email))
+    msg["To"] = formataddr((email.to_name or "", email.to_email))
+    msg["Subject"] = email.subject
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = make_msgid(idstring=f"aftercare-{email.outbox_id}")
+    msg["X-Aftercare-Outbox-Id"] = str(email.outbox_id)
+    msg["X-Aftercare-Kind"] = email.kind
+    if email.is_test:
+        msg["X-Aftercare-Test"] = "true"
+    msg.set_content(email.text)
+    msg.add_alternative(email.html, subtype="html")
+    return msg
+
+
+class FileOutboxBackend:
+    """Writes each message to `<dir>/<outbox id>.eml` (atomically): the embedded default."""
+
+    name = "outbox"
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, outbox_id: int) -> Path:
+        return self.directory / f"{outbox_id:08d}.eml"
+
+    def send(self, email: OutgoingEmail) -> str:
+        final = self.path_for(email.outbox_id)
+        tmp = final.with_suffix(".tmp")
+        tmp.write_bytes(bytes(to_mime(email)))
+        os.replace(tmp, final)
+        return f"file:{final.name}"
+
+    def was_delivered(self, outbox_id: int) -> bool | None:
+        return self.path_for(outbox_id).exists()
+
+
+def _retry_after(headers: object) -> float | None:
+    """Seconds to wait from Retry-After or X-RateLimit-Reset (epoch seconds), if the provider said."""
+    import time
+
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    for name in ("Retry-After", "retry-after"):
+        value = get(name)
+        if value:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                pass
+    reset = get("X-RateLimit-Reset") or get("x-ratelimit-reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - time.time())
+        except ValueError:
+            pass
+    return None
+
+
+def _provider_reason(err: http_errors.HTTPError) -> str:
+    try:
+        errors = json.loads(err.body or b"{}").get("errors") or []
+        messages = [e.get("message", "") + (f" ({e['field']})" if e.get("field") else "") for e in errors]
+        detail = "; ".join(m for m in messages if m)
+    except (ValueError, AttributeError, TypeError):
+        detail = (err.body or b"")[:300].decode("utf-8", "replace") if isinstance(err.body, bytes) else ""
+    return f"SendGrid {err.status_code} {err.reason}: {detail}".strip().rstrip(":")
+
+
+class SendGridBackend:
+    """SendGrid v3 Mail Send through the official SDK. SendGrid has no idempotency key, so the
+    outbox row is the guard; the outbox id travels in the personalization's custom_args."""
+
+    name = "sendgrid"
+
+    def __init__(self, client: SendGridAPIClient, timeout_s: float = 10.0):
+        self.client = client
+        self.client.client.timeout = timeout_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendGridBackend:
+        client = SendGridAPIClient(
+            api_key=settings.sendgrid_api_key.get_secret_value(), host=settings.sendgrid_base_url
+        )
+        return cls(client, settings.sendgrid_timeout_s)
+
+    def build(self, email: OutgoingEmail) -> Mail:
+        mail = Mail()
+        mail.from_email = From(email.from_email, email.from_name)
+        mail.subject = email.subject
+        personalization = Personalization()
+        personalization.add_to(To(email.to_email, email.to_name))
+        personalization.add_custom_arg(CustomArg("outbox_id", str(email.outbox_id)))
+        personalization.add_custom_arg(CustomArg("kind", email.kind))
+        if email.is_test:
+            personalization.add_custom_arg(CustomArg("test", "true"))
+        mail.add_personalization(personalization)
+        mail.add_content(Content("text/plain", email.text))
+        mail.add_content(Content("text/html", email.html))
+        for category in ("aftercare", email.kind, *(("test",) if email.is_test else ()), *email.categories):
+            mail.add_category(Category(category))
+        return mail
+
+    def send(self, email: OutgoingEmail) -> str:
+        try:
+            response = self.client.send(self.build(email))
+        except (http_errors.TooManyRequestsError,) as err:
+            raise TransientSendError(_provider_reason(err), _retry_after(err.headers)) from err
+        except http_errors.HTTPError as err:
+            if err.status_code >= 500:
+                raise TransientSendError(_provider_reason(err), _retry_after(err.headers)) from err
+            raise PermanentSendError(_provider_reason(err), err.status_code) from err
+        except (TimeoutError, socket.timeout, ConnectionError) as err:
+            raise TransientSendError(f"SendGrid timed out: {err}") from err
+        except urllib.error.URLError as err:
+            raise TransientSendError(f"SendGrid unreachable: {err.reason}") from err
+        message_id = response.headers.get("X-Message-Id") if response.headers else None
+        return message_id or f"sendgrid:{response.status_code}"
+
+    def was_delivered(self, outbox_id: int) -> bool | None:
+        return None  # would need the Email Activity API; an uncertain row goes to ops instead
+
+
+def make_backend(settings: Settings) -> EmailBackend:
+    if settings.email_backend == "sendgrid":
+        return SendGridBackend.from_settings(settings)
+    assert settings.outbox_dir is not None
+    return FileOutboxBackend(settings.outbox_dir)

@@ -1,0 +1,123 @@
+"""The inbox: every webhook delivery, stored before it is acknowledged, claimed once for processing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from aftercare.models import InboxEvent, InboxStatus, utcnow
+
+# A failed row is retried by the sweep this many times, then left failed for ops: no crash loop.
+MAX_PROCESS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Delivery:
+    source: str
+    delivery_id: str
+    event_id: str | None
+    topic: str
+    shop_domain: str
+    triggered_at: datetime | None
+    body: bytes
+    status: str = InboxStatus.PENDING
+    reason: str | None = None
+    subject_ref: str | None = None
+
+
+def store_delivery(engine: Engine, delivery: Delivery) -> tuple[InboxEvent | None, bool]:
+    """Insert a delivery; (row, True) when new, (None, False) when it duplicates one we have
+    (same delivery id, or same event id)."""
+    row = InboxEvent(
+        source=delivery.source,
+        delivery_id=delivery.delivery_id,
+        event_id=delivery.event_id,
+        topic=delivery.topic,
+        shop_domain=delivery.shop_domain,
+        triggered_at=delivery.triggered_at,
+        body=delivery.body,
+        status=delivery.status,
+        reason=delivery.reason,
+        subject_ref=delivery.subject_ref,
+        processed_at=None if delivery.status == InboxStatus.PENDING else utcnow(),
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return None, False
+    return row, True
+
+
+def _claimable(now: datetime, lease: timedelta) -> sa.ColumnElement[bool]:
+    return sa.or_(
+        InboxEvent.status == InboxStatus.PENDING,
+        sa.and_(InboxEvent.status == InboxStatus.FAILED, InboxEvent.attempts < MAX_PROCESS_ATTEMPTS),
+        # A worker that died mid-processing: processing is idempotent, so take it over.
+        sa.and_(InboxEvent.status == InboxStatus.PROCESSING, InboxEvent.claimed_at < now - lease),
+    )
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    inbox_id: int
+    topic: str
+    ref: str  # the order name when known, for run names ops can search
+
+
+def claim_batch(engine: Engine, limit: int, lease: timedelta = timedelta(minutes=5)) -> list[ClaimedRow]:
+    """Mark up to `limit` processable rows as processing and return their ids, oldest first.
+    On PostgreSQL the rows are locked with SKIP LOCKED so concurrent workers take disjoint sets;
+    on SQLite the conditional UPDATE is the compare-and-set."""
+    now = utcnow()
+    claimed: list[ClaimedRow] = []
+    with Session(engine) as session:
+        query = (
+            select(InboxEvent.id, InboxEvent.topic, InboxEvent.subject_ref)
+            .where(_claimable(now, lease))
+            .order_by(InboxEvent.id)
+            .limit(limit)
+        )
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        for row_id, topic, ref in list(session.exec(query)):
+            result = session.execute(
+                sa.update(InboxEvent)
+                .where(InboxEvent.id == row_id, _claimable(now, lease))
+                .values(status=InboxStatus.PROCESSING, claimed_at=now, attempts=InboxEvent.attempts + 1)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                claimed.append(ClaimedRow(row_id, topic, ref or f"inbox-{row_id}"))
+        session.commit()
+    return claimed
+
+
+def finish(session: Session, row: InboxEvent, status: InboxStatus, reason: str | None = None) -> None:
+    """Record the outcome of processing a row (inside the caller's transaction)."""
+    row.status = status
+    row.reason = reason
+    row.processed_at = utcnow()
+    session.add(row)
+
+
+def mark_failed(engine: Engine, row_id: int, reason: str) -> None:
+    """Record an unexpected processing error; the sweep retries until MAX_PROCESS_ATTEMPTS."""
+    with Session(engine) as session:
+        row = session.get(InboxEvent, row_id)
+        if row is not None:
+            finish(session, row, InboxStatus.FAILED, reason[:2000])
+            session.commit()
+
+
+def pending_count(engine: Engine) -> int:
+    with Session(engine) as session:
+        return session.exec(
+            select(sa.func.count()).select_from(InboxEvent).where(_claimable(utcnow(), timedelta(minutes=5)))
+        ).one()

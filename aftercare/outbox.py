@@ -1,0 +1,250 @@
+"""The outbox: one row per touchpoint, claimed by one worker, sent once, its outcome recorded.
+
+Exactly-once rests on three things: the unique touchpoint_id (a second enqueue is a no-op), the
+claim (pending -> sending is a compare-and-set; SKIP LOCKED on PostgreSQL), and the rule that a row
+left in `sending` by a dead worker is never resent blindly: the backend is asked whether it has the
+message, and when it cannot tell, the row becomes `uncertain` for a person to decide."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from aftercare.email import EmailBackend, OutgoingEmail
+from aftercare.errors import PermanentSendError, TransientSendError
+from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, utcnow
+from aftercare.rendering import RenderedEmail
+from aftercare.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def enqueue(
+    session: Session,
+    *,
+    touchpoint: Touchpoint,
+    to_email: str,
+    to_name: str | None,
+    rendered: RenderedEmail,
+    locale: str,
+    order_name: str | None,
+    is_test: bool,
+) -> OutboxMessage:
+    """Insert the message for a touchpoint unless it already exists; return the stored row."""
+    assert touchpoint.id is not None
+    values = {
+        "touchpoint_id": touchpoint.id,
+        "order_id": touchpoint.order_id,
+        "order_name": order_name,
+        "kind": touchpoint.kind,
+        "to_email": to_email,
+        "to_name": to_name,
+        "subject": ("[TEST] " if is_test else "") + rendered.subject,
+        "text_body": rendered.text,
+        "html_body": rendered.html,
+        "locale": locale,
+        "is_test": is_test,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": utcnow(),
+        "created_at": utcnow(),
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # A message nobody has claimed yet is refreshed with the newest order state (say, payment
+    # confirmed a second later); once claimed it is never touched again.
+    refresh = {k: values[k] for k in ("subject", "text_body", "html_body", "to_email", "to_name", "locale")}
+    stmt = insert(OutboxMessage).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["touchpoint_id"], set_=refresh, where=OutboxMessage.status == OutboxStatus.PENDING
+    )
+    session.execute(stmt)
+    row = session.exec(select(OutboxMessage).where(OutboxMessage.touchpoint_id == touchpoint.id)).one()
+    return row
+
+
+@dataclass(frozen=True)
+class Claimed:
+    outbox_id: int
+    kind: str
+    order_name: str | None
+
+
+def claim_due(engine: Engine, limit: int, worker: str, ids: list[int] | None = None) -> list[Claimed]:
+    """Move up to `limit` due pending rows to `sending` for this worker; return what was claimed."""
+    now = utcnow()
+    claimable = sa.and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now)
+    claimed: list[Claimed] = []
+    with Session(engine) as session:
+        query = (
+            select(OutboxMessage.id, OutboxMessage.kind, OutboxMessage.order_name)
+            .where(claimable)
+            .order_by(OutboxMessage.id)
+            .limit(limit)
+        )
+        if ids is not None:
+            query = query.where(OutboxMessage.id.in_(ids))  # type: ignore[union-attr]
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        for row_id, kind, order_name in list(session.exec(query)):
+            result = session.execute(
+                sa.update(OutboxMessage)
+                .where(OutboxMessage.id == row_id, claimable)
+                .values(status=OutboxStatus.SENDING, claimed_by=worker, claimed_at=now)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                claimed.append(Claimed(row_id, kind, order_name))
+        session.commit()
+    return claimed
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    outbox_id: int
+    status: str
+    provider_message_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+def _outgoing(row: OutboxMessage, settings: Settings) -> OutgoingEmail:
+    assert row.id is not None
+    return OutgoingEmail(
+        outbox_id=row.id,
+        kind=row.kind,
+        to_email=row.to_email,
+        to_name=row.to_name,
+        from_email=settings.email_from,
+        from_name=settings.email_from_name,
+        subject=row.subject,
+        text=row.text_body,
+        html=row.html_body,
+        is_test=row.is_test,
+    )
+
+
+def _backoff(settings: Settings, attempt: int, retry_after: float | None) -> float:
+    computed = settings.send_backoff_base_s * (2 ** max(0, attempt - 1))
+    return max(computed, retry_after or 0.0)
+
+
+def deliver(
+    engine: Engine,
+    outbox_id: int,
+    backend: EmailBackend,
+    settings: Settings,
+    *,
+    inline_wait_cap_s: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DeliveryResult:
+    """Send one claimed row. Transient failures are retried here with backoff (honouring the
+    provider's Retry-After) while the wait is short; a longer wait reschedules the row for the
+    sweep. Permanent failures mark it failed with the provider's reason."""
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.get(OutboxMessage, outbox_id)
+        if row is None or row.status != OutboxStatus.SENDING:
+            status = row.status if row else "missing"
+            return DeliveryResult(outbox_id, status, row.provider_message_id if row else None)
+        email = _outgoing(row, settings)
+        attempts = row.attempts
+
+    while True:
+        attempts += 1
+        try:
+            provider_id = backend.send(email)
+        except TransientSendError as err:
+            wait = _backoff(settings, attempts, err.retry_after)
+            if attempts >= settings.send_max_attempts:
+                return _record(engine, outbox_id, OutboxStatus.FAILED, attempts, error=f"gave up: {err.reason}")
+            if wait > inline_wait_cap_s:
+                return _record(
+                    engine, outbox_id, OutboxStatus.PENDING, attempts, error=err.reason,
+                    next_attempt_at=utcnow() + timedelta(seconds=wait),
+                )
+            log.warning("outbox %s: %s; retrying in %.1fs", outbox_id, err.reason, wait)
+            _note_attempt(engine, outbox_id, attempts, err.reason)
+            sleep(wait)
+            continue
+        except PermanentSendError as err:
+            return _record(engine, outbox_id, OutboxStatus.FAILED, attempts, error=err.reason)
+        return _record(engine, outbox_id, OutboxStatus.SENT, attempts, provider_id=provider_id, backend=backend)
+
+
+def _note_attempt(engine: Engine, outbox_id: int, attempts: int, error: str) -> None:
+    with Session(engine) as session:
+        session.execute(
+            sa.update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(attempts=attempts, last_error=error)
+        )
+        session.commit()
+
+
+def _record(
+    engine: Engine,
+    outbox_id: int,
+    status: OutboxStatus,
+    attempts: int,
+    *,
+    provider_id: str | None = None,
+    error: str | None = None,
+    next_attempt_at: datetime | None = None,
+    backend: EmailBackend | None = None,
+) -> DeliveryResult:
+    values: dict[str, object] = {"status": status, "attempts": attempts, "last_error": error}
+    if status == OutboxStatus.SENT:
+        values.update(provider_message_id=provider_id, sent_at=utcnow(), provider=backend.name if backend else None)
+    if next_attempt_at is not None:
+        values.update(next_attempt_at=next_attempt_at, claimed_by=None, claimed_at=None)
+    with Session(engine) as session:
+        session.execute(sa.update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(**values))
+        if status in (OutboxStatus.SENT, OutboxStatus.FAILED):
+            tp_id = session.exec(select(OutboxMessage.touchpoint_id).where(OutboxMessage.id == outbox_id)).one()
+            session.execute(
+                sa.update(Touchpoint)
+                .where(Touchpoint.id == tp_id)
+                .values(
+                    status=TouchpointStatus.DONE if status == OutboxStatus.SENT else TouchpointStatus.FAILED,
+                    reason=error,
+                )
+            )
+        session.commit()
+    return DeliveryResult(outbox_id, status, provider_id, error, attempts)
+
+
+def recover_stale(engine: Engine, backend: EmailBackend, lease: timedelta) -> dict[int, str]:
+    """Settle rows left in `sending` longer than the lease by a worker that died: sent if the
+    backend has the message, pending if it certainly does not, uncertain when it cannot tell."""
+    outcome: dict[int, str] = {}
+    cutoff = utcnow() - lease
+    with Session(engine) as session:
+        stale = session.exec(
+            select(OutboxMessage).where(
+                OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.claimed_at < cutoff
+            )
+        ).all()
+        for row in stale:
+            assert row.id is not None
+            known = backend.was_delivered(row.id)
+            if known is True:
+                row.status, row.sent_at, row.provider = OutboxStatus.SENT, utcnow(), backend.name
+                row.last_error = "recovered after a worker stopped mid-send: the provider has it"
+            elif known is False:
+                row.status, row.claimed_by, row.claimed_at = OutboxStatus.PENDING, None, None
+                row.last_error = "worker stopped before the provider had it; requeued"
+            else:
+                row.status = OutboxStatus.UNCERTAIN
+                row.last_error = (
+                    f"worker stopped mid-send; {backend.name} may or may not have it. Check the provider "
+                    f"for custom_args outbox_id={row.id}, then `aftercare outbox resend {row.id}` if needed"
+                )
+            outcome[row.id] = row.status
+            session.add(row)
+        session.commit()
+    return outcome

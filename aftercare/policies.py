@@ -1,0 +1,123 @@
+"""Shop policies from `policies/*.yaml`, validated; and the business-day arithmetic they drive."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aftercare.errors import ConfigError
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WEEKDAYS: list[str] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class _Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: str = Field(min_length=1, max_length=32)
+
+
+class ShippingPolicy(_Policy):
+    shop_timezone: str = "Asia/Tokyo"
+    cutoff: time = time(12, 0)
+    handling_business_days: int = Field(default=1, ge=0, le=30)
+    business_weekdays: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+    closed_dates: list[date] = Field(default_factory=list)
+
+    @field_validator("shop_timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+    @field_validator("business_weekdays")
+    @classmethod
+    def _some_days(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one business weekday is needed")
+        return v
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.shop_timezone)
+
+    def is_business_day(self, day: date) -> bool:
+        return _WEEKDAYS[day.weekday()] in self.business_weekdays and day not in set(self.closed_dates)
+
+    def next_business_day(self, day: date) -> date:
+        day += timedelta(days=1)
+        while not self.is_business_day(day):
+            day += timedelta(days=1)
+        return day
+
+    def expected_ship_date(self, placed_at: datetime) -> date:
+        """The day the order is expected to leave the warehouse, in the shop's time zone.
+
+        An order counts as received on the day it was placed if that is a business day and it came
+        before the cut-off, otherwise on the next business day; handling days are added to that.
+        """
+        local = placed_at.astimezone(self.tz)
+        received = local.date()
+        if not self.is_business_day(received) or local.time() >= self.cutoff:
+            received = self.next_business_day(received)
+        ship = received
+        for _ in range(self.handling_business_days):
+            ship = self.next_business_day(ship)
+        return ship
+
+
+class MessagesPolicy(_Policy):
+    default_locale: str = "ja"
+    supported_locales: list[str] = Field(default_factory=lambda: ["ja", "en"])
+    locale_by_country: dict[str, str] = Field(default_factory=lambda: {"JP": "ja"})
+    other_countries_locale: str | None = "en"
+    gift_message_attributes: list[str] = Field(default_factory=list)
+    gift_flag_attributes: list[str] = Field(default_factory=list)
+
+    def pick_locale(self, *candidates: str | None, country_code: str | None = None) -> str:
+        """The first candidate locale we have templates for ('ja-JP' -> 'ja'); else the one the
+        country suggests; else the default."""
+        if country_code:
+            by_country = self.locale_by_country.get(country_code.upper(), self.other_countries_locale)
+            candidates = (*candidates, by_country)
+        for cand in candidates:
+            if not cand:
+                continue
+            lang = cand.replace("_", "-").split("-")[0].lower()
+            if lang in self.supported_locales:
+                return lang
+        return self.default_locale
+
+
+class Policies(BaseModel):
+    shipping: ShippingPolicy
+    messages: MessagesPolicy
+
+
+def _load(path: Path, model: type[_Policy]) -> _Policy:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"policy file {path} is missing") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"policy file {path} is not valid YAML: {exc}") from exc
+    try:
+        return model.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(f"policy file {path} is invalid: {exc}") from exc
+
+
+def load_policies(policies_dir: Path) -> Policies:
+    """Read and validate every policy file the flows need."""
+    return Policies(
+        shipping=_load(policies_dir / "shipping.yaml", ShippingPolicy),  # type: ignore[arg-type]
+        messages=_load(policies_dir / "messages.yaml", MessagesPolicy),  # type: ignore[arg-type]
+    )

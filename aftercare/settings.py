@@ -1,0 +1,67 @@
+"""One settings object, built once from AFTERCARE_* env vars (and .env), passed in everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# The embedded default secret exists so `make up` works on a fresh clone; it is refused in production.
+LOCAL_DEV_SECRET = "aftercare-local-dev-secret"
+_PLACEHOLDERS = {"", "changethis", "changeme", "secret", LOCAL_DEV_SECRET}
+
+
+class Settings(BaseSettings):
+    """Everything aftercare reads from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="AFTERCARE_", env_file=".env", extra="ignore")
+
+    environment: Literal["local", "test", "production"] = "local"
+    var_dir: Path = PROJECT_ROOT / "var"
+    database_url: str = ""
+
+    shopify_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
+    max_body_bytes: int = 1024 * 1024
+
+    shop_name: str = "aftercare demo shop"
+    email_from: str = "shop@example.com"
+    email_from_name: str = "aftercare demo shop"
+    email_backend: Literal["outbox", "sendgrid"] = "outbox"
+    outbox_dir: Path | None = None
+    sendgrid_api_key: SecretStr = SecretStr("")
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    sendgrid_timeout_s: float = 10.0
+    send_max_attempts: int = 5
+    send_backoff_base_s: float = 2.0
+    send_lease_s: float = 120.0
+
+    policies_dir: Path = PROJECT_ROOT / "policies"
+    templates_dir: Path = PROJECT_ROOT / "templates"
+
+    web_base_url: str = "http://127.0.0.1:8000"
+    prefect_ui_url: str = "http://127.0.0.1:4200"
+    wake_prefect: bool = True
+    wake_deployment: str = "process-inbox/process-inbox"
+
+    batch_size: int = Field(default=50, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _fill_and_refuse(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.var_dir / 'aftercare.db'}"
+        if self.outbox_dir is None:
+            self.outbox_dir = self.var_dir / "outbox"
+        if self.environment == "production":
+            if self.shopify_webhook_secret.get_secret_value() in _PLACEHOLDERS:
+                raise ValueError("AFTERCARE_SHOPIFY_WEBHOOK_SECRET must be set to the shop's real secret")
+        if self.email_backend == "sendgrid" and not self.sendgrid_api_key.get_secret_value():
+            raise ValueError("AFTERCARE_EMAIL_BACKEND=sendgrid needs AFTERCARE_SENDGRID_API_KEY")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

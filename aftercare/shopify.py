@@ -1,0 +1,182 @@
+"""Shopify's webhook contract: signatures on the raw body, headers, and the order resource's shape."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, field_validator
+
+from aftercare.errors import InvalidPayload
+
+ORDER_TOPICS = frozenset({"orders/create", "orders/paid", "orders/updated"})
+KNOWN_TOPICS = ORDER_TOPICS
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The X-Shopify-Hmac-Sha256 value Shopify would send for this body."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def verify(secret: str, body: bytes, header_value: str | None) -> bool:
+    """Constant-time check of a webhook signature over the raw bytes."""
+    if not header_value or not secret:
+        return False
+    return hmac.compare_digest(sign(secret, body).encode(), header_value.strip().encode())
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ShopifyAddress(_Lenient):
+    name: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    address1: str | None = None
+    address2: str | None = None
+    city: str | None = None
+    province: str | None = None
+    province_code: str | None = None
+    zip: str | None = None
+    country: str | None = None
+    country_code: str | None = None
+    phone: str | None = None
+
+
+class ShopifyProperty(_Lenient):
+    name: str
+    value: Any = None
+
+
+class ShopifyLineItem(_Lenient):
+    id: int
+    title: str
+    variant_title: str | None = None
+    sku: str | None = None
+    quantity: int = Field(ge=0)
+    price: Decimal
+    requires_shipping: bool = True
+    properties: list[ShopifyProperty] = Field(default_factory=list)
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return v or []
+
+
+class ShopifyShippingLine(_Lenient):
+    title: str | None = None
+    price: Decimal = Decimal("0")
+
+
+class ShopifyDiscountCode(_Lenient):
+    code: str | None = None
+    amount: Decimal | None = None
+
+
+class ShopifyCustomer(_Lenient):
+    id: int | None = None
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    orders_count: int | None = None
+    locale: str | None = None
+
+
+class ShopifyOrder(_Lenient):
+    """The fields of Shopify's REST order resource that aftercare uses."""
+
+    id: int
+    name: str = Field(min_length=1, max_length=64)
+    order_number: int | None = None
+    email: EmailStr | None = None
+    contact_email: EmailStr | None = None
+    created_at: datetime
+    updated_at: datetime
+    processed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    currency: str = Field(min_length=3, max_length=3)
+    subtotal_price: Decimal = Decimal("0")
+    total_discounts: Decimal = Decimal("0")
+    total_tax: Decimal = Decimal("0")
+    total_price: Decimal
+    taxes_included: bool = False
+    financial_status: str | None = None
+    fulfillment_status: str | None = None
+    customer_locale: str | None = None
+    test: bool = False
+    note: str | None = None
+    note_attributes: list[ShopifyProperty] = Field(default_factory=list)
+    discount_codes: list[ShopifyDiscountCode] = Field(default_factory=list)
+    # Absent in some REST list responses; an update without lines keeps the lines we know.
+    line_items: list[ShopifyLineItem] | None = None
+    shipping_lines: list[ShopifyShippingLine] = Field(default_factory=list)
+    shipping_address: ShopifyAddress | None = None
+    billing_address: ShopifyAddress | None = None
+    customer: ShopifyCustomer | None = None
+    total_shipping_price_set: dict[str, Any] | None = None
+
+    @field_validator("email", "contact_email", mode="before")
+    @classmethod
+    def _blank_email_is_none(cls, v: Any) -> Any:
+        return v or None
+
+    @field_validator("note_attributes", "discount_codes", "shipping_lines", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return v or []
+
+    @field_validator("created_at", "updated_at")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("timestamp has no UTC offset")
+        return v
+
+    @property
+    def customer_email(self) -> str | None:
+        return self.email or self.contact_email or (self.customer.email if self.customer else None)
+
+    @property
+    def total_shipping(self) -> Decimal:
+        try:
+            return Decimal(str(self.total_shipping_price_set["shop_money"]["amount"]))  # type: ignore[index]
+        except (TypeError, KeyError, ArithmeticError):
+            return sum((line.price for line in self.shipping_lines), Decimal("0"))
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "(body)"
+        parts.append(f"{loc}: {e['msg']}")
+    more = len(err.errors()) - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a webhook body, or raise InvalidPayload saying why."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidPayload(f"body is not JSON: {exc}") from exc
+
+
+def parse_order(body: bytes) -> ShopifyOrder:
+    """Parse an orders/* webhook body (the bare order object, or one wrapped in {"order": ...})."""
+    data = parse_json(body)
+    if isinstance(data, dict) and isinstance(data.get("order"), dict):
+        data = data["order"]
+    if not isinstance(data, dict):
+        raise InvalidPayload("order payload must be a JSON object")
+    try:
+        return ShopifyOrder.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidPayload(f"order payload is missing or has bad fields: {_describe(exc)}") from exc

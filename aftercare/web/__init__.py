@@ -1,0 +1,1 @@
+"""The web app: webhooks in, health out. Wakes Prefect through `wake`; never imports flows/."""

@@ -1,0 +1,138 @@
+"""FastAPI app: Shopify webhooks (store, then acknowledge) and health."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from aftercare import inbox, shopify
+from aftercare.db import make_engine, ping
+from aftercare.errors import InvalidPayload
+from aftercare.models import InboxStatus
+from aftercare.settings import Settings
+from aftercare.web.wake import NoWaker, PrefectWaker, Waker
+
+log = logging.getLogger(__name__)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than `limit` bytes whether or not Content-Length is honest."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+def classify_shopify(topic: str | None, body: bytes) -> tuple[str, str | None, str | None]:
+    """(status, reason, order name) for an authentic delivery, decided before it is stored so that
+    ops see unusable payloads at once and the flows never retry them."""
+    if not topic:
+        return InboxStatus.INVALID, "missing X-Shopify-Topic header", None
+    if topic not in shopify.KNOWN_TOPICS:
+        return InboxStatus.IGNORED, f"topic {topic!r} is not handled", None
+    try:
+        order = shopify.parse_order(body)
+    except InvalidPayload as exc:
+        return InboxStatus.INVALID, str(exc), None
+    return InboxStatus.PENDING, None, order.name
+
+
+def create_app(settings: Settings | None = None, *, waker: Waker | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = make_engine(settings)
+    secret = settings.shopify_webhook_secret.get_secret_value()
+    the_waker: Waker = waker or (PrefectWaker(settings.wake_deployment) if settings.wake_prefect else NoWaker())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        await the_waker.start()
+        yield
+        await the_waker.stop()
+        engine.dispose()
+
+    app = FastAPI(title="aftercare", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.waker = the_waker
+
+    @app.post("/webhooks/shopify")
+    async def shopify_webhook(request: Request) -> JSONResponse:
+        try:
+            body = await read_limited(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            return JSONResponse({"error": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
+        h = request.headers
+        if not shopify.verify(secret, body, h.get("x-shopify-hmac-sha256")):
+            return JSONResponse({"error": "invalid or missing X-Shopify-Hmac-Sha256"}, status_code=401)
+        topic = h.get("x-shopify-topic")
+        webhook_id = h.get("x-shopify-webhook-id")
+        event_id = h.get("x-shopify-event-id")
+        status, reason, order_name = classify_shopify(topic, body)
+        delivery_id = webhook_id or event_id or "sha256:" + hashlib.sha256((topic or "").encode() + body).hexdigest()
+        delivery = inbox.Delivery(
+            source="shopify",
+            delivery_id=delivery_id[:128],
+            event_id=event_id[:128] if event_id else None,
+            topic=(topic or "")[:64],
+            shop_domain=(h.get("x-shopify-shop-domain") or "")[:255],
+            triggered_at=_parse_time(h.get("x-shopify-triggered-at")),
+            body=body,
+            status=status,
+            reason=reason,
+            subject_ref=order_name,
+        )
+        row, new = await run_in_threadpool(inbox.store_delivery, engine, delivery)
+        if not new:
+            return JSONResponse({"status": "duplicate"}, status_code=200)
+        assert row is not None
+        answer: dict[str, Any] = {"status": row.status, "inbox_id": row.id}
+        if reason:
+            answer["reason"] = reason
+            log.warning("inbox %s stored as %s: %s", row.id, row.status, reason)
+        if status == InboxStatus.PENDING:
+            the_waker.poke()
+        return JSONResponse(answer, status_code=200)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        try:
+            await run_in_threadpool(ping, engine)
+        except Exception as exc:  # noqa: BLE001 - health reports any failure, it does not raise
+            return JSONResponse({"status": "unhealthy", "database": f"unreachable: {type(exc).__name__}"},
+                                status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn (`--factory`)."""
+    return create_app(Settings())

@@ -1,0 +1,59 @@
+"""Every delivery in the inbox becomes order state and, once per order, a warm confirmation."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from prefect import flow, get_run_logger, tags
+from prefect.futures import wait
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from tasks.receipt import claim_inbox, claim_outbox, receive, send
+
+
+@flow(name="process-inbox", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
+def process_inbox(
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 50,
+    linger_seconds: Annotated[float, Field(ge=0, le=60)] = 2.0,
+    max_seconds: Annotated[float, Field(gt=0, le=3600)] = 600.0,
+) -> State:
+    """Drain the inbox: receive each delivery, then send what the outbox holds. Keeps draining while
+    work keeps arriving (up to `max_seconds`), so a burst of webhooks is one run, not thousands."""
+    logger = get_run_logger()
+    started = last_work = time.monotonic()
+    received = sent = 0
+    failures: list[str] = []
+    while time.monotonic() - started < max_seconds:
+        rows = claim_inbox(batch_size)
+        for row in rows:
+            with tags(f"order:{row.ref}"):
+                receive(row)
+        received += len(rows)
+
+        claimed = claim_outbox(batch_size * 2)
+        futures = []
+        for item in claimed:
+            with tags(f"order:{item.order_name}"):
+                futures.append(send.submit(item))
+        wait(futures)
+        for future in futures:
+            state = future.state
+            if state.is_failed():
+                failures.append(state.message or "send failed")
+            else:
+                sent += 1
+
+        if rows or claimed:
+            last_work = time.monotonic()
+        elif time.monotonic() - last_work >= linger_seconds:
+            break
+        else:
+            time.sleep(0.2)
+    summary = f"received {received} deliveries, sent {sent} messages, {len(failures)} failed"
+    logger.info(summary)
+    if failures:
+        return Failed(message=summary + ": " + " | ".join(failures[:5]))
+    return Completed(message=summary)
