@@ -178,6 +178,11 @@ def deliver(
         return _record(engine, outbox_id, OutboxStatus.SENT, attempts, provider_id=provider_id, backend=backend)
 
 
+def get(engine: Engine, outbox_id: int) -> OutboxMessage | None:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.get(OutboxMessage, outbox_id)
+
+
 def _note_attempt(engine: Engine, outbox_id: int, attempts: int, error: str) -> None:
     with Session(engine) as session:
         session.execute(

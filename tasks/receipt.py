@@ -1,5 +1,5 @@
 """Prefect tasks for the receipt flow: thin wrappers over aftercare/, named so ops can find each
-order by its number in the UI (task-run names, `order:<name>` tags, artifact keys)."""
+order by its number in the UI (task-run names and artifact keys)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import socket
 from dataclasses import asdict
 from datetime import timedelta
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from aftercare import inbox, outbox, processing
 from aftercare.errors import AftercareError
+from aftercare.models import OutboxMessage
 from aftercare.runtime import current
 
 
@@ -26,6 +27,25 @@ def artifact_key(order_name: str, kind: str) -> str:
     return f"order-{slug}-{kind.replace('_', '-')}"
 
 
+def preview_markdown(message: OutboxMessage) -> str:
+    """What ops see in the UI: status, the provider's reason when it failed, and the text sent."""
+    fence = "`" * 3
+    body = message.text_body.replace(fence, "'''")
+    provider = f" (provider id `{message.provider_message_id}`)" if message.provider_message_id else ""
+    lines = [
+        f"# {message.order_name}: {message.kind}",
+        "",
+        f"- status: **{message.status}**{provider}",
+        f"- to: {message.to_email}",
+        f"- subject: {message.subject}",
+        f"- outbox id: {message.id}, attempts: {message.attempts}" + (", TEST order" if message.is_test else ""),
+    ]
+    if message.last_error:
+        lines.append(f"- last error: {message.last_error}")
+    lines += ["", fence + "text", body, fence, ""]
+    return "\n".join(lines)
+
+
 @task(name="claim-inbox", retries=3, retry_delay_seconds=[1, 5, 15])
 def claim_inbox(batch_size: int) -> list[inbox.ClaimedRow]:
     return inbox.claim_batch(current().engine, batch_size)
@@ -36,27 +56,10 @@ def receive(row: inbox.ClaimedRow) -> processing.Outcome:
     """Turn one delivery into order state and its confirmation (written to the outbox, not sent)."""
     rt = current()
     try:
-        outcome = processing.process_row(rt, row.inbox_id)
+        return processing.process_row(rt, row.inbox_id)
     except Exception as exc:
         inbox.mark_failed(rt.engine, row.inbox_id, f"{type(exc).__name__}: {exc}")
         raise
-    if outcome.outbox_status == "pending" and outcome.order_name and outcome.text_preview:
-        create_markdown_artifact(
-            key=artifact_key(outcome.order_name, "confirmation"),
-            markdown=_preview_markdown(outcome),
-            description=f"Confirmation for {outcome.order_name} as written to the outbox",
-        )
-    return outcome
-
-
-def _preview_markdown(outcome: processing.Outcome) -> str:
-    flags = ", ".join(outcome.flags) or "none"
-    body = (outcome.text_preview or "").replace("```", "'''")
-    return (
-        f"# {outcome.order_name}: confirmation\n\n"
-        f"- outbox id: {outcome.outbox_id}\n- subject: {outcome.subject}\n- order flags: {flags}\n\n"
-        f"```text\n{body}\n```\n"
-    )
 
 
 @task(name="claim-outbox", retries=3, retry_delay_seconds=[1, 5, 15])
@@ -64,8 +67,6 @@ def claim_outbox(limit: int) -> list[outbox.Claimed]:
     rt = current()
     recovered = outbox.recover_stale(rt.engine, rt.backend, timedelta(seconds=rt.settings.send_lease_s))
     if recovered:
-        from prefect import get_run_logger
-
         get_run_logger().warning("settled messages left mid-send by a stopped worker: %s", recovered)
     return outbox.claim_due(rt.engine, limit, worker=socket.gethostname()[:40])
 
@@ -76,6 +77,14 @@ def send(item: outbox.Claimed) -> dict[str, object]:
     and a task retry after an uncertain send could mail the customer twice."""
     rt = current()
     result = outbox.deliver(rt.engine, item.outbox_id, rt.backend, rt.settings)
+    message = outbox.get(rt.engine, item.outbox_id)
+    if message is not None and item.order_name:
+        # Attached to this task run (and so to its flow run); searchable by order number.
+        create_markdown_artifact(
+            key=artifact_key(item.order_name, item.kind),
+            markdown=preview_markdown(message),
+            description=f"{item.kind} for {item.order_name}: {message.status}",
+        )
     if result.status == "failed":
         raise SendFailed(f"outbox {item.outbox_id} ({item.kind} {item.order_name}) not sent: {result.error}")
     return asdict(result)

@@ -1,0 +1,272 @@
+"""`aftercare` command line: migrate, up, demo, and what ops need to look at the inbox and outbox."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from aftercare import samples, shopify
+from aftercare.db import make_engine, migrate
+from aftercare.errors import AftercareError
+from aftercare.models import InboxEvent, OutboxMessage, OutboxStatus, utcnow
+from aftercare.settings import Settings
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def outbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict[str, Any]]:
+    engine = make_engine(settings)
+    with Session(engine) as session:
+        query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)  # type: ignore[union-attr]
+        if status:
+            query = query.where(OutboxMessage.status == status)
+        rows = session.exec(query).all()
+    engine.dispose()
+    return [
+        {
+            "id": r.id, "to": r.to_email, "subject": r.subject, "kind": r.kind, "order_name": r.order_name,
+            "status": r.status, "provider_id": r.provider_message_id, "created_at": _iso(r.created_at),
+            "sent_at": _iso(r.sent_at), "attempts": r.attempts, "last_error": r.last_error, "test": r.is_test,
+        }
+        for r in reversed(rows)
+    ]
+
+
+def inbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict[str, Any]]:
+    engine = make_engine(settings)
+    with Session(engine) as session:
+        query = select(InboxEvent).order_by(InboxEvent.id.desc()).limit(limit)  # type: ignore[union-attr]
+        if status:
+            query = query.where(InboxEvent.status == status)
+        rows = session.exec(query).all()
+    engine.dispose()
+    return [
+        {
+            "id": r.id, "source": r.source, "topic": r.topic, "delivery_id": r.delivery_id, "event_id": r.event_id,
+            "shop": r.shop_domain, "ref": r.subject_ref, "status": r.status, "reason": r.reason,
+            "attempts": r.attempts, "received_at": _iso(r.received_at), "processed_at": _iso(r.processed_at),
+            "bytes": len(r.body),
+        }
+        for r in reversed(rows)
+    ]
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = {c: min(48, max(len(c), *(len(str(r.get(c) or "")) for r in rows))) for c in columns}
+    head = "  ".join(c.ljust(widths[c]) for c in columns)
+    body = ["  ".join(str(r.get(c) or "")[: widths[c]].ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join([head, *body])
+
+
+def cmd_outbox_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = outbox_rows(settings, args.status, args.limit)
+    if args.json:
+        _print(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        _print(_table(rows, ["id", "status", "kind", "order_name", "to", "subject", "provider_id", "last_error"]))
+    return 0
+
+
+def cmd_outbox_resend(args: argparse.Namespace, settings: Settings) -> int:
+    """A person decided: put a failed or uncertain message back in the queue."""
+    engine = make_engine(settings)
+    with Session(engine) as session:
+        row = session.get(OutboxMessage, args.id)
+        if row is None:
+            raise AftercareError(f"no outbox message {args.id}")
+        if row.status not in (OutboxStatus.FAILED, OutboxStatus.UNCERTAIN):
+            raise AftercareError(f"outbox message {args.id} is {row.status}; only failed or uncertain ones are resent")
+        row.status, row.next_attempt_at, row.claimed_by, row.claimed_at = OutboxStatus.PENDING, utcnow(), None, None
+        row.last_error = f"requeued by hand at {utcnow().isoformat()} (was: {row.last_error})"
+        session.add(row)
+        session.commit()
+    _print(f"outbox message {args.id} requeued; the next sweep sends it")
+    return 0
+
+
+def cmd_inbox_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = inbox_rows(settings, args.status, args.limit)
+    if args.json:
+        _print(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        _print(_table(rows, ["id", "status", "topic", "ref", "delivery_id", "reason"]))
+    return 0
+
+
+def post_webhook(url: str, secret: str, topic: str, payload: dict[str, Any], shop: str) -> tuple[int, str]:
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Shop-Domain": shop,
+        "X-Shopify-Hmac-Sha256": shopify.sign(secret, body),
+        "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+        "X-Shopify-Event-Id": str(uuid.uuid4()),
+        "X-Shopify-Triggered-At": datetime.now(UTC).isoformat(),
+        "X-Shopify-API-Version": "2025-10",
+    }
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - the user's own web app
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    url = (args.url or settings.web_base_url).rstrip("/") + "/webhooks/shopify"
+    secret = settings.shopify_webhook_secret.get_secret_value()
+    _print(f"posting {len(samples.names())} sample orders to {url}")
+    failures = 0
+    for name in samples.names():
+        payload = samples.load(name)
+        try:
+            status, text = post_webhook(url, secret, "orders/create", payload, args.shop)
+        except OSError as exc:
+            raise AftercareError(f"cannot reach {url} ({exc}); is `make up` running?") from exc
+        failures += status != 200
+        _print(f"  {name:<22} {payload['name']:<8} -> HTTP {status} {text}")
+    _print(f"\nruns: {settings.prefect_ui_url}/runs   mails: {settings.outbox_dir}   list: aftercare outbox list")
+    if args.wait:
+        deadline = time.monotonic() + args.wait
+        names = {samples.load(n)["name"] for n in samples.names()}
+        while time.monotonic() < deadline:
+            sent = {r["order_name"] for r in outbox_rows(settings, "sent", 500)}
+            if names <= sent:
+                _print(f"all {len(names)} confirmations sent")
+                return 0
+            time.sleep(1)
+        _print("not every confirmation was sent yet; see `aftercare outbox list` and the Prefect UI")
+        return 1
+    return 1 if failures else 0
+
+
+def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    migrate(settings)
+    _print(f"database at {settings.database_url.split('@')[-1]} is migrated")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from aftercare.stack import Stack, StackConfig
+
+    migrate(settings)
+    cfg = StackConfig(var_dir=settings.var_dir, prefect_port=args.prefect_port, web_port=args.web_port)
+    stack = Stack(cfg)
+    stopping = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        stack.start()
+        _print(
+            "\naftercare is up.\n"
+            f"  Prefect UI (runs, artifacts, approvals): http://127.0.0.1:{cfg.prefect_port}\n"
+            f"  webhooks:  POST {cfg.web_url}/webhooks/shopify   health: {cfg.web_url}/healthz\n"
+            f"  mails:     {settings.outbox_dir} (file outbox; AFTERCARE_EMAIL_BACKEND=sendgrid to send)\n"
+            "  try:       .venv/bin/aftercare demo     then   .venv/bin/aftercare outbox list\n"
+            "Ctrl-C stops everything.\n"
+        )
+        while not stopping and stack.running():
+            time.sleep(0.5)
+        if not stopping:
+            _print("a component exited; stopping the rest")
+            return 1
+        return 0
+    finally:
+        _print("stopping...")
+        stack.stop()
+
+
+def cmd_process(args: argparse.Namespace, _settings: Settings) -> int:
+    """Run the process-inbox flow once in this process (no server needed: Prefect runs it locally)."""
+    from flows.receipt import process_inbox  # the CLI is an entry point, not the core
+
+    state = process_inbox(batch_size=args.batch_size, linger_seconds=0, return_state=True)
+    _print(str(state.message or state.type))
+    return 0 if state.is_completed() else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aftercare", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(func=cmd_migrate)
+
+    up = sub.add_parser("up", help="run Prefect server + UI, the deployments and the web app (foreground)")
+    up.add_argument("--prefect-port", type=int, default=4200)
+    up.add_argument("--web-port", type=int, default=8000)
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="sign and post the sample orders to the running web app")
+    demo.add_argument("--url", help="web app base URL (default: AFTERCARE_WEB_BASE_URL)")
+    demo.add_argument("--shop", default="aftercare-demo.myshopify.com")
+    demo.add_argument("--wait", type=float, default=0, help="seconds to wait until every confirmation is sent")
+    demo.set_defaults(func=cmd_demo)
+
+    process = sub.add_parser("process", help="drain the inbox once, in this process")
+    process.add_argument("--batch-size", type=int, default=50)
+    process.set_defaults(func=cmd_process)
+
+    for noun, func, statuses in (
+        ("outbox", cmd_outbox_list, [s.value for s in OutboxStatus]),
+        ("inbox", cmd_inbox_list, ["pending", "processing", "done", "ignored", "invalid", "failed"]),
+    ):
+        group = sub.add_parser(noun, help=f"look at the {noun}").add_subparsers(dest="action", required=True)
+        lst = group.add_parser("list", help=f"list {noun} rows, oldest first")
+        lst.add_argument("--json", action="store_true", help="machine-readable output")
+        lst.add_argument("--status", choices=statuses)
+        lst.add_argument("--limit", type=int, default=100)
+        lst.set_defaults(func=func)
+        if noun == "outbox":
+            resend = group.add_parser("resend", help="requeue a failed or uncertain message")
+            resend.add_argument("id", type=int)
+            resend.set_defaults(func=cmd_outbox_resend)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "limit", 1) < 1:
+        sys.stderr.write("aftercare: --limit must be at least 1\n")
+        return 2
+    try:
+        settings = Settings()
+        return int(args.func(args, settings))
+    except AftercareError as exc:
+        sys.stderr.write(f"aftercare: {exc}\n")
+        return 1
+    except (sa.exc.OperationalError, ValueError) as exc:
+        sys.stderr.write(f"aftercare: {exc}\n")
+        return 1
+
+
+def app() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    app()
