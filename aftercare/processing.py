@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from aftercare import inbox, receipt
 from aftercare.errors import InvalidPayload
@@ -88,8 +88,7 @@ def _write_confirmation(
     out: Outcome,
 ) -> OutboxMessage | None:
     if touchpoint.status not in (TouchpointStatus.PLANNED, TouchpointStatus.SKIPPED):
-        existing = session.query(OutboxMessage).filter_by(touchpoint_id=touchpoint.id).first()
-        return existing
+        return session.exec(select(OutboxMessage).where(OutboxMessage.touchpoint_id == touchpoint.id)).first()
     if not order.email:
         touchpoint.status, touchpoint.reason = TouchpointStatus.SKIPPED, "no customer email on the order"
         session.add(touchpoint)

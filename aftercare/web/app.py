@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,9 +46,10 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        # Normalised here: an offset that pushes it outside datetime's range must not fail the insert.
+        return parsed.astimezone(UTC) if parsed.tzinfo else None
+    except (ValueError, OverflowError):
         return None
-    return parsed if parsed.tzinfo else None
 
 
 def classify_shopify(topic: str | None, body: bytes) -> tuple[str, str | None, str | None]:
@@ -62,7 +63,8 @@ def classify_shopify(topic: str | None, body: bytes) -> tuple[str, str | None, s
         order = shopify.parse_order(body)
     except InvalidPayload as exc:
         return InboxStatus.INVALID, str(exc), None
-    return InboxStatus.PENDING, None, order.name
+    # PostgreSQL text cannot hold NUL; the name is only a search label, the raw body keeps it.
+    return InboxStatus.PENDING, None, order.name.replace("\x00", "")
 
 
 def create_app(settings: Settings | None = None, *, waker: Waker | None = None) -> FastAPI:

@@ -1,0 +1,42 @@
+"""GET /healthz: ok with a reachable database, 503 without one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from aftercare.settings import Settings
+from aftercare.web.app import create_app
+from aftercare.web.wake import NoWaker
+from tests.conftest import TEST_SECRET
+
+
+def test_healthz_ok(settings):
+    with TestClient(create_app(settings, waker=NoWaker())) as client:
+        resp = client.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok", "database": "ok"}
+
+
+def test_healthz_503_when_database_unreachable(tmp_path: Path):
+    # Nothing listens on port 1; only the app's engine points there.
+    unreachable = Settings(
+        environment="test",
+        var_dir=tmp_path / "var",
+        database_url="postgresql://postgres@127.0.0.1:1/aftercare?connect_timeout=3",
+        shopify_webhook_secret=TEST_SECRET,
+        wake_prefect=False,
+    )
+    with TestClient(create_app(unreachable, waker=NoWaker())) as client:
+        resp = client.get("/healthz")
+    assert resp.status_code == 503
+    answer = resp.json()
+    assert answer["status"] == "unhealthy"
+    assert answer["database"].startswith("unreachable")
+
+
+def test_healthz_only_answers_get(settings):
+    with TestClient(create_app(settings, waker=NoWaker())) as client:
+        resp = client.post("/healthz")
+    assert resp.status_code == 405
