@@ -43,7 +43,7 @@ def store_delivery(engine: Engine, delivery: Delivery) -> tuple[InboxEvent | Non
         body=delivery.body,
         status=delivery.status,
         reason=delivery.reason,
-        subject_ref=delivery.subject_ref,
+        subject_ref=delivery.subject_ref.replace("\x00", "") if delivery.subject_ref else None,
         processed_at=None if delivery.status == InboxStatus.PENDING else utcnow(),
     )
     with Session(engine, expire_on_commit=False) as session:

@@ -169,6 +169,17 @@ def parse_json(body: bytes) -> Any:
         raise InvalidPayload(f"body is not JSON: {exc}") from exc
 
 
+def _without_nul(value: Any) -> Any:
+    """PostgreSQL text cannot hold NUL; no real order field needs one."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _without_nul(v) for k, v in value.items()}
+    return value
+
+
 def parse_order(body: bytes) -> ShopifyOrder:
     """Parse an orders/* webhook body (the bare order object, or one wrapped in {"order": ...})."""
     data = parse_json(body)
@@ -177,6 +188,6 @@ def parse_order(body: bytes) -> ShopifyOrder:
     if not isinstance(data, dict):
         raise InvalidPayload("order payload must be a JSON object")
     try:
-        return ShopifyOrder.model_validate(data)
+        return ShopifyOrder.model_validate(_without_nul(data))
     except ValidationError as exc:
         raise InvalidPayload(f"order payload is missing or has bad fields: {_describe(exc)}") from exc

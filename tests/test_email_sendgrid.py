@@ -14,27 +14,24 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from sendgrid import SendGridAPIClient
 
 from aftercare.email import SendGridBackend
 from aftercare.models import OutboxStatus, utcnow
-from aftercare.outbox import claim_due, deliver, get
+from aftercare.outbox import DeliveryResult, claim_due, deliver, get
 from aftercare.processing import process_row
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
 from tests import factories
 from tests.conftest import shared_path
-from tests.fakes.sendgrid import FakeSendGrid
+from tests.fakes.sendgrid import FakeSendGrid, serve
 
 pytestmark = pytest.mark.contract
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeSendGrid]:
-    with FakeSendGrid(shared_path("contracts", "sendgrid", "tsg_mail_v3.json")) as server:
-        yield server
-        # Whatever else a test checks, nothing it sent may break SendGrid's published contract.
-        assert server.violations == [], server.violations
+    """Whatever else a test checks, nothing it sends may break SendGrid's published contract."""
+    yield from serve(shared_path("contracts", "sendgrid", "tsg_mail_v3.json"))
 
 
 def sendgrid_settings(settings: Settings, fake: FakeSendGrid, **overrides: Any) -> Settings:
@@ -80,7 +77,9 @@ def claimed_confirmation(rt: Runtime, sample: str = "ja-first-gift", **overrides
     return outcome.outbox_id
 
 
-def send(rt: Runtime, outbox_id: int, backend: SendGridBackend, settings: Settings, sleeps: Sleeps, **kw: Any):
+def send(
+    rt: Runtime, outbox_id: int, backend: SendGridBackend, settings: Settings, sleeps: Sleeps, **kw: Any
+) -> DeliveryResult:
     return deliver(rt.engine, outbox_id, backend, settings, sleep=sleeps, **kw)
 
 
@@ -96,7 +95,8 @@ def test_sent_message_records_the_providers_id_and_meets_the_contract(
 
     row = get(rt.engine, outbox_id)
     assert row is not None
-    assert (result.status, row.status, row.attempts, row.provider) == ("sent", OutboxStatus.SENT, 1, "sendgrid")
+    assert (result.status, row.status, row.attempts) == ("sent", OutboxStatus.SENT, 1)
+    assert row.provider == "sendgrid"
     assert row.provider_message_id == fake.message_ids[0] == result.provider_message_id
     assert row.sent_at is not None and row.last_error is None
     assert sleeps == []
@@ -120,7 +120,7 @@ def test_japanese_subject_and_body_arrive_intact(
 
     row = get(rt.engine, outbox_id)
     assert row is not None and row.locale == "ja"
-    assert any("\u3040" <= ch <= "\u9fff" for ch in row.subject + row.text_body), "the sample should be Japanese"
+    assert any("\u3040" <= ch <= "\u9fff" for ch in row.subject + row.text_body), "sample not Japanese"
     [body] = fake.messages
     assert body["subject"] == row.subject
     assert body["personalizations"][0]["to"][0]["name"] == row.to_name
@@ -178,7 +178,12 @@ def test_429_with_ratelimit_reset_waits_until_the_reset(
 
 @pytest.mark.parametrize("status", [500, 503])
 def test_server_errors_are_retried_with_backoff(
-    rt: Runtime, fake: FakeSendGrid, backend: SendGridBackend, sg_settings: Settings, sleeps: Sleeps, status: int
+    rt: Runtime,
+    fake: FakeSendGrid,
+    backend: SendGridBackend,
+    sg_settings: Settings,
+    sleeps: Sleeps,
+    status: int,
 ) -> None:
     outbox_id = claimed_confirmation(rt)
     fake.plan(status)
@@ -205,7 +210,7 @@ def test_a_hanging_provider_times_out_and_is_retried(
     started = time.monotonic()
     result = send(rt, outbox_id, SendGridBackend.from_settings(fast), fast, sleeps)
 
-    assert time.monotonic() - started < 5
+    assert result.status == "sent" and time.monotonic() - started < 5
     row = get(rt.engine, outbox_id)
     assert row is not None
     assert (row.status, row.attempts) == (OutboxStatus.SENT, 2)

@@ -219,3 +219,10 @@ def test_real_orders_list_fixture_updates_without_line_items(rt):
     with Session(rt.engine) as s:
         assert len(s.exec(select(OrderLine)).all()) == 3  # the list resource has no lines; we keep ours
     assert len(outbox(rt)) == 1
+
+
+def test_nul_characters_in_order_strings_are_dropped_not_crashing_postgres(rt):
+    payload = order_payload("en-first", name="#11\u000004", note="a\u0000b")
+    out = receive(rt, payload)
+    assert out.status == "done" and out.order_name == "#1104"
+    assert order_named(rt, "#1104").note == "ab"

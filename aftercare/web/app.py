@@ -64,7 +64,7 @@ def classify_shopify(topic: str | None, body: bytes) -> tuple[str, str | None, s
     except InvalidPayload as exc:
         return InboxStatus.INVALID, str(exc), None
     # PostgreSQL text cannot hold NUL; the name is only a search label, the raw body keeps it.
-    return InboxStatus.PENDING, None, order.name.replace("\x00", "")
+    return InboxStatus.PENDING, None, order.name
 
 
 def create_app(settings: Settings | None = None, *, waker: Waker | None = None) -> FastAPI:

@@ -84,7 +84,10 @@ def load_mail_send_schema(path: str | Path) -> Draft202012Validator:
         body = body[part.replace("~1", "/").replace("~0", "~")]
     body["properties"]["custom_args"] = {"type": "object", "additionalProperties": {"type": "string"}}
     registry = Registry().with_resource(_DOC_URI, Resource(contents=document, specification=DRAFT202012))
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$ref": f"{_DOC_URI}#{_BODY_POINTER}"}
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": f"{_DOC_URI}#{_BODY_POINTER}",
+    }
     Draft202012Validator.check_schema(body)
     return Draft202012Validator(schema, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
@@ -199,7 +202,13 @@ class FakeSendGrid:
 
     def start(self) -> FakeSendGrid:
         self._closing.clear()
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-sendgrid", daemon=True)
+        # A short poll interval keeps stop() (which waits for the loop to notice) fast in every test.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-sendgrid",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -263,15 +272,13 @@ class FakeSendGrid:
         errors = sorted(self.validator.iter_errors(body), key=lambda e: list(e.absolute_path))
         if errors:
             self._violate(path, [f"{_field_of(e) or '<body>'}: {e.message}" for e in errors], body)
-            return _Answer(400, {"errors": [
-                {"message": e.message, "field": _field_of(e), "help": None} for e in errors
-            ]})
+            return _Answer(
+                400, {"errors": [{"message": e.message, "field": _field_of(e), "help": None} for e in errors]}
+            )
         if planned is not None and planned.status is not None:
-            status = planned.status
-            errors_out = planned.errors
-            if errors_out is None:
-                errors_out = error_body(_DEFAULT_MESSAGES.get(status, _REASONS.get(status, "error")))["errors"]
-            return _Answer(status, {"errors": errors_out}, planned.headers)
+            default = _DEFAULT_MESSAGES.get(planned.status) or _REASONS.get(planned.status, "error")
+            errors_out = planned.errors if planned.errors is not None else error_body(default)["errors"]
+            return _Answer(planned.status, {"errors": errors_out}, planned.headers)
         message_id = uuid.uuid4().hex[:22]
         entry.message_id = message_id
         with self._lock:
@@ -362,8 +369,12 @@ class _Handler(BaseHTTPRequestHandler):
             if spec.get("status") is None:
                 fake.plan_delay(float(spec.get("delay_s", 0.0)))
             else:
-                fake.plan(int(spec["status"]), headers=spec.get("headers"), errors=spec.get("errors"),
-                          delay_s=float(spec.get("delay_s", 0.0)))
+                fake.plan(
+                    int(spec["status"]),
+                    headers=spec.get("headers"),
+                    errors=spec.get("errors"),
+                    delay_s=float(spec.get("delay_s", 0.0)),
+                )
             return _Answer(200, {"ok": True})
         return _Answer(404, error_body("not found"))
 
@@ -381,14 +392,17 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per request to stderr would cost more than the request at benchmark rates
 
 
 def serve(schema_path: str | Path, **kwargs: Any) -> Iterator[FakeSendGrid]:
-    """For a pytest fixture: `yield from serve(shared_path(...))` runs the fake for one test."""
+    """For a pytest fixture: `yield from serve(shared_path(...))` runs the fake for one test and,
+    at its end, fails the test if anything it sent broke the contract (a test that sends a broken
+    body on purpose clears `violations` once it has asserted on them)."""
     with FakeSendGrid(schema_path, **kwargs) as fake:
         yield fake
+        assert fake.violations == [], f"requests broke SendGrid's Mail Send contract: {fake.violations}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -402,8 +416,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fake-sendgrid %(message)s")
 
-    fake = FakeSendGrid(args.schema, api_key=args.api_key, host=args.host, port=args.port,
-                        latency_s=args.latency_ms / 1000.0, record=args.record)
+    fake = FakeSendGrid(
+        args.schema,
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        latency_s=args.latency_ms / 1000.0,
+        record=args.record,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
