@@ -17,7 +17,7 @@ from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Category, Content, CustomArg, From, Mail, Personalization, To
 
-from aftercare.errors import PermanentSendError, TransientSendError
+from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
 from aftercare.settings import Settings
 
 
@@ -151,7 +151,9 @@ class SendGridBackend:
         mail.add_personalization(personalization)
         mail.add_content(Content("text/plain", email.text))
         mail.add_content(Content("text/html", email.html))
-        for category in ("aftercare", email.kind, *(("test",) if email.is_test else ()), *email.categories):
+        # SendGrid requires unique categories (at most 10).
+        categories = ("aftercare", email.kind, *(("test",) if email.is_test else ()), *email.categories)
+        for category in list(dict.fromkeys(categories))[:10]:
             mail.add_category(Category(category))
         return mail
 
@@ -164,10 +166,12 @@ class SendGridBackend:
             if err.status_code >= 500:
                 raise TransientSendError(_provider_reason(err), _retry_after(err.headers)) from err
             raise PermanentSendError(_provider_reason(err), err.status_code) from err
-        except (TimeoutError, socket.timeout, ConnectionError) as err:
-            raise TransientSendError(f"SendGrid timed out: {err}") from err
         except urllib.error.URLError as err:
+            # urllib wraps failures while connecting and writing the request: nothing was accepted.
             raise TransientSendError(f"SendGrid unreachable: {err.reason}") from err
+        except (TimeoutError, socket.timeout, ConnectionError) as err:
+            # Raised while waiting for the answer: SendGrid may have accepted the message.
+            raise AmbiguousSendError(f"SendGrid did not answer after receiving the request ({err!r})") from err
         message_id = response.headers.get("X-Message-Id") if response.headers else None
         return message_id or f"sendgrid:{response.status_code}"
 

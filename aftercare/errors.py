@@ -30,6 +30,15 @@ class TransientSendError(SendError):
         self.retry_after = retry_after
 
 
+class AmbiguousSendError(SendError):
+    """The request reached the provider but no answer came back (read timeout, connection dropped).
+    The provider may have accepted it; with no idempotency key, resending could mail twice."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class PermanentSendError(SendError):
     """Retrying cannot help (bad request, auth, too large): the message is marked failed."""
 

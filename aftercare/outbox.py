@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.email import EmailBackend, OutgoingEmail
-from aftercare.errors import PermanentSendError, TransientSendError
+from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
 from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, utcnow
 from aftercare.rendering import RenderedEmail
 from aftercare.settings import Settings
@@ -175,6 +175,12 @@ def deliver(
             continue
         except PermanentSendError as err:
             return _record(engine, outbox_id, OutboxStatus.FAILED, attempts, error=err.reason)
+        except AmbiguousSendError as err:
+            return _record(
+                engine, outbox_id, OutboxStatus.UNCERTAIN, attempts,
+                error=f"{err.reason}. Not resent automatically: check the provider for custom_args "
+                f"outbox_id={outbox_id}, then `aftercare outbox resend {outbox_id}` if it is not there",
+            )
         return _record(engine, outbox_id, OutboxStatus.SENT, attempts, provider_id=provider_id, backend=backend)
 
 

@@ -200,9 +200,11 @@ def test_server_errors_are_retried_with_backoff(
     assert result.provider_message_id == fake.message_ids[0]
 
 
-def test_a_hanging_provider_times_out_and_is_retried(
+def test_a_provider_that_takes_the_request_but_never_answers_is_not_resent(
     rt: Runtime, settings: Settings, fake: FakeSendGrid, sleeps: Sleeps
 ) -> None:
+    """A read timeout is ambiguous: SendGrid may have accepted the mail (the fake does, after the
+    client gave up). Resending could mail the customer twice, so the row waits for a person."""
     fast = sendgrid_settings(settings, fake, sendgrid_timeout_s=0.5)
     outbox_id = claimed_confirmation(rt)
     fake.plan_delay(10)  # far beyond the client's timeout; dropped when the fake stops
@@ -210,13 +212,27 @@ def test_a_hanging_provider_times_out_and_is_retried(
     started = time.monotonic()
     result = send(rt, outbox_id, SendGridBackend.from_settings(fast), fast, sleeps)
 
-    assert result.status == "sent" and time.monotonic() - started < 5
+    assert result.status == "uncertain" and time.monotonic() - started < 5
     row = get(rt.engine, outbox_id)
     assert row is not None
-    assert (row.status, row.attempts) == (OutboxStatus.SENT, 2)
-    assert sleeps == [fast.send_backoff_base_s]
-    assert [r.status for r in fake.requests] == [None, 202]  # the first is still unanswered
-    assert row.provider_message_id == fake.message_ids[0]
+    assert (row.status, row.attempts) == (OutboxStatus.UNCERTAIN, 1)
+    assert f"outbox_id={outbox_id}" in (row.last_error or "")
+    assert sleeps == []
+    assert len(fake.requests) == 1  # never a second request
+
+
+def test_an_unreachable_provider_is_retried_then_fails(
+    rt: Runtime, settings: Settings, fake: FakeSendGrid, sleeps: Sleeps
+) -> None:
+    """Connection refused: nothing reached the provider, so retrying is safe."""
+    closed = sendgrid_settings(settings, fake).model_copy(update={"sendgrid_base_url": "http://127.0.0.1:1"})
+    outbox_id = claimed_confirmation(rt)
+
+    result = send(rt, outbox_id, SendGridBackend.from_settings(closed), closed, sleeps)
+
+    assert result.status == "failed" and "gave up" in (result.error or "") and "unreachable" in (result.error or "")
+    assert len(sleeps) == closed.send_max_attempts - 1
+    assert fake.requests == []
 
 
 def test_attempts_run_out_and_the_row_fails(
