@@ -40,8 +40,8 @@ def body_of(payload: Any) -> bytes:
 def deliver(engine: Any, payload: dict[str, Any], *, topic: str = "orders/create",
             webhook_id: str | None = None, event_id: str | None = None) -> int | None:
     """Store a delivery as the web app would (status pending); returns the inbox id, None if duplicate."""
-    row, _new = store_delivery(engine, Delivery(
+    inbox_id, _new = store_delivery(engine, Delivery(
         source="shopify", delivery_id=webhook_id or str(uuid.uuid4()), event_id=event_id, topic=topic,
         shop_domain=SHOP, triggered_at=None, body=body_of(payload), subject_ref=payload.get("name"),
     ))
-    return row.id if row else None
+    return inbox_id

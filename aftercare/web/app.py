@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from aftercare import inbox, shopify
-from aftercare.db import make_engine, ping
+from aftercare.db import make_engine, ping, start_checkpointer
 from aftercare.errors import InvalidPayload
 from aftercare.models import InboxStatus
 from aftercare.settings import Settings
@@ -69,15 +69,17 @@ def classify_shopify(topic: str | None, body: bytes) -> tuple[str, str | None, s
 
 def create_app(settings: Settings | None = None, *, waker: Waker | None = None) -> FastAPI:
     settings = settings or Settings()
-    engine = make_engine(settings)
+    engine = make_engine(settings, background_checkpoints=True)
     secret = settings.shopify_webhook_secret.get_secret_value()
     the_waker: Waker = waker or (PrefectWaker(settings.wake_deployment) if settings.wake_prefect else NoWaker())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        stop_checkpointer = start_checkpointer(engine)
         await the_waker.start()
         yield
         await the_waker.stop()
+        stop_checkpointer()
         engine.dispose()
 
     app = FastAPI(title="aftercare", version="0.1.0", lifespan=lifespan)
@@ -111,14 +113,13 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
             reason=reason,
             subject_ref=order_name,
         )
-        row, new = await run_in_threadpool(inbox.store_delivery, engine, delivery)
+        inbox_id, new = inbox.store_delivery(engine, delivery)
         if not new:
             return JSONResponse({"status": "duplicate"}, status_code=200)
-        assert row is not None
-        answer: dict[str, Any] = {"status": row.status, "inbox_id": row.id}
+        answer: dict[str, Any] = {"status": status, "inbox_id": inbox_id}
         if reason:
             answer["reason"] = reason
-            log.warning("inbox %s stored as %s: %s", row.id, row.status, reason)
+            log.warning("inbox %s stored as %s: %s", inbox_id, status, reason)
         if status == InboxStatus.PENDING:
             the_waker.poke()
         return JSONResponse(answer, status_code=200)
