@@ -46,3 +46,22 @@ class PermanentSendError(SendError):
         super().__init__(reason)
         self.reason = reason
         self.status_code = status_code
+
+
+class WarehouseError(AftercareError):
+    """The warehouse (or 3PL) did not take a shipping instruction."""
+
+    def __init__(self, reason: str, status_code: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class TransientWarehouseError(WarehouseError):
+    """Worth retrying later with backoff: 5xx, 429, timeout, connection refused."""
+
+
+class PermanentWarehouseError(WarehouseError):
+    """The warehouse refused the instruction (4xx): retrying the same request cannot help; its reason
+    is kept for a person to act on."""

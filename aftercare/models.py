@@ -61,6 +61,7 @@ class InboxStatus(StrEnum):
     IGNORED = "ignored"  # valid but not for us (unknown topic)
     INVALID = "invalid"  # authentic but unusable payload; kept for ops, never retried
     FAILED = "failed"  # processing raised; retried by the sweep until max attempts
+    WAITING = "waiting"  # needs an order we have not seen yet; released (never dropped) when it arrives
 
 
 class InboxEvent(SQLModel, table=True):
@@ -193,6 +194,7 @@ class OutboxStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"  # permanent: the provider said no, or attempts ran out
     UNCERTAIN = "uncertain"  # a worker died mid-send; never resent automatically
+    CANCELLED = "cancelled"  # its touchpoint was cancelled before any worker claimed it; never sent
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -220,5 +222,96 @@ class OutboxMessage(SQLModel, table=True):
     provider: str | None = Field(default=None, max_length=32)
     provider_message_id: str | None = Field(default=None, max_length=255)
     last_error: str | None = None
+    created_at: datetime = ts_field(nullable=False, default_now=True)
+    sent_at: datetime | None = ts_field()
+
+
+# --- Shipping: fulfillments, refunds, warehouse hand-offs (migration 0002) ---------------------------
+
+class InboxWait(SQLModel, table=True):
+    """An inbox row parked until its order arrives: (shop, Shopify order id) -> the waiting row."""
+
+    __tablename__ = "inbox_waits"
+
+    id: int | None = Field(default=None, primary_key=True)
+    inbox_id: int = Field(foreign_key="inbox.id", unique=True)
+    shop_domain: str = Field(max_length=255)
+    order_shopify_id: int = Field(sa_type=sa.BigInteger, index=True)
+    created_at: datetime = ts_field(nullable=False, default_now=True)
+
+
+class Shipment(SQLModel, table=True):
+    """One Shopify fulfillment: what left the warehouse, with which carrier, and when it arrived."""
+
+    __tablename__ = "shipments"
+    __table_args__ = (sa.UniqueConstraint("shop_domain", "shopify_id", name="uq_shipment_source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    shop_domain: str = Field(max_length=255)
+    shopify_id: int = Field(sa_type=sa.BigInteger)
+    name: str | None = Field(default=None, max_length=64)
+    status: str = Field(max_length=32)  # Shopify fulfillment status: pending, open, success, cancelled...
+    shipment_status: str | None = Field(default=None, max_length=32)  # carrier's: in_transit, delivered...
+    carrier: str | None = None  # Shopify's tracking_company
+    tracking_numbers: list[str] = json_field(list)
+    tracking_urls: list[str] = json_field(list)  # stored verbatim; only http(s) ones are ever linked
+    lines: list[dict[str, Any]] = json_field(list)  # [{line_id, sku, title, variant_title, quantity}]
+    shipped_at: datetime = ts_field(nullable=False)
+    delivered_at: datetime | None = ts_field()  # a real delivered event
+    estimated_delivery_at: datetime | None = ts_field()  # shipped_at + the carrier's transit days
+    estimate_policy_version: str | None = Field(default=None, max_length=32)
+    source_updated_at: datetime = ts_field(nullable=False)
+    created_at: datetime = ts_field(nullable=False, default_now=True)
+    updated_at: datetime = ts_field(nullable=False, default_now=True)
+    raw: dict[str, Any] = json_field()
+
+
+class Refund(SQLModel, table=True):
+    """One Shopify refund and the lines (and quantities) it gave back."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (sa.UniqueConstraint("shop_domain", "shopify_id", name="uq_refund_source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    shop_domain: str = Field(max_length=255)
+    shopify_id: int = Field(sa_type=sa.BigInteger)
+    note: str | None = None
+    lines: list[dict[str, Any]] = json_field(list)  # [{line_id, quantity}]
+    refunded_at: datetime = ts_field(nullable=False)
+    created_at: datetime = ts_field(nullable=False, default_now=True)
+    raw: dict[str, Any] = json_field()
+
+
+class HandoffStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"  # the warehouse acknowledged this version
+    FAILED = "failed"  # the warehouse refused it (its reason kept) or attempts ran out
+    SUPERSEDED = "superseded"  # a newer version of the order replaced it before it was sent
+
+
+class WarehouseHandoff(SQLModel, table=True):
+    """One version of an order's shipping instruction for the warehouse: unique per (order, version);
+    a new version is written only when the instruction's content changes before the order ships."""
+
+    __tablename__ = "warehouse_handoffs"
+    __table_args__ = (sa.UniqueConstraint("order_id", "version", name="uq_handoff_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    order_name: str = Field(max_length=64)
+    version: int = 1
+    digest: str = Field(max_length=64)
+    instruction: dict[str, Any] = json_field()
+    policy_version: str = Field(max_length=32)
+    flags: list[str] = json_field(list)
+    status: str = Field(default=HandoffStatus.PENDING, max_length=16, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = ts_field(nullable=False, default_now=True)
+    claimed_at: datetime | None = ts_field()
+    last_error: str | None = None
+    reference: str | None = Field(default=None, max_length=255)  # the warehouse's own id, on ack
     created_at: datetime = ts_field(nullable=False, default_now=True)
     sent_at: datetime | None = ts_field()

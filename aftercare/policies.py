@@ -97,9 +97,86 @@ class MessagesPolicy(_Policy):
         return self.default_locale
 
 
+def _key(name: str) -> str:
+    """How policy names are matched: case, surrounding and inner spacing ignored."""
+    return "".join(name.split()).casefold()
+
+
+class Carrier(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    transit_days: int = Field(ge=0, le=60)
+
+
+class DeliveryPolicy(_Policy):
+    """Transit days per carrier (for estimating delivery) and the touchpoints planned after it."""
+
+    notify_statuses: list[str] = Field(default_factory=lambda: ["success"])
+    carriers: list[Carrier] = Field(default_factory=list)
+    default_transit_days: int = Field(default=3, ge=0, le=60)
+    survey_days_after_delivery: int = Field(default=2, ge=0, le=365)
+    review_request_days_after_delivery: int = Field(default=7, ge=0, le=365)
+
+    def carrier(self, name: str | None) -> Carrier | None:
+        """The carrier a fulfillment's tracking_company names, by name or alias; None if unknown."""
+        if not name:
+            return None
+        wanted = _key(name)
+        for carrier in self.carriers:
+            if wanted in {_key(carrier.name), *(_key(a) for a in carrier.aliases)}:
+                return carrier
+        return None
+
+    def transit_days(self, carrier_name: str | None) -> int:
+        carrier = self.carrier(carrier_name)
+        return carrier.transit_days if carrier else self.default_transit_days
+
+
+REQUEST_KINDS = ("gift_wrap", "noshi", "gift_message", "delivery_box", "delivery_date", "delivery_time")
+
+
+class RequestsPolicy(_Policy):
+    """How the shop names special requests (note attributes, line properties), in any language."""
+
+    warehouse_locale: str = "ja"
+    attributes: dict[str, list[str]] = Field(default_factory=dict)
+    line_properties: dict[str, list[str]] = Field(default_factory=dict)
+    no_values: list[str] = Field(default_factory=lambda: ["", "no", "false", "0", "いいえ", "不要"])
+
+    @field_validator("attributes")
+    @classmethod
+    def _known_kinds(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = set(v) - set(REQUEST_KINDS)
+        if unknown:
+            raise ValueError(f"unknown request kinds {sorted(unknown)}; known: {list(REQUEST_KINDS)}")
+        return v
+
+    def attribute_kind(self, name: str) -> str | None:
+        """Which request a note attribute carries ('お届け希望日' -> 'delivery_date'), if any."""
+        return _match(self.attributes, name)
+
+    def property_kind(self, name: str) -> str | None:
+        """Which request a line property carries ('刻印' -> 'engraving'), if any."""
+        return _match(self.line_properties, name)
+
+    def says_no(self, value: str) -> bool:
+        return _key(value) in {_key(v) for v in self.no_values}
+
+
+def _match(table: dict[str, list[str]], name: str) -> str | None:
+    wanted = _key(name)
+    for kind, names in table.items():
+        if wanted in {_key(n) for n in names}:
+            return kind
+    return None
+
+
 class Policies(BaseModel):
     shipping: ShippingPolicy
     messages: MessagesPolicy
+    delivery: DeliveryPolicy
+    requests: RequestsPolicy
 
 
 def _load(path: Path, model: type[_Policy]) -> _Policy:
@@ -120,4 +197,6 @@ def load_policies(policies_dir: Path) -> Policies:
     return Policies(
         shipping=_load(policies_dir / "shipping.yaml", ShippingPolicy),  # type: ignore[arg-type]
         messages=_load(policies_dir / "messages.yaml", MessagesPolicy),  # type: ignore[arg-type]
+        delivery=_load(policies_dir / "delivery.yaml", DeliveryPolicy),  # type: ignore[arg-type]
+        requests=_load(policies_dir / "requests.yaml", RequestsPolicy),  # type: ignore[arg-type]
     )

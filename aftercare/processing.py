@@ -1,4 +1,5 @@
 """One inbox row in, domain state and owed messages out: the unit of work the flows orchestrate.
+Orders (create, paid, updated, cancelled), fulfillments and refunds are dispatched from `process_row`.
 Everything here is idempotent, so a retried or re-run row changes nothing the second time."""
 
 from __future__ import annotations
@@ -8,12 +9,28 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
-from aftercare import inbox, receipt
+from aftercare import inbox, receipt, shipping, warehouse
 from aftercare.errors import InvalidPayload
-from aftercare.models import Customer, InboxEvent, InboxStatus, OutboxMessage, Touchpoint, TouchpointStatus
+from aftercare.models import (
+    Customer,
+    InboxEvent,
+    InboxStatus,
+    Order,
+    OutboxMessage,
+    Shipment,
+    Touchpoint,
+    TouchpointStatus,
+)
 from aftercare.outbox import enqueue
 from aftercare.runtime import Runtime
-from aftercare.shopify import ORDER_TOPICS, parse_order
+from aftercare.shopify import (
+    FULFILLMENT_TOPICS,
+    ORDER_TOPICS,
+    REFUND_TOPICS,
+    parse_fulfillment,
+    parse_order,
+    parse_refund,
+)
 
 
 @dataclass
@@ -29,6 +46,10 @@ class Outcome:
     flags: list[str] = field(default_factory=list)
     subject: str | None = None
     text_preview: str | None = None
+    released: list[int] = field(default_factory=list)  # inbox rows that were waiting for this order
+    cancelled: list[int] = field(default_factory=list)  # touchpoints this delivery cancelled
+    shipment_id: int | None = None
+    handoff_id: int | None = None  # the warehouse hand-off version this order state calls for
 
 
 def process_row(rt: Runtime, inbox_id: int) -> Outcome:
@@ -47,35 +68,136 @@ def _process(rt: Runtime, inbox_id: int) -> Outcome:
         row = session.get(InboxEvent, inbox_id)
         if row is None:
             return Outcome(inbox_id, "?", "missing", "inbox row does not exist")
-        if row.topic not in ORDER_TOPICS:
+        if row.topic in ORDER_TOPICS:
+            handler = _process_order
+        elif row.topic in FULFILLMENT_TOPICS:
+            handler = _process_fulfillment
+        elif row.topic in REFUND_TOPICS:
+            handler = _process_refund
+        else:
             inbox.finish(session, row, InboxStatus.IGNORED, f"topic {row.topic!r} is not handled")
             session.commit()
             return Outcome(inbox_id, row.topic, InboxStatus.IGNORED, row.reason)
         try:
-            parsed = parse_order(row.body)
+            out = handler(rt, session, row)
         except InvalidPayload as exc:
+            session.rollback()
+            row = session.get(InboxEvent, inbox_id)
+            assert row is not None
             inbox.finish(session, row, InboxStatus.INVALID, str(exc))
             session.commit()
             return Outcome(inbox_id, row.topic, InboxStatus.INVALID, str(exc))
-
-        result = receipt.upsert_order(session, shop_domain=row.shop_domain, parsed=parsed, policies=rt.policies)
-        order = result.order
-        out = Outcome(inbox_id, row.topic, InboxStatus.DONE, result.reason, order.id, order.name)
-        lines = receipt.lines_of(session, order)
-        flags = receipt.check_order(order, lines, rt.inventory)
-        if result.applied:
-            order.flags = flags
-            session.add(order)
-        out.flags = flags
-
-        if order.cancelled_at is None and lines:
-            touchpoint = receipt.plan_confirmation(session, order, rt.policies)
-            message = _write_confirmation(rt, session, order, lines, touchpoint, flags, out)
-            if message is not None:
-                out.outbox_id, out.outbox_status = message.id, message.status
-        inbox.finish(session, row, InboxStatus.DONE, result.reason)
         session.commit()
         return out
+
+
+def _process_order(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
+    parsed = parse_order(row.body)
+    assert row.id is not None
+    result = receipt.upsert_order(session, shop_domain=row.shop_domain, parsed=parsed, policies=rt.policies)
+    order = result.order
+    out = Outcome(row.id, row.topic, InboxStatus.DONE, result.reason, order.id, order.name)
+    # Fulfillments and refunds that came first are queued again now that their order exists.
+    out.released = shipping.release_waiting(session, row.shop_domain, parsed.id)
+    lines = receipt.lines_of(session, order)
+    flags = receipt.check_order(order, lines, rt.inventory)
+    if result.applied:
+        order.flags = flags
+        session.add(order)
+    out.flags = flags
+
+    if order.cancelled_at is None and lines:
+        touchpoint = receipt.plan_confirmation(session, order, rt.policies)
+        message = _write_confirmation(rt, session, order, lines, touchpoint, flags, out)
+        if message is not None:
+            out.outbox_id, out.outbox_status = message.id, message.status
+    if order.cancelled_at is not None:
+        out.cancelled = [t.id for t in shipping.cancel_order(session, order) if t.id is not None]
+    handoff = warehouse.plan_handoff(session, order, lines, rt.policies)
+    out.handoff_id = handoff.id if handoff else None
+    inbox.finish(session, row, InboxStatus.DONE, result.reason)
+    return out
+
+
+def _order_for(session: Session, row: InboxEvent, order_shopify_id: int, out: Outcome) -> Order | None:
+    """The order a fulfillment or refund belongs to; when it has not arrived, the row waits for it."""
+    order = shipping.find_order(session, row.shop_domain, order_shopify_id)
+    if order is None:
+        shipping.park(session, row, order_shopify_id)
+        out.status, out.reason = InboxStatus.WAITING, row.reason
+        return None
+    out.order_id, out.order_name = order.id, order.name
+    row.subject_ref = order.name  # ops find every delivery of an order by its name
+    return order
+
+
+def _process_fulfillment(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
+    parsed = parse_fulfillment(row.body)
+    assert row.id is not None
+    out = Outcome(row.id, row.topic, InboxStatus.DONE)
+    order = _order_for(session, row, parsed.order_id, out)
+    if order is None:
+        return out
+    result = shipping.upsert_shipment(session, order=order, parsed=parsed, policy=rt.policies.delivery)
+    shipment = result.shipment
+    out.reason, out.shipment_id = result.reason, shipment.id
+    if result.applied:
+        notices = [t for t in shipping.touchpoints_of(session, order, (shipping.SHIPMENT_NOTICE,))
+                   if t.seq == shipment.id]
+        if shipment.status in shipping.VOID_STATUSES:
+            reason = f"fulfillment {parsed.id} is {shipment.status}"
+            out.cancelled = [t.id for t in shipping.cancel_touchpoints(session, notices, reason) if t.id]
+        elif order.cancelled_at is None and shipping.has_left(shipment, rt.policies.delivery):
+            message = _write_notice(rt, session, order, shipment, out)
+            if message is not None:
+                out.outbox_id, out.outbox_status = message.id, message.status
+        shipping.plan_after_delivery(session, order, rt.policies, receipt.lines_of(session, order))
+    inbox.finish(session, row, InboxStatus.DONE, result.reason)
+    return out
+
+
+def _process_refund(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
+    parsed = parse_refund(row.body)
+    assert row.id is not None
+    out = Outcome(row.id, row.topic, InboxStatus.DONE)
+    order = _order_for(session, row, parsed.order_id, out)
+    if order is None:
+        return out
+    lines = receipt.lines_of(session, order)
+    result = shipping.apply_refund(session, order=order, parsed=parsed, lines=lines)
+    out.cancelled = [t.id for t in result.cancelled if t.id is not None]
+    if not result.created:
+        out.reason = f"refund {parsed.id} was already recorded"
+    inbox.finish(session, row, InboxStatus.DONE, out.reason)
+    return out
+
+
+def _write_notice(
+    rt: Runtime, session: Session, order: Order, shipment: Shipment, out: Outcome
+) -> OutboxMessage | None:
+    """The one shipment notice for this fulfillment: its touchpoint's seq is the shipment's own id,
+    so a re-delivered or updated fulfillment finds the same touchpoint and outbox row."""
+    assert shipment.id is not None
+    touchpoint = shipping.ensure_touchpoint(
+        session, order=order, kind=shipping.SHIPMENT_NOTICE, seq=shipment.id, due_at=shipment.shipped_at,
+        policy_version=rt.policies.delivery.version,
+    )
+    if touchpoint.status not in (TouchpointStatus.PLANNED, TouchpointStatus.SKIPPED):
+        existing = select(OutboxMessage).where(OutboxMessage.touchpoint_id == touchpoint.id)
+        return session.exec(existing).first()
+    if not order.email:
+        touchpoint.status, touchpoint.reason = TouchpointStatus.SKIPPED, "no customer email on the order"
+        session.add(touchpoint)
+        return None
+    name = receipt.customer_display_name(shipping.customer_of(session, order), order)
+    context = shipping.notice_vars(session, order, shipment, rt.policies, rt.settings.shop_name, name)
+    rendered = shipping.render_notice(rt.renderer, order.locale, context)
+    touchpoint.status, touchpoint.reason = TouchpointStatus.PLANNED, None
+    session.add(touchpoint)
+    message = enqueue(session, touchpoint=touchpoint, to_email=order.email, to_name=name, rendered=rendered,
+                      locale=order.locale, order_name=order.name, is_test=order.is_test)
+    out.subject, out.text_preview = message.subject, message.text_body
+    return message
 
 
 def _write_confirmation(

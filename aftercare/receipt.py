@@ -273,6 +273,11 @@ def _display_name(customer: Customer | None, address: dict[str, Any], locale: st
     return " ".join(p for p in parts if p) or address.get("name") or None
 
 
+def customer_display_name(customer: Customer | None, order: Order) -> str | None:
+    """How a message to this order's customer addresses them (family name first in Japanese)."""
+    return _display_name(customer, order.shipping_address or {}, order.locale)
+
+
 def render_confirmation(ctx: ConfirmationContext, renderer: Renderer, shop_name: str) -> RenderedEmail:
     return renderer.render_email(CONFIRMATION, ctx.order.locale, ctx.as_template_vars(shop_name))
 

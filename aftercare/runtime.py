@@ -16,6 +16,7 @@ from aftercare.inventory import InventoryPort, TrustOrderInventory
 from aftercare.policies import Policies, load_policies
 from aftercare.rendering import Renderer
 from aftercare.settings import Settings
+from aftercare.warehouse import WarehousePort, make_warehouse
 
 
 @dataclass
@@ -26,9 +27,16 @@ class Runtime:
     renderer: Renderer
     backend: EmailBackend
     inventory: InventoryPort
+    warehouse: WarehousePort | None = None  # None: the files port under settings.warehouse_dir
 
     @classmethod
-    def build(cls, settings: Settings, *, inventory: InventoryPort | None = None) -> Runtime:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        inventory: InventoryPort | None = None,
+        warehouse: WarehousePort | None = None,
+    ) -> Runtime:
         return cls(
             settings=settings,
             engine=make_engine(settings),
@@ -36,6 +44,7 @@ class Runtime:
             renderer=Renderer(settings.templates_dir),
             backend=make_backend(settings),
             inventory=inventory or TrustOrderInventory(),
+            warehouse=warehouse or make_warehouse(settings),
         )
 
 

@@ -49,12 +49,27 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(default=50, ge=1, le=1000)
 
+    # Where shipping instructions go: files under <var_dir>/warehouse/ (default) or a 3PL's HTTP API.
+    warehouse_backend: Literal["files", "http"] = "files"
+    warehouse_dir: Path | None = None
+    warehouse_url: str = ""
+    warehouse_secret: SecretStr = SecretStr("")
+    warehouse_timeout_s: float = 10.0
+    warehouse_max_attempts: int = Field(default=6, ge=1, le=50)
+    warehouse_backoff_base_s: float = 2.0
+
     @model_validator(mode="after")
     def _fill_and_refuse(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.var_dir / 'aftercare.db'}"
         if self.outbox_dir is None:
             self.outbox_dir = self.var_dir / "outbox"
+        if self.warehouse_dir is None:
+            self.warehouse_dir = self.var_dir / "warehouse"
+        if self.warehouse_backend == "http" and not self.warehouse_url.startswith(("http://", "https://")):
+            raise ValueError("AFTERCARE_WAREHOUSE_BACKEND=http needs AFTERCARE_WAREHOUSE_URL (http or https)")
+        if self.warehouse_backend == "http" and self.warehouse_secret.get_secret_value() in _PLACEHOLDERS:
+            raise ValueError("AFTERCARE_WAREHOUSE_BACKEND=http needs AFTERCARE_WAREHOUSE_SECRET to sign with")
         if self.environment == "production":
             if self.shopify_webhook_secret.get_secret_value() in _PLACEHOLDERS:
                 raise ValueError("AFTERCARE_SHOPIFY_WEBHOOK_SECRET must be set to the shop's real secret")

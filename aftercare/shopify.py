@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, fi
 
 from aftercare.errors import InvalidPayload
 
-ORDER_TOPICS = frozenset({"orders/create", "orders/paid", "orders/updated"})
-KNOWN_TOPICS = ORDER_TOPICS
+ORDER_TOPICS = frozenset({"orders/create", "orders/paid", "orders/updated", "orders/cancelled"})
+FULFILLMENT_TOPICS = frozenset({"fulfillments/create", "fulfillments/update"})
+REFUND_TOPICS = frozenset({"refunds/create"})
+KNOWN_TOPICS = ORDER_TOPICS | FULFILLMENT_TOPICS | REFUND_TOPICS
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -191,3 +193,115 @@ def parse_order(body: bytes) -> ShopifyOrder:
         return ShopifyOrder.model_validate(_without_nul(data))
     except ValidationError as exc:
         raise InvalidPayload(f"order payload is missing or has bad fields: {_describe(exc)}") from exc
+
+
+class ShopifyFulfillmentLine(_Lenient):
+    id: int
+    title: str | None = None
+    variant_title: str | None = None
+    sku: str | None = None
+    quantity: int = Field(ge=0)
+
+
+class ShopifyFulfillment(_Lenient):
+    """The fields of Shopify's REST fulfillment resource (fulfillments/* webhooks) aftercare uses."""
+
+    id: int
+    order_id: int
+    name: str | None = Field(default=None, max_length=64)
+    status: str = Field(min_length=1, max_length=32)
+    shipment_status: str | None = Field(default=None, max_length=32)
+    tracking_company: str | None = None
+    tracking_number: str | None = None
+    tracking_numbers: list[str] = Field(default_factory=list)
+    tracking_url: str | None = None
+    tracking_urls: list[str] = Field(default_factory=list)
+    line_items: list[ShopifyFulfillmentLine] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    # Not in Shopify's resource: set by a carrier integration or our tests alongside "delivered".
+    delivered_at: datetime | None = None
+
+    @field_validator("tracking_numbers", "tracking_urls", "line_items", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return [x for x in v if x] if isinstance(v, list) else (v or [])
+
+    @field_validator("created_at", "updated_at", "delivered_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("timestamp has no UTC offset")
+        return v
+
+    @property
+    def all_tracking_numbers(self) -> list[str]:
+        """tracking_numbers, plus the singular field when only that is set; order kept, no repeats."""
+        single = [self.tracking_number] if self.tracking_number else []
+        return list(dict.fromkeys([*self.tracking_numbers, *single]))
+
+    @property
+    def all_tracking_urls(self) -> list[str]:
+        single = [self.tracking_url] if self.tracking_url else []
+        return list(dict.fromkeys([*self.tracking_urls, *single]))
+
+
+class ShopifyRefundLine(_Lenient):
+    line_item_id: int
+    quantity: int = Field(ge=0)
+
+
+class ShopifyRefund(_Lenient):
+    """The fields of Shopify's REST refund resource (refunds/create webhook) aftercare uses."""
+
+    id: int
+    order_id: int
+    created_at: datetime
+    processed_at: datetime | None = None
+    note: str | None = None
+    refund_line_items: list[ShopifyRefundLine] = Field(default_factory=list)
+
+    @field_validator("refund_line_items", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return v or []
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("timestamp has no UTC offset")
+        return v
+
+
+def _parse_resource(body: bytes, wrapper: str, model: type[_Lenient], what: str) -> Any:
+    data = parse_json(body)
+    if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
+        data = data[wrapper]
+    if not isinstance(data, dict):
+        raise InvalidPayload(f"{what} payload must be a JSON object")
+    try:
+        return model.model_validate(_without_nul(data))
+    except ValidationError as exc:
+        raise InvalidPayload(f"{what} payload is missing or has bad fields: {_describe(exc)}") from exc
+
+
+def parse_fulfillment(body: bytes) -> ShopifyFulfillment:
+    """Parse a fulfillments/* webhook body (bare, or wrapped in {"fulfillment": ...})."""
+    return _parse_resource(body, "fulfillment", ShopifyFulfillment, "fulfillment")  # type: ignore[no-any-return]
+
+
+def parse_refund(body: bytes) -> ShopifyRefund:
+    """Parse a refunds/create webhook body (bare, or wrapped in {"refund": ...})."""
+    return _parse_resource(body, "refund", ShopifyRefund, "refund")  # type: ignore[no-any-return]
+
+
+def subject_ref(topic: str, body: bytes) -> str:
+    """Parse a delivery of a known topic (InvalidPayload if unusable) and return the label ops search
+    by: the order name, or for a fulfillment its name ('#1001.1') else the Shopify order id."""
+    if topic in FULFILLMENT_TOPICS:
+        fulfillment = parse_fulfillment(body)
+        return fulfillment.name or f"order-id:{fulfillment.order_id}"
+    if topic in REFUND_TOPICS:
+        return f"order-id:{parse_refund(body).order_id}"
+    return parse_order(body).name

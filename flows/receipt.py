@@ -1,4 +1,5 @@
-"""Every delivery in the inbox becomes order state and, once per order, a warm confirmation."""
+"""Every delivery in the inbox becomes order state and, once per order, a warm confirmation; paid
+orders are handed to the warehouse; shipments get one notice each."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from tasks.receipt import claim_inbox, claim_outbox, receive, send
+from tasks.shipping import claim_handoffs, hand_off
 
 
 @flow(name="process-inbox", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=False)
@@ -24,7 +26,7 @@ def process_inbox(
     work keeps arriving (up to `max_seconds`), so a burst of webhooks is one run, not thousands."""
     logger = get_run_logger()
     started = last_work = time.monotonic()
-    received = sent = 0
+    received = sent = handed = 0
     failures: list[str] = []
     while time.monotonic() - started < max_seconds:
         rows = claim_inbox(batch_size)
@@ -34,9 +36,16 @@ def process_inbox(
             receive(row)
         received += len(rows)
 
+        handoffs = claim_handoffs(batch_size)
         claimed = claim_outbox(batch_size * 2)
+        handoff_futures = [hand_off.submit(item) for item in handoffs]
         futures = [send.submit(item) for item in claimed]
-        wait(futures)
+        wait(handoff_futures + futures)
+        for future in handoff_futures:
+            if future.state.is_failed():
+                failures.append(future.state.message or "hand-off failed")
+            else:
+                handed += 1
         for future in futures:
             state = future.state
             if state.is_failed():
@@ -44,13 +53,14 @@ def process_inbox(
             else:
                 sent += 1
 
-        if rows or claimed:
+        if rows or claimed or handoffs:
             last_work = time.monotonic()
         elif time.monotonic() - last_work >= linger_seconds:
             break
         else:
             time.sleep(0.2)
-    summary = f"received {received} deliveries, sent {sent} messages, {len(failures)} failed"
+    summary = (f"received {received} deliveries, sent {sent} messages, {len(failures)} failed, "
+               f"{handed} handed to the warehouse")
     logger.info(summary)
     if failures:
         return Failed(message=summary + ": " + " | ".join(failures[:5]))

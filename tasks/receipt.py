@@ -11,10 +11,13 @@ from datetime import timedelta
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from aftercare import inbox, outbox, processing
+from aftercare import inbox, outbox, processing, shipping, timeline
 from aftercare.errors import AftercareError
 from aftercare.models import OutboxMessage
 from aftercare.runtime import current
+from aftercare.shopify import FULFILLMENT_TOPICS, REFUND_TOPICS
+
+TIMELINE_TOPICS = FULFILLMENT_TOPICS | REFUND_TOPICS | {"orders/cancelled"}
 
 
 class SendFailed(AftercareError):
@@ -48,7 +51,10 @@ def preview_markdown(message: OutboxMessage) -> str:
 
 @task(name="claim-inbox", retries=3, retry_delay_seconds=[1, 5, 15])
 def claim_inbox(batch_size: int) -> list[inbox.ClaimedRow]:
-    return inbox.claim_batch(current().engine, batch_size)
+    engine = current().engine
+    # Rows that waited for an order which has arrived since (guards the arrive-while-parking race).
+    shipping.release_ready(engine)
+    return inbox.claim_batch(engine, batch_size)
 
 
 @task(name="receive", task_run_name="receive {row.topic} {row.ref}", retries=2, retry_delay_seconds=[1, 5])
@@ -56,10 +62,19 @@ def receive(row: inbox.ClaimedRow) -> processing.Outcome:
     """Turn one delivery into order state and its confirmation (written to the outbox, not sent)."""
     rt = current()
     try:
-        return processing.process_row(rt, row.inbox_id)
+        outcome = processing.process_row(rt, row.inbox_id)
     except Exception as exc:
         inbox.mark_failed(rt.engine, row.inbox_id, f"{type(exc).__name__}: {exc}")
         raise
+    if outcome.order_name and outcome.status == "done" and outcome.topic in TIMELINE_TOPICS:
+        # After a shipment, refund or cancellation ops want the whole story of the order in one place.
+        tl = timeline.order_timeline(rt.engine, outcome.order_name, rt.policies.delivery)
+        create_markdown_artifact(
+            key=artifact_key(outcome.order_name, "timeline"),
+            markdown=timeline.render_markdown(tl, rt.policies.shipping.tz),
+            description=f"timeline of {outcome.order_name} after {outcome.topic}",
+        )
+    return outcome
 
 
 @task(name="claim-outbox", retries=3, retry_delay_seconds=[1, 5, 15])

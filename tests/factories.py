@@ -45,3 +45,53 @@ def deliver(engine: Any, payload: dict[str, Any], *, topic: str = "orders/create
         shop_domain=SHOP, triggered_at=None, body=body_of(payload), subject_ref=payload.get("name"),
     ))
     return inbox_id
+
+
+def fulfillment_payload(
+    order: dict[str, Any], *, fulfillment_id: int = 5550001, lines: list[int] | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """A fulfillments/create body for a sample order: every line (or the line ids given), shipped by
+    Yamato with one tracking number, in Shopify's fulfillment shape."""
+    items = [li for li in order["line_items"] if lines is None or li["id"] in lines]
+    payload: dict[str, Any] = {
+        "id": fulfillment_id,
+        "order_id": order["id"],
+        "name": f"{order['name']}.1",
+        "status": "success",
+        "service": "manual",
+        "shipment_status": None,
+        "tracking_company": "ヤマト運輸",
+        "tracking_number": "4321-0987-6543",
+        "tracking_numbers": ["4321-0987-6543"],
+        "tracking_url": "https://toi.kuronekoyamato.co.jp/cgi-bin/tneko?number01=432109876543",
+        "tracking_urls": ["https://toi.kuronekoyamato.co.jp/cgi-bin/tneko?number01=432109876543"],
+        "created_at": "2026-11-24T15:00:00+09:00",
+        "updated_at": "2026-11-24T15:00:00+09:00",
+        "line_items": [
+            {k: li.get(k) for k in ("id", "title", "variant_title", "sku", "quantity", "requires_shipping")}
+            for li in items
+        ],
+    }
+    payload.update(overrides)
+    return payload
+
+
+def refund_payload(order: dict[str, Any], *, refund_id: int = 6660001, lines: dict[int, int] | None = None,
+                   **overrides: Any) -> dict[str, Any]:
+    """A refunds/create body: the given {line id: quantity}, or every line in full."""
+    wanted = lines if lines is not None else {li["id"]: li["quantity"] for li in order["line_items"]}
+    payload: dict[str, Any] = {
+        "id": refund_id,
+        "order_id": order["id"],
+        "created_at": "2026-11-26T10:00:00+09:00",
+        "processed_at": "2026-11-26T10:00:00+09:00",
+        "note": "返品",
+        "restock": True,
+        "refund_line_items": [
+            {"id": refund_id * 10 + n, "line_item_id": line_id, "quantity": qty}
+            for n, (line_id, qty) in enumerate(wanted.items())
+        ],
+        "transactions": [],
+    }
+    payload.update(overrides)
+    return payload

@@ -60,11 +60,11 @@ def classify_shopify(topic: str | None, body: bytes) -> tuple[str, str | None, s
     if topic not in shopify.KNOWN_TOPICS:
         return InboxStatus.IGNORED, f"topic {topic!r} is not handled", None
     try:
-        order = shopify.parse_order(body)
+        ref = shopify.subject_ref(topic, body)
     except InvalidPayload as exc:
         return InboxStatus.INVALID, str(exc), None
     # PostgreSQL text cannot hold NUL; the name is only a search label, the raw body keeps it.
-    return InboxStatus.PENDING, None, order.name
+    return InboxStatus.PENDING, None, ref
 
 
 def create_app(settings: Settings | None = None, *, waker: Waker | None = None) -> FastAPI:

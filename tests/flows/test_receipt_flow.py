@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from sqlmodel import Session, select
 
 from aftercare import outbox as outbox_mod
@@ -143,7 +143,10 @@ def test_a_failed_send_fails_the_run_with_the_reason_and_an_artifact(flow_rt, mo
     async def artifact():
         async with get_client() as client:
             found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["order-1104-order-confirmation"])))
+                # This run's artifact: earlier tests in the session wrote the same key, and the
+                # server's default order (random ids) would pick any of them.
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["order-1104-order-confirmation"]),
+                                               flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
             return found[0] if found else None
 
     import asyncio

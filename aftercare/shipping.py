@@ -1,0 +1,496 @@
+"""Shipping: fulfillments become shipments (one notice each), delivery is recorded or estimated, and
+what is planned after it (survey, review request) follows; cancellations and refunds take back what
+was planned and not yet sent. Everything here runs inside the caller's transaction and is idempotent."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import zip_longest
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from aftercare.models import (
+    Customer,
+    InboxEvent,
+    InboxStatus,
+    InboxWait,
+    Order,
+    OrderLine,
+    OutboxMessage,
+    OutboxStatus,
+    Refund,
+    Shipment,
+    Touchpoint,
+    TouchpointStatus,
+    utcnow,
+)
+from aftercare.policies import DeliveryPolicy, Policies
+from aftercare.rendering import RenderedEmail, Renderer
+from aftercare.shopify import ShopifyFulfillment, ShopifyRefund
+
+SHIPMENT_NOTICE = "shipment_notice"
+DELIVERY_SURVEY = "delivery_survey"
+REVIEW_REQUEST = "review_request"
+AFTER_DELIVERY = (DELIVERY_SURVEY, REVIEW_REQUEST)
+
+DELIVERED = "delivered"
+# Why the survey and review request are cancelled when every shipment that had left is called back;
+# a later shipment plans them again (no other cancellation is ever undone).
+NOTHING_ON_ITS_WAY = "no shipment of the order is on its way any more"
+# Fulfillment statuses after which nothing left the warehouse (or it was called back).
+VOID_STATUSES = frozenset({"cancelled", "error", "failure"})
+
+
+# --- Orders, by their Shopify id --------------------------------------------------------------------
+
+
+def find_order(session: Session, shop_domain: str, order_shopify_id: int) -> Order | None:
+    return session.exec(
+        select(Order).where(Order.shop_domain == shop_domain, Order.shopify_id == order_shopify_id)
+    ).first()
+
+
+# --- Waiting inbox rows: a fulfillment or refund that arrived before its order ----------------------
+
+
+def park(session: Session, row: InboxEvent, order_shopify_id: int) -> None:
+    """Keep a row whose order we have not seen: it waits (not retried, not dropped) until the order
+    arrives and `release_waiting` puts it back in the queue."""
+    assert row.id is not None
+    row.status = InboxStatus.WAITING
+    row.reason = f"waiting for order {order_shopify_id}: it has not arrived yet"
+    row.processed_at = utcnow()
+    session.add(row)
+    if session.exec(select(InboxWait).where(InboxWait.inbox_id == row.id)).first() is None:
+        session.add(
+            InboxWait(inbox_id=row.id, shop_domain=row.shop_domain, order_shopify_id=order_shopify_id)
+        )
+
+
+def release_waiting(session: Session, shop_domain: str, order_shopify_id: int) -> list[int]:
+    """Put the rows waiting for this order back in the queue (inside the order's own transaction)."""
+    waits = list(
+        session.exec(
+            select(InboxWait).where(
+                InboxWait.shop_domain == shop_domain, InboxWait.order_shopify_id == order_shopify_id
+            )
+        )
+    )
+    ids = [w.inbox_id for w in waits]
+    if ids:
+        session.execute(
+            sa.update(InboxEvent)
+            .where(InboxEvent.id.in_(ids), InboxEvent.status == InboxStatus.WAITING)  # type: ignore[union-attr]
+            .values(status=InboxStatus.PENDING, reason=None, claimed_at=None)
+        )
+        for wait in waits:
+            session.delete(wait)
+    return ids
+
+
+def release_ready(engine: Engine) -> list[int]:
+    """Release waiting rows whose order exists by now: the sweep's guard against the race where the
+    order committed between a row's lookup and its parking."""
+    released: list[int] = []
+    with Session(engine) as session:
+        ready = session.exec(
+            select(InboxWait.shop_domain, InboxWait.order_shopify_id)
+            .join(
+                Order,
+                sa.and_(
+                    Order.shop_domain == InboxWait.shop_domain, Order.shopify_id == InboxWait.order_shopify_id
+                ),
+            )
+            .distinct()
+        ).all()
+        for shop_domain, order_shopify_id in ready:
+            released += release_waiting(session, shop_domain, order_shopify_id)
+        session.commit()
+    return released
+
+
+# --- Touchpoints -----------------------------------------------------------------------------------
+
+
+def ensure_touchpoint(
+    session: Session,
+    *,
+    order: Order,
+    kind: str,
+    seq: int,
+    due_at: datetime,
+    policy_version: str,
+    revive_reason: str | None = None,
+) -> Touchpoint:
+    """The touchpoint (order, kind, seq), created once; a planned one follows the newest due time. One
+    cancelled for exactly `revive_reason` is planned again."""
+    assert order.id is not None
+    values = {
+        "order_id": order.id,
+        "kind": kind,
+        "seq": seq,
+        "due_at": due_at,
+        "status": TouchpointStatus.PLANNED,
+        "policy_version": policy_version,
+        "created_at": utcnow(),
+    }
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(Touchpoint).values(**values).on_conflict_do_nothing(index_elements=["order_id", "kind", "seq"])
+    )
+    touchpoint = session.exec(
+        select(Touchpoint).where(
+            Touchpoint.order_id == order.id, Touchpoint.kind == kind, Touchpoint.seq == seq
+        )
+    ).one()
+    if (
+        revive_reason
+        and touchpoint.status == TouchpointStatus.CANCELLED
+        and touchpoint.reason == revive_reason
+    ):
+        touchpoint.status, touchpoint.reason = TouchpointStatus.PLANNED, None
+        session.add(touchpoint)
+    if touchpoint.status == TouchpointStatus.PLANNED and (
+        touchpoint.due_at != due_at or touchpoint.policy_version != policy_version
+    ):
+        touchpoint.due_at, touchpoint.policy_version = due_at, policy_version
+        session.add(touchpoint)
+    return touchpoint
+
+
+def cancel_touchpoints(session: Session, touchpoints: list[Touchpoint], reason: str) -> list[Touchpoint]:
+    """Cancel those still planned, and their outbox messages no worker has claimed yet (a claimed one
+    is already with the provider or about to be: it cannot be called back). Returns the cancelled."""
+    cancelled = [t for t in touchpoints if t.status == TouchpointStatus.PLANNED]
+    for touchpoint in cancelled:
+        touchpoint.status, touchpoint.reason = TouchpointStatus.CANCELLED, reason
+        session.add(touchpoint)
+    ids = [t.id for t in cancelled]
+    if ids:
+        session.execute(
+            sa.update(OutboxMessage)
+            .where(OutboxMessage.touchpoint_id.in_(ids), OutboxMessage.status == OutboxStatus.PENDING)  # type: ignore[attr-defined]
+            .values(status=OutboxStatus.CANCELLED, last_error=f"not sent: {reason}")
+        )
+    session.flush()
+    return cancelled
+
+
+def touchpoints_of(session: Session, order: Order, kinds: tuple[str, ...] | None = None) -> list[Touchpoint]:
+    query = select(Touchpoint).where(Touchpoint.order_id == order.id)
+    if kinds is not None:
+        query = query.where(Touchpoint.kind.in_(kinds))  # type: ignore[attr-defined]
+    return list(session.exec(query.order_by(Touchpoint.id)))
+
+
+def cancel_order(session: Session, order: Order) -> list[Touchpoint]:
+    """A cancelled order: every touchpoint still planned is cancelled, the reason saying when."""
+    assert order.cancelled_at is not None
+    reason = f"order cancelled at {order.cancelled_at.astimezone(UTC).isoformat()}"
+    return cancel_touchpoints(session, touchpoints_of(session, order), reason)
+
+
+# --- Shipments -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShipmentResult:
+    shipment: Shipment
+    created: bool
+    applied: bool  # False when the delivery was older than what we hold
+    reason: str | None = None
+
+
+def linkable(url: str | None) -> str | None:
+    """The URL when it is safe to put in a link (http or https with a host); otherwise None. Other
+    schemes (javascript:, data:, ...) are kept in the database but never linked."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    return url.strip() if parts.scheme.lower() in ("http", "https") and parts.netloc else None
+
+
+def upsert_shipment(
+    session: Session, *, order: Order, parsed: ShopifyFulfillment, policy: DeliveryPolicy
+) -> ShipmentResult:
+    """Create or update the shipment for a fulfillment. A delivery older (by `updated_at`) than what
+    we hold changes nothing. Delivery is estimated from the carrier's transit days until a real
+    `delivered` event sets it."""
+    assert order.id is not None
+    shipment = session.exec(
+        select(Shipment).where(Shipment.shop_domain == order.shop_domain, Shipment.shopify_id == parsed.id)
+    ).first()
+    created = shipment is None
+    if shipment is not None and parsed.updated_at < shipment.source_updated_at:
+        return ShipmentResult(
+            shipment,
+            created=False,
+            applied=False,
+            reason=f"stale: updated_at {parsed.updated_at.isoformat()} is older than "
+            f"{shipment.source_updated_at.isoformat()}",
+        )
+    if shipment is None:
+        shipment = Shipment(
+            order_id=order.id,
+            shop_domain=order.shop_domain,
+            shopify_id=parsed.id,
+            status=parsed.status,
+            shipped_at=parsed.created_at,
+            source_updated_at=parsed.updated_at,
+        )
+    carrier = policy.carrier(parsed.tracking_company)
+    shipment.name = parsed.name
+    shipment.status = parsed.status
+    shipment.shipment_status = parsed.shipment_status
+    shipment.carrier = carrier.name if carrier else parsed.tracking_company
+    shipment.tracking_numbers = parsed.all_tracking_numbers
+    shipment.tracking_urls = parsed.all_tracking_urls
+    shipment.lines = [
+        {
+            "line_id": li.id,
+            "sku": li.sku,
+            "title": li.title,
+            "variant_title": li.variant_title,
+            "quantity": li.quantity,
+        }
+        for li in parsed.line_items
+    ]
+    shipment.shipped_at = parsed.created_at
+    shipment.estimated_delivery_at = parsed.created_at + timedelta(
+        days=policy.transit_days(parsed.tracking_company)
+    )
+    shipment.estimate_policy_version = policy.version
+    if parsed.shipment_status == DELIVERED:
+        # The event's own time when a carrier gives one; else the update that reported it. A real
+        # time we already hold is kept: a later re-delivery of the same news does not move it.
+        shipment.delivered_at = parsed.delivered_at or shipment.delivered_at or parsed.updated_at
+    shipment.source_updated_at = parsed.updated_at
+    shipment.updated_at = utcnow()
+    shipment.raw = parsed.model_dump(mode="json")
+    session.add(shipment)
+    session.flush()
+    return ShipmentResult(shipment, created=created, applied=True)
+
+
+def shipments_of(session: Session, order: Order) -> list[Shipment]:
+    return list(
+        session.exec(
+            select(Shipment).where(Shipment.order_id == order.id).order_by(Shipment.shipped_at, Shipment.id)
+        )
+    )
+
+
+def has_left(shipment: Shipment, policy: DeliveryPolicy) -> bool:
+    """The parcel is with the carrier: a notifiable status (by policy), or delivered already."""
+    return shipment.status in policy.notify_statuses or shipment.delivered_at is not None
+
+
+@dataclass(frozen=True)
+class OrderDelivery:
+    """When the order (all of its shipments so far) arrived, or is expected to."""
+
+    at: datetime
+    estimated: bool
+    policy_version: str | None  # the delivery policy that made the estimate; None when all real
+
+
+def order_delivery(session: Session, order: Order, policy: DeliveryPolicy) -> OrderDelivery | None:
+    """The latest arrival among the order's shipments that left: real where a delivered event came,
+    else estimated. None while nothing has left."""
+    left = [s for s in shipments_of(session, order) if s.status not in VOID_STATUSES and has_left(s, policy)]
+    if not left:
+        return None
+    times = [(s.delivered_at or s.estimated_delivery_at, s.delivered_at is None, s) for s in left]
+    at = max(t for t, _est, _s in times if t is not None)
+    estimated = any(est for _t, est, _s in times)
+    versions = [s.estimate_policy_version for _t, est, s in times if est]
+    return OrderDelivery(at=at, estimated=estimated, policy_version=versions[0] if versions else None)
+
+
+# --- Refunds ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RefundResult:
+    refund: Refund
+    created: bool
+    cancelled: list[Touchpoint]
+    fully_refunded: bool
+
+
+def refunded_quantities(session: Session, order: Order) -> dict[int, int]:
+    """Shopify line id -> quantity refunded so far, over every refund of the order."""
+    totals: dict[int, int] = defaultdict(int)
+    for refund in session.exec(select(Refund).where(Refund.order_id == order.id)):
+        for line in refund.lines:
+            totals[int(line["line_id"])] += int(line["quantity"])
+    return dict(totals)
+
+
+def fully_refunded_lines(session: Session, order: Order, lines: list[OrderLine]) -> set[int]:
+    refunded = refunded_quantities(session, order)
+    return {
+        line.shopify_id
+        for line in lines
+        if line.quantity > 0 and refunded.get(line.shopify_id, 0) >= line.quantity
+    }
+
+
+def is_fully_refunded(session: Session, order: Order, lines: list[OrderLine]) -> bool:
+    return bool(lines) and fully_refunded_lines(session, order, lines) == {
+        line.shopify_id for line in lines if line.quantity > 0
+    }
+
+
+def apply_refund(
+    session: Session, *, order: Order, parsed: ShopifyRefund, lines: list[OrderLine]
+) -> RefundResult:
+    """Record a refund (once), then cancel what it takes back: a shipment notice whose every line is
+    refunded, and, once the whole order is refunded, everything still planned (no survey, no review
+    request for an order the customer no longer has)."""
+    assert order.id is not None
+    refund = session.exec(
+        select(Refund).where(Refund.shop_domain == order.shop_domain, Refund.shopify_id == parsed.id)
+    ).first()
+    created = refund is None
+    if refund is None:
+        refund = Refund(
+            order_id=order.id,
+            shop_domain=order.shop_domain,
+            shopify_id=parsed.id,
+            note=parsed.note,
+            lines=[{"line_id": r.line_item_id, "quantity": r.quantity} for r in parsed.refund_line_items],
+            refunded_at=parsed.processed_at or parsed.created_at,
+            raw=parsed.model_dump(mode="json"),
+        )
+        session.add(refund)
+        session.flush()
+    refunded = fully_refunded_lines(session, order, lines)
+    cancelled: list[Touchpoint] = []
+    notices = {t.seq: t for t in touchpoints_of(session, order, (SHIPMENT_NOTICE,))}
+    for shipment in shipments_of(session, order):
+        shipped_ids = {int(li["line_id"]) for li in shipment.lines}
+        if shipment.id in notices and shipped_ids and shipped_ids <= refunded:
+            cancelled += cancel_touchpoints(
+                session,
+                [notices[shipment.id]],
+                f"every line of this shipment was refunded (refund {parsed.id})",
+            )
+    full = is_fully_refunded(session, order, lines)
+    if full:
+        cancelled += cancel_touchpoints(
+            session, touchpoints_of(session, order), f"order fully refunded (refund {parsed.id})"
+        )
+    return RefundResult(refund, created, cancelled, full)
+
+
+# --- What is planned once the parcel has arrived ---------------------------------------------------
+
+
+def plan_after_delivery(
+    session: Session, order: Order, policies: Policies, lines: list[OrderLine]
+) -> list[Touchpoint]:
+    """Plan (or move) the survey and review request from the order's delivery, real or estimated.
+    Nothing is planned for a cancelled or fully refunded order, or before anything has left; when the
+    only shipments that had left are cancelled, what was planned from them is cancelled too."""
+    if order.cancelled_at is not None or is_fully_refunded(session, order, lines):
+        return []
+    delivery = order_delivery(session, order, policies.delivery)
+    if delivery is None:
+        # Every shipment that had left was cancelled: what keyed on it goes too.
+        cancel_touchpoints(session, touchpoints_of(session, order, AFTER_DELIVERY), NOTHING_ON_ITS_WAY)
+        return []
+    policy = policies.delivery
+    return [
+        ensure_touchpoint(
+            session,
+            order=order,
+            kind=DELIVERY_SURVEY,
+            seq=1,
+            policy_version=policy.version,
+            due_at=delivery.at + timedelta(days=policy.survey_days_after_delivery),
+            revive_reason=NOTHING_ON_ITS_WAY,
+        ),
+        ensure_touchpoint(
+            session,
+            order=order,
+            kind=REVIEW_REQUEST,
+            seq=1,
+            policy_version=policy.version,
+            due_at=delivery.at + timedelta(days=policy.review_request_days_after_delivery),
+            revive_reason=NOTHING_ON_ITS_WAY,
+        ),
+    ]
+
+
+# --- The shipment notice ---------------------------------------------------------------------------
+
+
+def tracking_entries(shipment: Shipment) -> list[dict[str, str | None]]:
+    """Tracking numbers paired with their URLs; a URL that is not http(s) is left out of the link."""
+    entries = []
+    for number, url in zip_longest(shipment.tracking_numbers, shipment.tracking_urls):
+        if number is None and linkable(url) is None:
+            continue
+        entries.append({"number": number, "url": linkable(url)})
+    return entries
+
+
+def notice_vars(
+    session: Session,
+    order: Order,
+    shipment: Shipment,
+    policies: Policies,
+    shop_name: str,
+    customer_name: str | None,
+) -> dict[str, Any]:
+    """Everything the shipment notice templates use."""
+    lines = list(session.exec(select(OrderLine).where(OrderLine.order_id == order.id)))
+    shipped: dict[int, int] = defaultdict(int)
+    for other in shipments_of(session, order):
+        if other.status not in VOID_STATUSES:
+            for li in other.lines:
+                shipped[int(li["line_id"])] += int(li["quantity"])
+    remaining = any(
+        line.requires_shipping and shipped.get(line.shopify_id, 0) < line.quantity for line in lines
+    )
+    tz = policies.shipping.tz
+    estimate = shipment.delivered_at or shipment.estimated_delivery_at
+    return {
+        "shop_name": shop_name,
+        "order_name": order.name,
+        "customer_name": customer_name,
+        "carrier": shipment.carrier,
+        "tracking": tracking_entries(shipment),
+        "lines": [
+            {
+                "title": li.get("title") or li.get("sku") or "",
+                "variant": li.get("variant_title"),
+                "quantity": li["quantity"],
+            }
+            for li in shipment.lines
+        ],
+        "shipped_on": shipment.shipped_at.astimezone(tz).date(),
+        "estimated_delivery_on": estimate.astimezone(tz).date() if estimate else None,
+        "more_to_come": remaining,
+        "address": order.shipping_address,
+        "is_test": order.is_test,
+    }
+
+
+def render_notice(renderer: Renderer, locale: str, context: dict[str, Any]) -> RenderedEmail:
+    return renderer.render_email(SHIPMENT_NOTICE, locale, context)
+
+
+def customer_of(session: Session, order: Order) -> Customer | None:
+    return session.get(Customer, order.customer_id) if order.customer_id else None

@@ -1,0 +1,366 @@
+"""Everything that happened to an order, and what is still planned for it, from our own tables: the
+webhooks received, the checks and their flags, the warehouse hand-offs and acknowledgements,
+shipments, delivery (real or estimated), messages, touchpoints planned or cancelled (with the policy
+version that set them), refunds and cancellation. For ops, the CLI (`timeline_text`, `timeline_json`)
+and Prefect artifacts (`render_markdown`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from aftercare.errors import AftercareError
+from aftercare.models import (
+    InboxEvent,
+    InboxWait,
+    Order,
+    OutboxMessage,
+    Refund,
+    Touchpoint,
+    TouchpointStatus,
+    WarehouseHandoff,
+    utcnow,
+)
+from aftercare.policies import DeliveryPolicy
+from aftercare.shipping import OrderDelivery, order_delivery, shipments_of
+
+
+class OrderNotFound(AftercareError):
+    """No order matches the reference given (an order name like #1001, or a Shopify order id)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    at: datetime | None
+    kind: str  # webhook, check, handoff, shipment, delivery, message, touchpoint, refund, cancellation
+    summary: str
+    status: str | None = None
+    policy_version: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat() if self.at else None,
+            "kind": self.kind,
+            "summary": self.summary,
+            "status": self.status,
+            "policy_version": self.policy_version,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class Timeline:
+    order_id: int
+    order_name: str
+    shop_domain: str
+    delivery: OrderDelivery | None
+    history: list[Entry]  # what happened, oldest first
+    planned: list[Entry]  # what is still to come, soonest first
+
+
+def find_order(session: Session, ref: str, shop_domain: str | None = None) -> Order:
+    """The order named `ref` ('#1001' or '1001') or with that Shopify id; OrderNotFound otherwise."""
+    ref = ref.strip()
+    names = {ref, ref if ref.startswith("#") else f"#{ref}"}
+    condition = Order.name.in_(names)  # type: ignore[attr-defined]
+    if ref.lstrip("#").isdigit():
+        condition = sa.or_(condition, Order.shopify_id == int(ref.lstrip("#")))
+    query = select(Order).where(condition)
+    if shop_domain:
+        query = query.where(Order.shop_domain == shop_domain)
+    found = list(session.exec(query.order_by(Order.id)))
+    if not found:
+        raise OrderNotFound(
+            f"no order {ref!r}"
+            + (f" in {shop_domain}" if shop_domain else "")
+            + ": give the order name (#1001) or its Shopify id"
+        )
+    if len({o.shop_domain for o in found}) > 1:
+        shops = ", ".join(sorted({o.shop_domain for o in found}))
+        raise OrderNotFound(f"order {ref!r} exists in several shops ({shops}): name the shop")
+    return found[0]
+
+
+def order_timeline(
+    engine: Engine, ref: str, policy: DeliveryPolicy, *, shop_domain: str | None = None
+) -> Timeline:
+    """Build the timeline of one order."""
+    with Session(engine) as session:
+        order = find_order(session, ref, shop_domain)
+        assert order.id is not None
+        history: list[Entry] = []
+        planned: list[Entry] = []
+        history += _webhooks(session, order)
+        history.append(
+            Entry(
+                order.updated_at,
+                "check",
+                "checked: " + (", ".join(order.flags) if order.flags else "no flags"),
+                detail={"flags": list(order.flags)},
+            )
+        )
+        if order.cancelled_at is not None:
+            history.append(Entry(order.cancelled_at, "cancellation", "order cancelled in Shopify"))
+        history += _handoffs(session, order)
+        now = utcnow()
+        for shipment in shipments_of(session, order):
+            tracking = ", ".join(shipment.tracking_numbers) or "no tracking number"
+            items = ", ".join(
+                f"{li.get('sku') or li.get('title')} x{li['quantity']}" for li in shipment.lines
+            )
+            history.append(
+                Entry(
+                    shipment.shipped_at,
+                    "shipment",
+                    f"fulfillment {shipment.name or shipment.shopify_id} ({shipment.status}): "
+                    f"{shipment.carrier or 'carrier unknown'}, {tracking}; {items}",
+                    status=shipment.status,
+                    detail={
+                        "tracking_numbers": shipment.tracking_numbers,
+                        "tracking_urls": shipment.tracking_urls,
+                        "lines": shipment.lines,
+                    },
+                )
+            )
+            if shipment.delivered_at is not None:
+                history.append(
+                    Entry(
+                        shipment.delivered_at,
+                        "delivery",
+                        f"delivered (carrier event) {shipment.name or shipment.shopify_id}",
+                        status="delivered",
+                    )
+                )
+            elif shipment.estimated_delivery_at is not None:
+                entry = Entry(
+                    shipment.estimated_delivery_at,
+                    "delivery",
+                    f"delivery estimated for {shipment.name or shipment.shopify_id} "
+                    f"({shipment.carrier or 'default'} transit days)",
+                    status="estimated",
+                    policy_version=shipment.estimate_policy_version,
+                )
+                (planned if shipment.estimated_delivery_at > now else history).append(entry)
+        for refund in session.exec(
+            select(Refund).where(Refund.order_id == order.id).order_by(Refund.refunded_at)
+        ):
+            items = ", ".join(f"line {li['line_id']} x{li['quantity']}" for li in refund.lines) or "no lines"
+            history.append(
+                Entry(
+                    refund.refunded_at,
+                    "refund",
+                    f"refund {refund.shopify_id}: {items}" + (f" ({refund.note})" if refund.note else ""),
+                )
+            )
+        messages = {
+            m.touchpoint_id: m
+            for m in session.exec(select(OutboxMessage).where(OutboxMessage.order_id == order.id))
+        }
+        for tp in session.exec(
+            select(Touchpoint).where(Touchpoint.order_id == order.id).order_by(Touchpoint.id)
+        ):
+            label = tp.kind if tp.kind != "shipment_notice" else f"shipment_notice #{tp.seq}"
+            if tp.status == TouchpointStatus.PLANNED:
+                planned.append(
+                    Entry(
+                        tp.due_at,
+                        "touchpoint",
+                        f"{label} planned",
+                        status=tp.status,
+                        policy_version=tp.policy_version,
+                    )
+                )
+            else:
+                history.append(
+                    Entry(
+                        tp.created_at,
+                        "touchpoint",
+                        f"{label} {tp.status}" + (f": {tp.reason}" if tp.reason else ""),
+                        status=tp.status,
+                        policy_version=tp.policy_version,
+                    )
+                )
+            message = messages.get(tp.id)
+            if message is not None:
+                history.append(_message_entry(message))
+        delivery = order_delivery(session, order, policy)
+    history.sort(key=lambda e: e.at or datetime.min.replace(tzinfo=UTC))
+    planned.sort(key=lambda e: e.at or datetime.max.replace(tzinfo=UTC))
+    return Timeline(order.id, order.name, order.shop_domain, delivery, history, planned)
+
+
+def _webhooks(session: Session, order: Order) -> list[Entry]:
+    waiting = select(InboxWait.inbox_id).where(
+        InboxWait.shop_domain == order.shop_domain, InboxWait.order_shopify_id == order.shopify_id
+    )
+    rows = session.exec(
+        select(InboxEvent)
+        .where(
+            InboxEvent.shop_domain == order.shop_domain,
+            sa.or_(
+                InboxEvent.subject_ref == order.name,
+                InboxEvent.subject_ref.like(_like_prefix(order.name) + ".%", escape="\\"),  # type: ignore[union-attr]
+                InboxEvent.subject_ref == f"order-id:{order.shopify_id}",
+                InboxEvent.id.in_(waiting),
+            ),  # type: ignore[union-attr]
+        )
+        .order_by(InboxEvent.received_at, InboxEvent.id)
+    )
+    return [
+        Entry(
+            row.received_at,
+            "webhook",
+            f"{row.topic or '(no topic)'} received: {row.status}"
+            + (f" ({row.reason})" if row.reason else ""),
+            status=row.status,
+            detail={"inbox_id": row.id, "delivery_id": row.delivery_id},
+        )
+        for row in rows
+    ]
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _handoffs(session: Session, order: Order) -> list[Entry]:
+    entries = []
+    for h in session.exec(
+        select(WarehouseHandoff)
+        .where(WarehouseHandoff.order_id == order.id)
+        .order_by(WarehouseHandoff.version)
+    ):
+        flags = f" flags: {', '.join(h.flags)}" if h.flags else ""
+        entries.append(
+            Entry(
+                h.created_at,
+                "handoff",
+                f"hand-off v{h.version} prepared{flags}",
+                status="prepared",
+                policy_version=h.policy_version,
+                detail={"flags": list(h.flags)},
+            )
+        )
+        if h.sent_at is not None:
+            entries.append(
+                Entry(
+                    h.sent_at,
+                    "handoff",
+                    f"hand-off v{h.version} acknowledged by the warehouse"
+                    + (f" ({h.reference})" if h.reference else ""),
+                    status=h.status,
+                )
+            )
+        elif h.status != "pending":
+            entries.append(
+                Entry(
+                    h.claimed_at or h.created_at,
+                    "handoff",
+                    f"hand-off v{h.version} {h.status}" + (f": {h.last_error}" if h.last_error else ""),
+                    status=h.status,
+                )
+            )
+    return entries
+
+
+def _message_entry(m: OutboxMessage) -> Entry:
+    if m.sent_at is not None:
+        return Entry(
+            m.sent_at,
+            "message",
+            f"{m.kind} sent to {m.to_email}: {m.subject}",
+            status=m.status,
+            detail={"outbox_id": m.id, "provider_message_id": m.provider_message_id},
+        )
+    reason = f" ({m.last_error})" if m.last_error else ""
+    return Entry(
+        m.created_at,
+        "message",
+        f"{m.kind} to {m.to_email}: {m.status}{reason}",
+        status=m.status,
+        detail={"outbox_id": m.id},
+    )
+
+
+# --- Formats ---------------------------------------------------------------------------------------
+
+
+def _when(at: datetime | None, tz: tzinfo) -> str:
+    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z") if at else "?"
+
+
+def _delivery_line(tl: Timeline, tz: tzinfo) -> str:
+    if tl.delivery is None:
+        return "delivery: nothing has shipped yet"
+    kind = f"estimated (policy {tl.delivery.policy_version})" if tl.delivery.estimated else "delivered"
+    return f"delivery: {_when(tl.delivery.at, tz)}, {kind}"
+
+
+def timeline_json(tl: Timeline) -> dict[str, Any]:
+    """The timeline as JSON-ready data (`aftercare timeline <order> --json`)."""
+    return {
+        "order": {"id": tl.order_id, "name": tl.order_name, "shop_domain": tl.shop_domain},
+        "delivery": None
+        if tl.delivery is None
+        else {
+            "at": tl.delivery.at.isoformat(),
+            "estimated": tl.delivery.estimated,
+            "policy_version": tl.delivery.policy_version,
+        },
+        "history": [e.as_json() for e in tl.history],
+        "planned": [e.as_json() for e in tl.planned],
+    }
+
+
+def timeline_text(tl: Timeline, tz: tzinfo = UTC) -> str:
+    """The timeline for a terminal: one line per event, then what is planned."""
+    out = [f"{tl.order_name} ({tl.shop_domain})", _delivery_line(tl, tz), ""]
+    out += [
+        f"{_when(e.at, tz)}  {e.kind:<12} {e.summary}"
+        + (f"  [{e.policy_version}]" if e.policy_version else "")
+        for e in tl.history
+    ]
+    out += ["", "planned:" if tl.planned else "planned: nothing"]
+    out += [
+        f"{_when(e.at, tz)}  {e.kind:<12} {e.summary}"
+        + (f"  [{e.policy_version}]" if e.policy_version else "")
+        for e in tl.planned
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(tl: Timeline, tz: tzinfo = UTC) -> str:
+    """The timeline as a Markdown artifact: a table of what happened and one of what is planned."""
+    out = [
+        f"# {_cell(tl.order_name)}: timeline",
+        "",
+        f"- shop: {tl.shop_domain}",
+        f"- {_delivery_line(tl, tz)}",
+        "",
+        "| when | what | detail | policy |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| {_when(e.at, tz)} | {e.kind} | {_cell(e.summary)} | {e.policy_version or ''} |"
+        for e in tl.history
+    ]
+    out += ["", "## Planned", ""]
+    if tl.planned:
+        out += ["| due | what | detail | policy |", "|---|---|---|---|"]
+        out += [
+            f"| {_when(e.at, tz)} | {e.kind} | {_cell(e.summary)} | {e.policy_version or ''} |"
+            for e in tl.planned
+        ]
+    else:
+        out.append("Nothing planned.")
+    return "\n".join(out) + "\n"

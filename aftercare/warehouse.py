@@ -1,0 +1,556 @@
+"""The warehouse hand-off: for each paid, shippable order a shipping instruction (JSON, every special
+request named through policies/requests.yaml), a picking list and a packing slip (納品書), versioned
+per order and sent through a port: files under `<var_dir>/warehouse/<order>/` by default, or a 3PL's
+HTTP API (HMAC-signed, one idempotency key per order version, retried with backoff on 5xx/timeouts).
+
+Planning runs in the order's transaction (`plan_handoff`); sending runs later, one claimed hand-off at
+a time (`claim_due`, `hand_off`), like the outbox."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from aftercare.errors import PermanentWarehouseError, TransientWarehouseError
+from aftercare.models import HandoffStatus, Order, OrderLine, Shipment, WarehouseHandoff, utcnow
+from aftercare.policies import Policies, RequestsPolicy
+from aftercare.receipt import FLAG_MISSING_ADDRESS, payment_state
+from aftercare.rendering import Renderer
+from aftercare.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "aftercare.shipping-instruction/1"
+SIGNATURE_HEADER = "X-Aftercare-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+FLAG_DATE_PAST = "requested_delivery_date_past"
+FLAG_DATE_UNPARSEABLE = "requested_delivery_date_unparseable"
+
+# 2026-11-28, 2026/11/28, 2026.11.28, 2026年11月28日, each optionally followed by a weekday: (土), (Sat).
+_DATE = re.compile(
+    r"^\s*(\d{4})\s*(?:[-/.]|年)\s*(\d{1,2})\s*(?:[-/.]|月)\s*(\d{1,2})\s*日?\s*"
+    r"(?:[(（]\s*[^)）]{1,9}\s*[)）])?\s*$"
+)
+
+
+# --- The instruction -------------------------------------------------------------------------------
+
+
+def parse_requested_date(raw: str, today: date) -> tuple[date | None, str | None]:
+    """(date, None) for a date we can read that is not in the past; else (None, flag). Nothing is
+    guessed: anything else is passed on verbatim with the flag saying why."""
+    match = _DATE.match(raw.translate(_FULLWIDTH_DIGITS))
+    if not match:
+        return None, FLAG_DATE_UNPARSEABLE
+    try:
+        wanted = date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        return None, FLAG_DATE_UNPARSEABLE
+    if wanted < today:
+        return None, FLAG_DATE_PAST
+    return wanted, None
+
+
+_FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９／－．（）", "0123456789/-.()")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def build_instruction(
+    order: Order, lines: list[OrderLine], policy: RequestsPolicy, today: date
+) -> dict[str, Any]:
+    """The shipping instruction for the warehouse, from the order as we hold it. Special requests are
+    named by the shop's policy; every note attribute and line property is also passed verbatim."""
+    attributes = [
+        {"name": _text(a.get("name")), "value": a.get("value")}
+        for a in (order.raw or {}).get("note_attributes") or []
+        if isinstance(a, dict)
+    ]
+    requests: dict[str, str] = {}
+    for attr in attributes:
+        kind = policy.attribute_kind(attr["name"])
+        if kind and _text(attr["value"]):
+            requests[kind] = _text(attr["value"])
+    flags: list[str] = []
+    requested_raw = requests.get("delivery_date")
+    requested: date | None = None
+    if requested_raw:
+        requested, flag = parse_requested_date(requested_raw, today)
+        if flag:
+            flags.append(flag)
+    box_raw = requests.get("delivery_box")
+    wrap_raw = requests.get("gift_wrap")
+    ship_lines = []
+    for line in lines:
+        if not line.requires_shipping or line.quantity <= 0:
+            continue
+        props = [{"name": _text(p.get("name")), "value": p.get("value")} for p in line.properties]
+        named: dict[str, list[str]] = {}
+        for prop in props:
+            kind = policy.property_kind(prop["name"])
+            if kind and _text(prop["value"]):
+                named.setdefault(kind, []).append(_text(prop["value"]))
+        ship_lines.append(
+            {
+                "line_id": line.shopify_id,
+                "sku": line.sku,
+                "title": line.title,
+                "variant": line.variant_title,
+                "quantity": line.quantity,
+                "unit_price": str(line.price),
+                "engraving": named.get("engraving", []),
+                "gift_wrap": None if "gift_wrap" not in named else not policy.says_no(named["gift_wrap"][0]),
+                "requests": named,
+                "properties": props,
+            }
+        )
+    address = order.shipping_address or {}
+    gift_message = order.gift_message or requests.get("gift_message")
+    return {
+        "schema": SCHEMA,
+        "shop_domain": order.shop_domain,
+        "order": {
+            "id": order.shopify_id,
+            "name": order.name,
+            "number": order.number,
+            "placed_at": order.placed_at.isoformat(),
+            "locale": order.locale,
+            "currency": order.currency,
+            "total": str(order.total),
+        },
+        "ship_to": {
+            k: address.get(k)
+            for k in (
+                "name",
+                "last_name",
+                "first_name",
+                "company",
+                "zip",
+                "province",
+                "city",
+                "address1",
+                "address2",
+                "country",
+                "country_code",
+                "phone",
+            )
+        },
+        "shipping_method": order.shipping_method,
+        "lines": ship_lines,
+        "gift": {
+            "is_gift": order.is_gift,
+            "message": gift_message,
+            "wrap": None if wrap_raw is None else not policy.says_no(wrap_raw),
+            "wrap_request": wrap_raw,
+            "noshi": requests.get("noshi"),
+            "hide_prices": order.is_gift,  # a gift's packing slip never shows what it cost
+        },
+        "delivery": {
+            "requested_date": requested.isoformat() if requested else None,
+            "requested_date_raw": requested_raw,
+            "time_window": requests.get("delivery_time"),
+            "leave_at_door": None if box_raw is None else not policy.says_no(box_raw),
+            "leave_at_door_request": box_raw,
+        },
+        "note": order.note,
+        "note_attributes": attributes,
+        "flags": flags,
+        "policy_version": policy.version,
+    }
+
+
+def digest(instruction: dict[str, Any]) -> str:
+    """What identifies a version: the instruction's content, canonically serialised."""
+    return hashlib.sha256(json.dumps(instruction, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def why_not_ready(order: Order, lines: list[OrderLine], shipped: bool) -> str | None:
+    """Why this order is not handed to the warehouse (now), or None when it should be."""
+    if order.cancelled_at is not None:
+        return "order cancelled"
+    if order.is_test:
+        return "test order: nothing ships"
+    if payment_state(order) != "paid":
+        return f"not paid ({order.financial_status})"
+    if not any(line.requires_shipping and line.quantity > 0 for line in lines):
+        return "nothing to ship"
+    if FLAG_MISSING_ADDRESS in (order.flags or []):
+        return "no usable shipping address"
+    if shipped or order.fulfillment_status in ("fulfilled", "partial"):
+        return "already shipping"
+    return None
+
+
+def plan_handoff(
+    session: Session, order: Order, lines: list[OrderLine], policies: Policies, *, today: date | None = None
+) -> WarehouseHandoff | None:
+    """The hand-off for the order as it is now: a new version when its instruction changed (before it
+    ships), else the one we have. A cancelled order's unsent versions are withdrawn."""
+    assert order.id is not None
+    shipped = session.exec(select(Shipment.id).where(Shipment.order_id == order.id)).first() is not None
+    reason = why_not_ready(order, lines, shipped)
+    versions = list(
+        session.exec(
+            select(WarehouseHandoff)
+            .where(WarehouseHandoff.order_id == order.id)
+            .order_by(WarehouseHandoff.version)
+        )
+    )
+    if reason is not None:
+        if order.cancelled_at is not None:
+            _withdraw(session, versions, "order cancelled before the warehouse had it")
+        return None
+    today = today or utcnow().astimezone(policies.shipping.tz).date()
+    instruction = build_instruction(order, lines, policies.requests, today)
+    content = digest(instruction)
+    latest = versions[-1] if versions else None
+    if latest is not None and latest.digest == content:
+        return latest
+    version = (latest.version + 1) if latest else 1
+    _withdraw(session, versions, f"superseded by version {version}")
+    handoff = WarehouseHandoff(
+        order_id=order.id,
+        order_name=order.name,
+        version=version,
+        digest=content,
+        instruction=instruction,
+        policy_version=policies.requests.version,
+        flags=instruction["flags"],
+    )
+    session.add(handoff)
+    session.flush()
+    return handoff
+
+
+def _withdraw(session: Session, versions: list[WarehouseHandoff], reason: str) -> None:
+    for old in versions:
+        if old.status == HandoffStatus.PENDING:
+            old.status, old.last_error = HandoffStatus.SUPERSEDED, reason
+            session.add(old)
+
+
+# --- Documents -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandoffDocuments:
+    """One version of an order's hand-off, ready for a port."""
+
+    order_name: str
+    version: int
+    idempotency_key: str
+    instruction: dict[str, Any]
+    picking_list: str
+    packing_slip_text: str
+    packing_slip_html: str
+
+    def body(self) -> bytes:
+        """The instruction as sent: the bytes the signature covers."""
+        return json.dumps(
+            {**self.instruction, "version": self.version}, ensure_ascii=False, sort_keys=True
+        ).encode()
+
+
+def idempotency_key(handoff: WarehouseHandoff) -> str:
+    """One key per order version: a resent version is the same request to the 3PL, a new one is not."""
+    return f"{handoff.instruction['shop_domain']}:{handoff.instruction['order']['id']}:v{handoff.version}"
+
+
+def documents(
+    handoff: WarehouseHandoff, renderer: Renderer, policy: RequestsPolicy, shop_name: str
+) -> HandoffDocuments:
+    """Render the picking list (warehouse's language) and packing slip (the customer's) for a version."""
+    data = handoff.instruction
+    context = {"shop_name": shop_name, "i": data, "version": handoff.version, "flags": data["flags"]}
+    slip_locale = data["order"]["locale"] if data["order"]["locale"] in ("ja", "en") else "en"
+    return HandoffDocuments(
+        order_name=handoff.order_name,
+        version=handoff.version,
+        idempotency_key=idempotency_key(handoff),
+        instruction=data,
+        picking_list=renderer.render("picking_list.txt", policy.warehouse_locale, context),
+        packing_slip_text=renderer.render("packing_slip.txt", slip_locale, context),
+        packing_slip_html=renderer.render("packing_slip.html", slip_locale, context),
+    )
+
+
+# --- Ports -----------------------------------------------------------------------------------------
+
+
+class WarehousePort(Protocol):
+    name: str
+
+    def submit(self, docs: HandoffDocuments) -> str:
+        """Hand over one version; return the warehouse's reference. Raise TransientWarehouseError when a
+        retry may help, PermanentWarehouseError (with the warehouse's reason) when it cannot."""
+        ...
+
+
+def order_dir_name(order_name: str) -> str:
+    """'#1101' -> '1101': a directory name without shell-unfriendly characters."""
+    return re.sub(r"[^0-9A-Za-z._-]+", "-", order_name).strip("-.") or "order"
+
+
+class FileWarehouse:
+    """Writes `<dir>/<order>/` instruction.json, picking_list.txt, packing_slip.{txt,html}: the default,
+    for a shop that prints and packs itself. Rewriting a version writes the same files."""
+
+    name = "files"
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def submit(self, docs: HandoffDocuments) -> str:
+        target = self.directory / order_dir_name(docs.order_name)
+        target.mkdir(parents=True, exist_ok=True)
+        files = {
+            "instruction.json": json.dumps(
+                {**docs.instruction, "version": docs.version}, ensure_ascii=False, indent=2, sort_keys=True
+            )
+            + "\n",
+            "picking_list.txt": docs.picking_list,
+            "packing_slip.txt": docs.packing_slip_text,
+            "packing_slip.html": docs.packing_slip_html,
+        }
+        for name, text in files.items():
+            tmp = target / f".{name}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(target / name)  # atomic: a reader never sees half a file
+        return str(target)
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header value for a body: 'sha256=' + hex HMAC-SHA256 under the shared secret."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _reason(response: httpx.Response) -> str:
+    """The 3PL's own words: a JSON error/message field if there is one, else the start of the body."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("error", "message", "detail", "errors", "reason"):
+            if data.get(key):
+                value = data[key]
+                return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return response.text.strip()[:500] or response.reason_phrase
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class HttpWarehouse:
+    """POSTs the instruction JSON to a 3PL, signed (HMAC-SHA256 of the raw body) with an idempotency
+    key per order version. 2xx: accepted; 5xx, 429, timeouts, refused connections: transient; any
+    other 4xx: refused, with the 3PL's reason."""
+
+    name = "http"
+
+    def __init__(self, client: httpx.Client, url: str, secret: str):
+        self.client = client
+        self.url = url
+        self.secret = secret
+
+    def submit(self, docs: HandoffDocuments) -> str:
+        body = docs.body()
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            SIGNATURE_HEADER: sign(self.secret, body),
+            IDEMPOTENCY_HEADER: docs.idempotency_key,
+            "X-Aftercare-Order": docs.order_name.encode("ascii", "replace").decode(),
+        }
+        try:
+            response = self.client.post(self.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise TransientWarehouseError(
+                f"timed out talking to the warehouse: {type(exc).__name__}"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise TransientWarehouseError(f"could not reach the warehouse: {exc}") from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                data = response.json()
+            except ValueError:
+                data = None
+            ref = data.get("id") or data.get("reference") if isinstance(data, dict) else None
+            return str(ref or f"HTTP {status}")[:255]
+        if status >= 500 or status in (408, 429):
+            raise TransientWarehouseError(
+                f"warehouse answered {status}: {_reason(response)}", status, _retry_after(response)
+            )
+        raise PermanentWarehouseError(
+            f"warehouse refused the instruction ({status}): {_reason(response)}", status
+        )
+
+
+def make_warehouse(settings: Settings) -> WarehousePort:
+    if settings.warehouse_backend == "http":
+        client = httpx.Client(timeout=settings.warehouse_timeout_s)
+        return HttpWarehouse(client, settings.warehouse_url, settings.warehouse_secret.get_secret_value())
+    assert settings.warehouse_dir is not None
+    return FileWarehouse(settings.warehouse_dir)
+
+
+# --- Sending ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedHandoff:
+    handoff_id: int
+    order_name: str
+    version: int
+
+
+def _claimable(now: datetime, lease: timedelta) -> sa.ColumnElement[bool]:
+    return sa.or_(
+        sa.and_(WarehouseHandoff.status == HandoffStatus.PENDING, WarehouseHandoff.next_attempt_at <= now),
+        # A worker that died mid-send: safe to send again, the idempotency key makes it the same request.
+        sa.and_(WarehouseHandoff.status == HandoffStatus.SENDING, WarehouseHandoff.claimed_at < now - lease),
+    )
+
+
+def claim_due(engine: Engine, limit: int, lease: timedelta = timedelta(minutes=5)) -> list[ClaimedHandoff]:
+    """Move up to `limit` due hand-offs to `sending` (a compare-and-set; SKIP LOCKED on PostgreSQL)."""
+    now = utcnow()
+    claimed: list[ClaimedHandoff] = []
+    with Session(engine) as session:
+        query = (
+            select(WarehouseHandoff.id, WarehouseHandoff.order_name, WarehouseHandoff.version)
+            .where(_claimable(now, lease))
+            .order_by(WarehouseHandoff.id)
+            .limit(limit)
+        )
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        for handoff_id, order_name, version in list(session.exec(query)):
+            result = session.execute(
+                sa.update(WarehouseHandoff)
+                .where(WarehouseHandoff.id == handoff_id, _claimable(now, lease))
+                .values(status=HandoffStatus.SENDING, claimed_at=now)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                claimed.append(ClaimedHandoff(handoff_id, order_name, version))
+        session.commit()
+    return claimed
+
+
+@dataclass(frozen=True)
+class HandoffResult:
+    handoff_id: int
+    status: str
+    reference: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+def hand_off(
+    engine: Engine,
+    handoff_id: int,
+    port: WarehousePort,
+    renderer: Renderer,
+    policies: Policies,
+    settings: Settings,
+    *,
+    inline_wait_cap_s: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> HandoffResult:
+    """Send one claimed hand-off. Transient failures are retried here with exponential backoff while
+    the wait is short, then rescheduled; after `warehouse_max_attempts` the hand-off fails for a
+    person to look at. A refusal (4xx) fails it at once with the warehouse's reason: no retry storm."""
+    with Session(engine, expire_on_commit=False) as session:
+        handoff = session.get(WarehouseHandoff, handoff_id)
+        if handoff is None or handoff.status != HandoffStatus.SENDING:
+            return HandoffResult(handoff_id, handoff.status if handoff else "missing")
+        docs = documents(handoff, renderer, policies.requests, settings.shop_name)
+        attempts = handoff.attempts
+    while True:
+        attempts += 1
+        try:
+            reference = port.submit(docs)
+        except TransientWarehouseError as err:
+            if attempts >= settings.warehouse_max_attempts:
+                return _record(
+                    engine,
+                    handoff_id,
+                    HandoffStatus.FAILED,
+                    attempts,
+                    error=f"gave up after {attempts} attempts: {err.reason}",
+                )
+            wait = max(settings.warehouse_backoff_base_s * 2 ** (attempts - 1), err.retry_after or 0.0)
+            if wait > inline_wait_cap_s:
+                return _record(
+                    engine,
+                    handoff_id,
+                    HandoffStatus.PENDING,
+                    attempts,
+                    error=err.reason,
+                    next_attempt_at=utcnow() + timedelta(seconds=wait),
+                )
+            log.warning(
+                "hand-off %s (%s v%s): %s; retrying in %.1fs",
+                handoff_id,
+                docs.order_name,
+                docs.version,
+                err.reason,
+                wait,
+            )
+            sleep(wait)
+            continue
+        except PermanentWarehouseError as err:
+            return _record(engine, handoff_id, HandoffStatus.FAILED, attempts, error=err.reason)
+        return _record(engine, handoff_id, HandoffStatus.SENT, attempts, reference=reference)
+
+
+def _record(
+    engine: Engine,
+    handoff_id: int,
+    status: HandoffStatus,
+    attempts: int,
+    *,
+    reference: str | None = None,
+    error: str | None = None,
+    next_attempt_at: datetime | None = None,
+) -> HandoffResult:
+    values: dict[str, Any] = {"status": status, "attempts": attempts, "last_error": error}
+    if status == HandoffStatus.SENT:
+        values.update(reference=reference, sent_at=utcnow())
+    if next_attempt_at is not None:
+        values.update(next_attempt_at=next_attempt_at, claimed_at=None)
+    with Session(engine) as session:
+        session.execute(
+            sa.update(WarehouseHandoff)
+            .where(WarehouseHandoff.id == handoff_id, WarehouseHandoff.status == HandoffStatus.SENDING)
+            .values(**values)
+        )
+        session.commit()
+    return HandoffResult(handoff_id, status, reference, error, attempts)
+
+
+def get(engine: Engine, handoff_id: int) -> WarehouseHandoff | None:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.get(WarehouseHandoff, handoff_id)

@@ -1,0 +1,92 @@
+"""A fake 3PL on loopback (stdlib http.server on 127.0.0.1:0), so tests run the real HTTP adapter.
+
+It checks each request's HMAC-SHA256 signature over the raw body (a bad one answers 401 and is kept
+in `bad_signatures`), answers the same reference for a repeated idempotency key, and can be scripted:
+`plan(503)`, `plan(422, {"error": "unknown SKU X"})`, `plan_delay(2.0)` (answer after that long)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeThreePL:
+    secret: str = "fake-3pl-signing-secret"
+    requests: list[Received] = field(default_factory=list)
+    bad_signatures: list[Received] = field(default_factory=list)
+    accepted: dict[str, str] = field(default_factory=dict)  # idempotency key -> reference
+    _plans: deque[tuple[int, dict[str, Any] | None, float]] = field(default_factory=deque)
+
+    def plan(self, status: int, body: dict[str, Any] | None = None, *, delay: float = 0.0) -> None:
+        self._plans.append((status, body, delay))
+
+    def plan_delay(self, seconds: float) -> None:
+        self._plans.append((200, None, seconds))
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1/shipping-instructions"
+
+    def __enter__(self) -> FakeThreePL:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                got = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                fake.requests.append(got)
+                expected = "sha256=" + hmac.new(fake.secret.encode(), body, hashlib.sha256).hexdigest()
+                if not hmac.compare_digest(expected, got.headers.get("x-aftercare-signature", "")):
+                    fake.bad_signatures.append(got)
+                    return self._answer(401, {"error": "bad signature"})
+                status, answer, delay = fake._plans.popleft() if fake._plans else (200, None, 0.0)
+                if delay:
+                    time.sleep(delay)
+                if status >= 300:
+                    return self._answer(status, answer or {"error": f"planned {status}"})
+                key = got.headers.get("idempotency-key", "")
+                reference = fake.accepted.setdefault(key, f"3PL-{len(fake.accepted) + 1:05d}")
+                self._answer(status, answer or {"id": reference, "status": "accepted"})
+
+            def _answer(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test): nothing to answer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,77 @@
+"""The process-inbox flow with shipping: a fulfillment that arrives before its order, the warehouse
+hand-off named by order, one notice per shipment, and a 3PL refusal that fails the run with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from sqlmodel import Session, select
+
+from aftercare import warehouse
+from aftercare.models import InboxEvent, OutboxMessage, WarehouseHandoff
+from flows.receipt import process_inbox
+from tests.factories import deliver, fulfillment_payload, order_payload
+from tests.fakes.warehouse import FakeThreePL
+
+
+def run_flow():
+    return process_inbox(linger_seconds=0, return_state=True)
+
+
+def artifact(state, key):
+    async def read():
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[key]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+                )
+            )
+            return found[0] if found else None
+
+    return asyncio.run(read())
+
+
+def test_fulfillment_first_then_order_one_run_hands_off_and_sends_confirmation_and_notice(flow_rt):
+    order = order_payload("ja-first-gift")
+    deliver(flow_rt.engine, fulfillment_payload(order), topic="fulfillments/create")
+    deliver(flow_rt.engine, order)
+    state = run_flow()
+    assert state.is_completed(), state.message
+    assert "received 3 deliveries, sent 2 messages, 0 failed, 1 handed to the warehouse" in state.message
+    with Session(flow_rt.engine) as s:
+        msgs = s.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        rows = s.exec(select(InboxEvent)).all()
+        [handoff] = s.exec(select(WarehouseHandoff)).all()
+    assert [(m.kind, m.status) for m in msgs] == [("order_confirmation", "sent"), ("shipment_notice", "sent")]
+    assert {r.status for r in rows} == {"done"} and {r.subject_ref for r in rows} == {"#1101"}
+    assert (
+        handoff.status == "sent" and (flow_rt.settings.warehouse_dir / "1101" / "picking_list.txt").exists()
+    )
+    art = artifact(state, "order-1101-handoff")
+    assert art is not None and "status: **sent**" in art.data and "TOWEL-GIFT-W" in art.data
+    notice = artifact(state, "order-1101-shipment-notice")
+    assert notice is not None and "4321-0987-6543" in notice.data
+    story = artifact(state, "order-1101-timeline")  # published after the fulfillment was applied
+    assert (
+        story is not None
+        and "# #1101: timeline" in story.data
+        and "fulfillment #1101.1 (success)" in story.data
+    )
+
+
+def test_a_3pl_refusal_fails_the_run_with_its_reason(flow_rt):
+    with FakeThreePL() as fake:
+        flow_rt.warehouse = warehouse.HttpWarehouse(httpx.Client(timeout=2), fake.url, fake.secret)
+        fake.plan(422, {"error": "postcode 150-0001 is outside our delivery area"})
+        deliver(flow_rt.engine, order_payload("ja-first-gift"))
+        state = run_flow()
+    assert state.is_failed() and "outside our delivery area" in state.message
+    with Session(flow_rt.engine) as s:
+        [handoff] = s.exec(select(WarehouseHandoff)).all()
+    assert handoff.status == "failed" and len(fake.requests) == 1
+    art = artifact(state, "order-1101-handoff")
+    assert art is not None and "status: **failed**" in art.data and "outside our delivery area" in art.data
