@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from aftercare import samples, shopify
 from aftercare.db import make_engine, migrate
 from aftercare.errors import AftercareError
-from aftercare.models import InboxEvent, OutboxMessage, OutboxStatus, utcnow
+from aftercare.models import InboxEvent, InboxStatus, OutboxMessage, OutboxStatus, utcnow
 from aftercare.settings import Settings
 
 
@@ -201,6 +201,24 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         stack.stop()
 
 
+def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
+    """Everything that happened to an order and what is still planned."""
+    from aftercare import timeline
+    from aftercare.policies import load_policies
+
+    policies = load_policies(settings.policies_dir)
+    engine = make_engine(settings)
+    try:
+        tl = timeline.order_timeline(engine, args.order, policies.delivery, shop_domain=args.shop)
+    finally:
+        engine.dispose()
+    if args.json:
+        _print(json.dumps(timeline.timeline_json(tl), ensure_ascii=False, indent=2, default=str))
+    else:
+        _print(timeline.timeline_text(tl, policies.shipping.tz))
+    return 0
+
+
 def cmd_process(args: argparse.Namespace, _settings: Settings) -> int:
     """Run the process-inbox flow once in this process (no server needed: Prefect runs it locally)."""
     from flows.receipt import process_inbox  # the CLI is an entry point, not the core
@@ -231,9 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_argument("--batch-size", type=int, default=50)
     process.set_defaults(func=cmd_process)
 
+    tl = sub.add_parser("timeline", help="what happened to an order, and what is planned")
+    tl.add_argument("order", help="order name (#1001 or 1001) or Shopify order id")
+    tl.add_argument("--shop", help="shop domain, when several shops share an order name")
+    tl.add_argument("--json", action="store_true", help="machine-readable output")
+    tl.set_defaults(func=cmd_timeline)
+
+    from aftercare.reviews.cli import add_review_commands
+
+    add_review_commands(sub)
+
     for noun, func, statuses in (
         ("outbox", cmd_outbox_list, [s.value for s in OutboxStatus]),
-        ("inbox", cmd_inbox_list, ["pending", "processing", "done", "ignored", "invalid", "failed"]),
+        ("inbox", cmd_inbox_list, [s.value for s in InboxStatus]),
     ):
         group = sub.add_parser(noun, help=f"look at the {noun}").add_subparsers(dest="action", required=True)
         lst = group.add_parser("list", help=f"list {noun} rows, oldest first")
