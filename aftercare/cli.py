@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -133,27 +133,42 @@ def post_webhook(url: str, secret: str, topic: str, payload: dict[str, Any], sho
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Post the sample orders, then for each a shipment (fulfillments/create) and, for some, the
+    carrier's delivered update; the others show the estimated delivery. All signed like Shopify."""
     url = (args.url or settings.web_base_url).rstrip("/") + "/webhooks/shopify"
     secret = settings.shopify_webhook_secret.get_secret_value()
-    _print(f"posting {len(samples.names())} sample orders to {url}")
+    now = datetime.now(UTC)
+    orders = [samples.load(name) for name in samples.names()]
+    deliveries: list[tuple[str, str, dict[str, Any]]] = [("order", "orders/create", o) for o in orders]
+    if not args.orders_only:
+        shipped = (now - timedelta(minutes=1)).isoformat()
+        for i, order in enumerate(orders):
+            if order.get("financial_status") != "paid":
+                continue  # a shop ships once the payment clears (the konbini sample has not)
+            deliveries.append(("shipment", "fulfillments/create", samples.fulfillment(order, at=shipped)))
+            if i % 2 == 0:
+                delivered = samples.fulfillment(order, at=shipped, shipment_status="delivered",
+                                                updated_at=now.isoformat())
+                deliveries.append(("delivered", "fulfillments/update", delivered))
+    _print(f"posting {len(deliveries)} webhooks for {len(orders)} sample orders to {url}")
     failures = 0
-    for name in samples.names():
-        payload = samples.load(name)
+    for what, topic, payload in deliveries:
         try:
-            status, text = post_webhook(url, secret, "orders/create", payload, args.shop)
+            status, text = post_webhook(url, secret, topic, payload, args.shop)
         except OSError as exc:
             raise AftercareError(f"cannot reach {url} ({exc}); is `make up` running?") from exc
         failures += status != 200
-        _print(f"  {name:<22} {payload['name']:<8} -> HTTP {status} {text}")
+        ref = payload.get("name", "")
+        _print(f"  {topic:<20} {what:<9} {ref:<10} -> HTTP {status} {text}")
     _print(f"\nruns: {settings.prefect_ui_url}/runs   mails: {settings.outbox_dir}   list: aftercare outbox list")
     if args.wait:
         deadline = time.monotonic() + args.wait
-        names = {samples.load(n)["name"] for n in samples.names()}
+        names = {o["name"] for o in orders}
         while time.monotonic() < deadline:
-            sent = {r["order_name"] for r in outbox_rows(settings, "sent", 500)}
+            sent = {r["order_name"] for r in outbox_rows(settings, "sent", 1000) if r["kind"] == "order_confirmation"}
             if names <= sent:
                 _print(f"all {len(names)} confirmations sent")
-                return 0
+                return 1 if failures else 0
             time.sleep(1)
         _print("not every confirmation was sent yet; see `aftercare outbox list` and the Prefect UI")
         return 1
@@ -243,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--url", help="web app base URL (default: AFTERCARE_WEB_BASE_URL)")
     demo.add_argument("--shop", default="aftercare-demo.myshopify.com")
     demo.add_argument("--wait", type=float, default=0, help="seconds to wait until every confirmation is sent")
+    demo.add_argument("--orders-only", action="store_true", help="post the orders, not their shipments")
     demo.set_defaults(func=cmd_demo)
 
     process = sub.add_parser("process", help="drain the inbox once, in this process")

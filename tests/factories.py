@@ -52,26 +52,14 @@ def fulfillment_payload(
 ) -> dict[str, Any]:
     """A fulfillments/create body for a sample order: every line (or the line ids given), shipped by
     Yamato with one tracking number, in Shopify's fulfillment shape."""
-    items = [li for li in order["line_items"] if lines is None or li["id"] in lines]
-    payload: dict[str, Any] = {
-        "id": fulfillment_id,
-        "order_id": order["id"],
-        "name": f"{order['name']}.1",
-        "status": "success",
-        "service": "manual",
-        "shipment_status": None,
-        "tracking_company": "ヤマト運輸",
-        "tracking_number": "4321-0987-6543",
-        "tracking_numbers": ["4321-0987-6543"],
-        "tracking_url": "https://toi.kuronekoyamato.co.jp/cgi-bin/tneko?number01=432109876543",
-        "tracking_urls": ["https://toi.kuronekoyamato.co.jp/cgi-bin/tneko?number01=432109876543"],
-        "created_at": "2026-11-24T15:00:00+09:00",
-        "updated_at": "2026-11-24T15:00:00+09:00",
-        "line_items": [
-            {k: li.get(k) for k in ("id", "title", "variant_title", "sku", "quantity", "requires_shipping")}
-            for li in items
-        ],
-    }
+    payload = samples.fulfillment(order, fulfillment_id=fulfillment_id, lines=lines)
+    payload.update(
+        tracking_company="ヤマト運輸",
+        tracking_number="4321-0987-6543",
+        tracking_numbers=["4321-0987-6543"],
+        tracking_url="https://toi.kuronekoyamato.co.jp/cgi-bin/tneko?number01=432109876543",
+        tracking_urls=["https://toi.kuronekoyamato.co.jp/cgi-bin/tneko?number01=432109876543"],
+    )
     payload.update(overrides)
     return payload
 

@@ -13,3 +13,45 @@ def names() -> list[str]:
 
 def load(name: str) -> dict[str, Any]:
     return json.loads(resources.files(__name__).joinpath(f"{name}.json").read_text(encoding="utf-8"))
+
+
+CARRIERS = {
+    "JPY": ("ヤマト運輸", "https://toi.kuronekoyamato.co.jp/cgi-bin/tneko?number01={n}"),
+    "USD": ("USPS", "https://tools.usps.com/go/TrackConfirmAction?tLabels={n}"),
+    "GBP": ("Royal Mail", "https://www.royalmail.com/track-your-item#/tracking-results/{n}"),
+}
+
+
+def fulfillment(
+    order: dict[str, Any],
+    *,
+    fulfillment_id: int | None = None,
+    lines: list[int] | None = None,
+    at: str = "2026-11-24T15:00:00+09:00",
+    shipment_status: str | None = None,
+    updated_at: str | None = None,
+) -> dict[str, Any]:
+    """A fulfillments/create (or /update) body for a sample order, in Shopify's fulfillment shape:
+    every line (or the line ids given), one tracking number with the currency's usual carrier."""
+    carrier, url = CARRIERS.get(order.get("currency", "JPY"), CARRIERS["JPY"])
+    number = f"{order['id'] % 10_000_000:012d}"
+    items = [li for li in order["line_items"] if lines is None or li["id"] in lines]
+    return {
+        "id": fulfillment_id or order["id"] * 10 + 1,
+        "order_id": order["id"],
+        "name": f"{order['name']}.1",
+        "status": "success",
+        "service": "manual",
+        "shipment_status": shipment_status,
+        "tracking_company": carrier,
+        "tracking_number": number,
+        "tracking_numbers": [number],
+        "tracking_url": url.format(n=number),
+        "tracking_urls": [url.format(n=number)],
+        "created_at": at,
+        "updated_at": updated_at or at,
+        "line_items": [
+            {k: li.get(k) for k in ("id", "title", "variant_title", "sku", "quantity", "requires_shipping")}
+            for li in items
+        ],
+    }
