@@ -41,9 +41,18 @@ def outbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict
     engine.dispose()
     return [
         {
-            "id": r.id, "to": r.to_email, "subject": r.subject, "kind": r.kind, "order_name": r.order_name,
-            "status": r.status, "provider_id": r.provider_message_id, "created_at": _iso(r.created_at),
-            "sent_at": _iso(r.sent_at), "attempts": r.attempts, "last_error": r.last_error, "test": r.is_test,
+            "id": r.id,
+            "to": r.to_email,
+            "subject": r.subject,
+            "kind": r.kind,
+            "order_name": r.order_name,
+            "status": r.status,
+            "provider_id": r.provider_message_id,
+            "created_at": _iso(r.created_at),
+            "sent_at": _iso(r.sent_at),
+            "attempts": r.attempts,
+            "last_error": r.last_error,
+            "test": r.is_test,
         }
         for r in reversed(rows)
     ]
@@ -59,9 +68,18 @@ def inbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict[
     engine.dispose()
     return [
         {
-            "id": r.id, "source": r.source, "topic": r.topic, "delivery_id": r.delivery_id, "event_id": r.event_id,
-            "shop": r.shop_domain, "ref": r.subject_ref, "status": r.status, "reason": r.reason,
-            "attempts": r.attempts, "received_at": _iso(r.received_at), "processed_at": _iso(r.processed_at),
+            "id": r.id,
+            "source": r.source,
+            "topic": r.topic,
+            "delivery_id": r.delivery_id,
+            "event_id": r.event_id,
+            "shop": r.shop_domain,
+            "ref": r.subject_ref,
+            "status": r.status,
+            "reason": r.reason,
+            "attempts": r.attempts,
+            "received_at": _iso(r.received_at),
+            "processed_at": _iso(r.processed_at),
             "bytes": len(r.body),
         }
         for r in reversed(rows)
@@ -82,7 +100,9 @@ def cmd_outbox_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print(json.dumps(rows, ensure_ascii=False, indent=2))
     else:
-        _print(_table(rows, ["id", "status", "kind", "order_name", "to", "subject", "provider_id", "last_error"]))
+        _print(
+            _table(rows, ["id", "status", "kind", "order_name", "to", "subject", "provider_id", "last_error"])
+        )
     return 0
 
 
@@ -94,8 +114,15 @@ def cmd_outbox_resend(args: argparse.Namespace, settings: Settings) -> int:
         if row is None:
             raise AftercareError(f"no outbox message {args.id}")
         if row.status not in (OutboxStatus.FAILED, OutboxStatus.UNCERTAIN):
-            raise AftercareError(f"outbox message {args.id} is {row.status}; only failed or uncertain ones are resent")
-        row.status, row.next_attempt_at, row.claimed_by, row.claimed_at = OutboxStatus.PENDING, utcnow(), None, None
+            raise AftercareError(
+                f"outbox message {args.id} is {row.status}; only failed or uncertain ones are resent"
+            )
+        row.status, row.next_attempt_at, row.claimed_by, row.claimed_at = (
+            OutboxStatus.PENDING,
+            utcnow(),
+            None,
+            None,
+        )
         row.last_error = f"requeued by hand at {utcnow().isoformat()} (was: {row.last_error})"
         session.add(row)
         session.commit()
@@ -126,7 +153,7 @@ def post_webhook(url: str, secret: str, topic: str, payload: dict[str, Any], sho
     }
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - the user's own web app
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
@@ -147,8 +174,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                 continue  # a shop ships once the payment clears (the konbini sample has not)
             deliveries.append(("shipment", "fulfillments/create", samples.fulfillment(order, at=shipped)))
             if i % 2 == 0:
-                delivered = samples.fulfillment(order, at=shipped, shipment_status="delivered",
-                                                updated_at=now.isoformat())
+                delivered = samples.fulfillment(
+                    order, at=shipped, shipment_status="delivered", updated_at=now.isoformat()
+                )
                 deliveries.append(("delivered", "fulfillments/update", delivered))
     _print(f"posting {len(deliveries)} webhooks for {len(orders)} sample orders to {url}")
     failures = 0
@@ -160,12 +188,18 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         failures += status != 200
         ref = payload.get("name", "")
         _print(f"  {topic:<20} {what:<9} {ref:<10} -> HTTP {status} {text}")
-    _print(f"\nruns: {settings.prefect_ui_url}/runs   mails: {settings.outbox_dir}   list: aftercare outbox list")
+    _print(
+        f"\nruns: {settings.prefect_ui_url}/runs   mails: {settings.outbox_dir}   list: aftercare outbox list"
+    )
     if args.wait:
         deadline = time.monotonic() + args.wait
         names = {o["name"] for o in orders}
         while time.monotonic() < deadline:
-            sent = {r["order_name"] for r in outbox_rows(settings, "sent", 1000) if r["kind"] == "order_confirmation"}
+            sent = {
+                r["order_name"]
+                for r in outbox_rows(settings, "sent", 1000)
+                if r["kind"] == "order_confirmation"
+            }
             if names <= sent:
                 _print(f"all {len(names)} confirmations sent")
                 return 1 if failures else 0
@@ -257,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="sign and post the sample orders to the running web app")
     demo.add_argument("--url", help="web app base URL (default: AFTERCARE_WEB_BASE_URL)")
     demo.add_argument("--shop", default="aftercare-demo.myshopify.com")
-    demo.add_argument("--wait", type=float, default=0, help="seconds to wait until every confirmation is sent")
+    demo.add_argument(
+        "--wait", type=float, default=0, help="seconds to wait until every confirmation is sent"
+    )
     demo.add_argument("--orders-only", action="store_true", help="post the orders, not their shipments")
     demo.set_defaults(func=cmd_demo)
 

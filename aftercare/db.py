@@ -46,7 +46,8 @@ def make_engine(settings: Settings, *, background_checkpoints: bool = False) -> 
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pre-ping: it is a round trip per checkout on the webhook hot path; recycle instead.
+    return sa.create_engine(url, pool_recycle=300, pool_size=10, max_overflow=20)
 
 
 def start_checkpointer(engine: Engine, interval_s: float = 30.0) -> Callable[[], None]:

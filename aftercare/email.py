@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.error
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -160,7 +159,7 @@ class SendGridBackend:
     def send(self, email: OutgoingEmail) -> str:
         try:
             response = self.client.send(self.build(email))
-        except (http_errors.TooManyRequestsError,) as err:
+        except http_errors.TooManyRequestsError as err:
             raise TransientSendError(_provider_reason(err), _retry_after(err.headers)) from err
         except http_errors.HTTPError as err:
             if err.status_code >= 500:
@@ -169,9 +168,11 @@ class SendGridBackend:
         except urllib.error.URLError as err:
             # urllib wraps failures while connecting and writing the request: nothing was accepted.
             raise TransientSendError(f"SendGrid unreachable: {err.reason}") from err
-        except (TimeoutError, socket.timeout, ConnectionError) as err:
+        except (TimeoutError, ConnectionError) as err:
             # Raised while waiting for the answer: SendGrid may have accepted the message.
-            raise AmbiguousSendError(f"SendGrid did not answer after receiving the request ({err!r})") from err
+            raise AmbiguousSendError(
+                f"SendGrid did not answer after receiving the request ({err!r})"
+            ) from err
         message_id = response.headers.get("X-Message-Id") if response.headers else None
         return message_id or f"sendgrid:{response.status_code}"
 

@@ -163,10 +163,16 @@ def deliver(
         except TransientSendError as err:
             wait = _backoff(settings, attempts, err.retry_after)
             if attempts >= settings.send_max_attempts:
-                return _record(engine, outbox_id, OutboxStatus.FAILED, attempts, error=f"gave up: {err.reason}")
+                return _record(
+                    engine, outbox_id, OutboxStatus.FAILED, attempts, error=f"gave up: {err.reason}"
+                )
             if wait > inline_wait_cap_s:
                 return _record(
-                    engine, outbox_id, OutboxStatus.PENDING, attempts, error=err.reason,
+                    engine,
+                    outbox_id,
+                    OutboxStatus.PENDING,
+                    attempts,
+                    error=err.reason,
                     next_attempt_at=utcnow() + timedelta(seconds=wait),
                 )
             log.warning("outbox %s: %s; retrying in %.1fs", outbox_id, err.reason, wait)
@@ -177,11 +183,16 @@ def deliver(
             return _record(engine, outbox_id, OutboxStatus.FAILED, attempts, error=err.reason)
         except AmbiguousSendError as err:
             return _record(
-                engine, outbox_id, OutboxStatus.UNCERTAIN, attempts,
+                engine,
+                outbox_id,
+                OutboxStatus.UNCERTAIN,
+                attempts,
                 error=f"{err.reason}. Not resent automatically: check the provider for custom_args "
                 f"outbox_id={outbox_id}, then `aftercare outbox resend {outbox_id}` if it is not there",
             )
-        return _record(engine, outbox_id, OutboxStatus.SENT, attempts, provider_id=provider_id, backend=backend)
+        return _record(
+            engine, outbox_id, OutboxStatus.SENT, attempts, provider_id=provider_id, backend=backend
+        )
 
 
 def get(engine: Engine, outbox_id: int) -> OutboxMessage | None:
@@ -192,7 +203,9 @@ def get(engine: Engine, outbox_id: int) -> OutboxMessage | None:
 def _note_attempt(engine: Engine, outbox_id: int, attempts: int, error: str) -> None:
     with Session(engine) as session:
         session.execute(
-            sa.update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(attempts=attempts, last_error=error)
+            sa.update(OutboxMessage)
+            .where(OutboxMessage.id == outbox_id)
+            .values(attempts=attempts, last_error=error)
         )
         session.commit()
 
@@ -210,13 +223,17 @@ def _record(
 ) -> DeliveryResult:
     values: dict[str, object] = {"status": status, "attempts": attempts, "last_error": error}
     if status == OutboxStatus.SENT:
-        values.update(provider_message_id=provider_id, sent_at=utcnow(), provider=backend.name if backend else None)
+        values.update(
+            provider_message_id=provider_id, sent_at=utcnow(), provider=backend.name if backend else None
+        )
     if next_attempt_at is not None:
         values.update(next_attempt_at=next_attempt_at, claimed_by=None, claimed_at=None)
     with Session(engine) as session:
         session.execute(sa.update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(**values))
         if status in (OutboxStatus.SENT, OutboxStatus.FAILED):
-            tp_id = session.exec(select(OutboxMessage.touchpoint_id).where(OutboxMessage.id == outbox_id)).one()
+            tp_id = session.exec(
+                select(OutboxMessage.touchpoint_id).where(OutboxMessage.id == outbox_id)
+            ).one()
             session.execute(
                 sa.update(Touchpoint)
                 .where(Touchpoint.id == tp_id)

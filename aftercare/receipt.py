@@ -56,7 +56,9 @@ def _gift(parsed: ShopifyOrder, policy: MessagesPolicy) -> tuple[bool, str | Non
     return flagged or message is not None, message
 
 
-def _upsert_customer(session: Session, shop_domain: str, parsed: ShopifyOrder, locale: str) -> Customer | None:
+def _upsert_customer(
+    session: Session, shop_domain: str, parsed: ShopifyOrder, locale: str
+) -> Customer | None:
     email = parsed.customer_email
     if not email:
         return None
@@ -96,7 +98,9 @@ def _purchase_seq(session: Session, order: Order, parsed: ShopifyOrder) -> int:
     return max(seen, shopify_count, 1)
 
 
-def upsert_order(session: Session, *, shop_domain: str, parsed: ShopifyOrder, policies: Policies) -> UpsertResult:
+def upsert_order(
+    session: Session, *, shop_domain: str, parsed: ShopifyOrder, policies: Policies
+) -> UpsertResult:
     """Create or update the order from a delivery. A delivery whose `updated_at` is older than the
     state we hold changes nothing (webhooks arrive out of order)."""
     order = session.exec(
@@ -104,9 +108,13 @@ def upsert_order(session: Session, *, shop_domain: str, parsed: ShopifyOrder, po
     ).first()
     created = order is None
     if order is not None and parsed.updated_at < order.source_updated_at:
-        return UpsertResult(order, created=False, applied=False,
-                            reason=f"stale: updated_at {parsed.updated_at.isoformat()} is older than "
-                                   f"{order.source_updated_at.isoformat()}")
+        return UpsertResult(
+            order,
+            created=False,
+            applied=False,
+            reason=f"stale: updated_at {parsed.updated_at.isoformat()} is older than "
+            f"{order.source_updated_at.isoformat()}",
+        )
     address = parsed.shipping_address or parsed.billing_address
     locale = policies.messages.pick_locale(
         parsed.customer_locale,
@@ -116,8 +124,14 @@ def upsert_order(session: Session, *, shop_domain: str, parsed: ShopifyOrder, po
     customer = _upsert_customer(session, shop_domain, parsed, locale)
     is_gift, gift_message = _gift(parsed, policies.messages)
     if order is None:
-        order = Order(shop_domain=shop_domain, shopify_id=parsed.id, name=parsed.name, currency=parsed.currency,
-                      placed_at=parsed.processed_at or parsed.created_at, source_updated_at=parsed.updated_at)
+        order = Order(
+            shop_domain=shop_domain,
+            shopify_id=parsed.id,
+            name=parsed.name,
+            currency=parsed.currency,
+            placed_at=parsed.processed_at or parsed.created_at,
+            source_updated_at=parsed.updated_at,
+        )
     order.name = parsed.name
     order.number = parsed.order_number
     order.customer_id = customer.id if customer else None
@@ -156,10 +170,15 @@ def upsert_order(session: Session, *, shop_domain: str, parsed: ShopifyOrder, po
 
 def _replace_lines(session: Session, order: Order, parsed: ShopifyOrder) -> None:
     assert order.id is not None and parsed.line_items is not None
-    existing = {line.shopify_id: line for line in session.exec(select(OrderLine).where(OrderLine.order_id == order.id))}
+    existing = {
+        line.shopify_id: line
+        for line in session.exec(select(OrderLine).where(OrderLine.order_id == order.id))
+    }
     keep = set()
     for position, item in enumerate(parsed.line_items):
-        line = existing.get(item.id) or OrderLine(order_id=order.id, shopify_id=item.id, title=item.title, quantity=0)
+        line = existing.get(item.id) or OrderLine(
+            order_id=order.id, shopify_id=item.id, title=item.title, quantity=0
+        )
         line.position = position
         line.title = item.title
         line.variant_title = item.variant_title
@@ -177,7 +196,9 @@ def _replace_lines(session: Session, order: Order, parsed: ShopifyOrder) -> None
 
 
 def lines_of(session: Session, order: Order) -> list[OrderLine]:
-    return list(session.exec(select(OrderLine).where(OrderLine.order_id == order.id).order_by(OrderLine.position)))
+    return list(
+        session.exec(select(OrderLine).where(OrderLine.order_id == order.id).order_by(OrderLine.position))
+    )
 
 
 def check_order(order: Order, lines: list[OrderLine], inventory: InventoryPort) -> list[str]:
@@ -205,14 +226,23 @@ def plan_confirmation(session: Session, order: Order, policies: Policies) -> Tou
     """The confirmation touchpoint for an order (created once; unique per order, kind, seq)."""
     assert order.id is not None
     values = {
-        "order_id": order.id, "kind": CONFIRMATION, "seq": 1, "due_at": utcnow(),
-        "status": TouchpointStatus.PLANNED, "policy_version": policies.messages.version, "created_at": utcnow(),
+        "order_id": order.id,
+        "kind": CONFIRMATION,
+        "seq": 1,
+        "due_at": utcnow(),
+        "status": TouchpointStatus.PLANNED,
+        "policy_version": policies.messages.version,
+        "created_at": utcnow(),
     }
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(insert(Touchpoint).values(**values).on_conflict_do_nothing(
-        index_elements=["order_id", "kind", "seq"]))
-    return session.exec(select(Touchpoint).where(
-        Touchpoint.order_id == order.id, Touchpoint.kind == CONFIRMATION, Touchpoint.seq == 1)).one()
+    session.execute(
+        insert(Touchpoint).values(**values).on_conflict_do_nothing(index_elements=["order_id", "kind", "seq"])
+    )
+    return session.exec(
+        select(Touchpoint).where(
+            Touchpoint.order_id == order.id, Touchpoint.kind == CONFIRMATION, Touchpoint.seq == 1
+        )
+    ).one()
 
 
 def payment_state(order: Order) -> str:
@@ -240,8 +270,13 @@ class ConfirmationContext:
             "order_name": o.name,
             "customer_name": _display_name(self.customer, address, o.locale),
             "lines": [
-                {"title": line.title, "variant": line.variant_title, "quantity": line.quantity,
-                 "price": line.price, "line_total": line.price * line.quantity}
+                {
+                    "title": line.title,
+                    "variant": line.variant_title,
+                    "quantity": line.quantity,
+                    "price": line.price,
+                    "line_total": line.price * line.quantity,
+                }
                 for line in self.lines
             ],
             "currency": o.currency,
@@ -280,4 +315,3 @@ def customer_display_name(customer: Customer | None, order: Order) -> str | None
 
 def render_confirmation(ctx: ConfirmationContext, renderer: Renderer, shop_name: str) -> RenderedEmail:
     return renderer.render_email(CONFIRMATION, ctx.order.locale, ctx.as_template_vars(shop_name))
-

@@ -59,7 +59,7 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process for {url} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status < 500:
                     return
         except OSError:
@@ -79,22 +79,52 @@ class Stack:
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
-        proc = subprocess.Popen(args, env=self.env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT if out
-                                else None, start_new_session=True)
+            out = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            args,
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
     def start(self) -> None:
         cfg = self.cfg
         bin_dir = Path(sys.executable).parent
-        server = self._spawn("prefect-server", [str(bin_dir / "prefect"), "server", "start", "--host", cfg.host,
-                                                "--port", str(cfg.prefect_port)])
+        server = self._spawn(
+            "prefect-server",
+            [
+                str(bin_dir / "prefect"),
+                "server",
+                "start",
+                "--host",
+                cfg.host,
+                "--port",
+                str(cfg.prefect_port),
+            ],
+        )
         wait_http(f"{cfg.prefect_api_url}/health", 120, server)
         runner = self._spawn("runner", [sys.executable, "-m", "flows.serve"])
-        web = self._spawn("web", [sys.executable, "-m", "uvicorn", "aftercare.web.app:app_from_env", "--factory",
-                                  "--host", cfg.host, "--port", str(cfg.web_port), "--log-level", "warning",
-                                  "--no-access-log"])
+        web = self._spawn(
+            "web",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "aftercare.web.app:app_from_env",
+                "--factory",
+                "--host",
+                cfg.host,
+                "--port",
+                str(cfg.web_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+        )
         wait_http(f"{cfg.web_url}/healthz", 60, web)
         self._wait_deployment(runner)
 

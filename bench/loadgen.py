@@ -90,14 +90,19 @@ class _Conn:
 
 
 def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}",
-            "Connection: keep-alive"]
+    head = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        f"Content-Length: {len(body)}",
+        "Connection: keep-alive",
+    ]
     head += [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _run(host: str, port: int, requests: list[bytes], rate: float, connections: int,
-               on_due: list[float] | None) -> Result:
+async def _run(
+    host: str, port: int, requests: list[bytes], rate: float, connections: int, on_due: list[float] | None
+) -> Result:
     result = Result(offered_rate=rate, duration_s=0.0)
     pool: asyncio.Queue[_Conn] = asyncio.Queue()
     for _ in range(connections):

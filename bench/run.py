@@ -50,6 +50,7 @@ def say(text: str) -> None:
 
 # --- databases -----------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def database(kind: str, workdir: Path) -> Iterator[str]:
     """A fresh, migrated database of the given kind; dropped afterwards."""
@@ -81,6 +82,7 @@ def count(url: str, sql: str) -> int:
 
 # --- requests -------------------------------------------------------------------------------------
 
+
 def order_requests(n: int, port: int, prefix: str) -> tuple[list[bytes], list[str]]:
     """n signed orders/create deliveries, each a distinct order; returns raw requests and order names."""
     base = samples.load("ja-first-gift")
@@ -106,6 +108,7 @@ def order_requests(n: int, port: int, prefix: str) -> tuple[list[bytes], list[st
 
 
 # --- processes ------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def child(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
@@ -136,8 +139,19 @@ def base_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def fake_sendgrid(port: int, workdir: Path, latency_ms: float = 0.0) -> Iterator[str]:
-    args = [sys.executable, "-m", "tests.fakes.sendgrid", "--port", str(port), "--schema", str(SCHEMA),
-            "--api-key", API_KEY, "--latency-ms", str(latency_ms)]
+    args = [
+        sys.executable,
+        "-m",
+        "tests.fakes.sendgrid",
+        "--port",
+        str(port),
+        "--schema",
+        str(SCHEMA),
+        "--api-key",
+        API_KEY,
+        "--latency-ms",
+        str(latency_ms),
+    ]
     with child(args, dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)), workdir / "fake-sendgrid.log"):
         url = f"http://{HOST}:{port}"
         wait_http(f"{url}/_fake/stats", 30)
@@ -145,11 +159,12 @@ def fake_sendgrid(port: int, workdir: Path, latency_ms: float = 0.0) -> Iterator
 
 
 def fake_stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/_fake/stats", timeout=5) as resp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"{url}/_fake/stats", timeout=5) as resp:
         return json.load(resp)
 
 
 # --- measurements ---------------------------------------------------------------------------------
+
 
 def bare_loop(sendgrid_url: str, n: int) -> dict[str, float]:
     """The floor: render the confirmation templates and POST through the sendgrid SDK, in a loop,
@@ -159,35 +174,85 @@ def bare_loop(sendgrid_url: str, n: int) -> dict[str, float]:
     settings = Settings(email_backend="sendgrid", sendgrid_api_key=API_KEY, sendgrid_base_url=sendgrid_url)
     backend = SendGridBackend.from_settings(settings)
     context = {
-        "shop_name": "bench shop", "order_name": "#B0", "customer_name": "山田 花子",
-        "lines": [{"title": "今治タオル", "variant": "白", "quantity": 2, "price": 5500, "line_total": 11000}],
-        "currency": "JPY", "subtotal": 11000, "discounts": 0, "discount_codes": [], "shipping": 0,
-        "shipping_method": "宅急便", "tax": 1000, "taxes_included": True, "total": 11000,
-        "address": {"name": "山田 花子", "zip": "150-0001", "province": "東京都", "city": "渋谷区",
-                    "address1": "神宮前1-2-3", "address2": ""},
+        "shop_name": "bench shop",
+        "order_name": "#B0",
+        "customer_name": "山田 花子",
+        "lines": [
+            {"title": "今治タオル", "variant": "白", "quantity": 2, "price": 5500, "line_total": 11000}
+        ],
+        "currency": "JPY",
+        "subtotal": 11000,
+        "discounts": 0,
+        "discount_codes": [],
+        "shipping": 0,
+        "shipping_method": "宅急便",
+        "tax": 1000,
+        "taxes_included": True,
+        "total": 11000,
+        "address": {
+            "name": "山田 花子",
+            "zip": "150-0001",
+            "province": "東京都",
+            "city": "渋谷区",
+            "address1": "神宮前1-2-3",
+            "address2": "",
+        },
         "requires_shipping": True,
-        "expected_ship_date": policies.shipping.expected_ship_date(datetime.fromisoformat("2026-11-20T10:00:00+09:00")),
-        "payment_state": "paid", "purchase_seq": 2, "is_gift": True, "gift_message": "おめでとう",
-        "note": None, "is_test": False,
+        "expected_ship_date": policies.shipping.expected_ship_date(
+            datetime.fromisoformat("2026-11-20T10:00:00+09:00")
+        ),
+        "payment_state": "paid",
+        "purchase_seq": 2,
+        "is_gift": True,
+        "gift_message": "おめでとう",
+        "note": None,
+        "is_test": False,
     }
     started = time.perf_counter()
     for i in range(n):
         rendered = renderer.render_email("order_confirmation", "ja", dict(context, order_name=f"#B{i}"))
-        backend.send(OutgoingEmail(outbox_id=10_000_000 + i, kind="order_confirmation", to_email="b@example.jp",
-                                   to_name=None, from_email="shop@example.com", from_name="bench", subject=rendered.subject,
-                                   text=rendered.text, html=rendered.html))
+        backend.send(
+            OutgoingEmail(
+                outbox_id=10_000_000 + i,
+                kind="order_confirmation",
+                to_email="b@example.jp",
+                to_name=None,
+                from_email="shop@example.com",
+                from_name="bench",
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+            )
+        )
     elapsed = time.perf_counter() - started
-    return {"emails": n, "seconds": round(elapsed, 2), "emails_per_s": round(n / elapsed, 1),
-            "ms_per_email": round(elapsed / n * 1000, 3)}
+    return {
+        "emails": n,
+        "seconds": round(elapsed, 2),
+        "emails_per_s": round(n / elapsed, 1),
+        "ms_per_email": round(elapsed / n * 1000, 3),
+    }
 
 
-def ack_phase(url: str, workdir: Path, seconds: float, rate: float, steps: list[float], step_seconds: float,
-              port: int) -> dict[str, Any]:
+def ack_phase(
+    url: str, workdir: Path, seconds: float, rate: float, steps: list[float], step_seconds: float, port: int
+) -> dict[str, Any]:
     """The web app alone (no wake, no processing): p50/p99 at the target rate, 0 lost, and the highest
     rate whose p99 stays under 100 ms with no errors."""
     env = base_env(url, workdir, AFTERCARE_WAKE_PREFECT="false")
-    args = [sys.executable, "-m", "uvicorn", "aftercare.web.app:app_from_env", "--factory", "--host", HOST,
-            "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "aftercare.web.app:app_from_env",
+        "--factory",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     with child(args, env, workdir / "web-ack.log"):
         wait_http(f"http://{HOST}:{port}/healthz", 60)
         raws, _ = order_requests(int(seconds * rate), port, "A")
@@ -202,25 +267,36 @@ def ack_phase(url: str, workdir: Path, seconds: float, rate: float, steps: list[
             r = loadgen.run(HOST, port, raws, step_rate, connections=128)
             s = r.summary()
             ladder.append(s)
-            say(f"    step {step_rate:.0f} req/s: p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  errors {s['errors']}")
+            say(
+                f"    step {step_rate:.0f} req/s: p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  errors {s['errors']}"
+            )
             if r.errors or r.pct(99) >= 100:
                 break
             best = max(best, step_rate)
     return {"target": target, "ladder": ladder, "max_sustainable_rps": best}
 
 
-def receipt_phase(url: str, workdir: Path, seconds: float, rate: float, burst: int, ports: dict[str, int],
-                  bare_n: int) -> dict[str, Any]:
+def receipt_phase(
+    url: str, workdir: Path, seconds: float, rate: float, burst: int, ports: dict[str, int], bare_n: int
+) -> dict[str, Any]:
     """The whole stack (Prefect server, served deployment, web app with wake) into the fake SendGrid."""
     with fake_sendgrid(ports["sendgrid"], workdir) as sg_url:
         bare = bare_loop(sg_url, bare_n)
         say(f"    bare render+send loop: {json.dumps(bare)}")
-        cfg = StackConfig(var_dir=workdir, prefect_port=ports["prefect"], web_port=ports["web"], sweep_seconds=30,
-                          extra_env={
-                              "AFTERCARE_DATABASE_URL": url, "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": SECRET,
-                              "AFTERCARE_EMAIL_BACKEND": "sendgrid", "AFTERCARE_SENDGRID_API_KEY": API_KEY,
-                              "AFTERCARE_SENDGRID_BASE_URL": sg_url, "PREFECT_LOGGING_LEVEL": "WARNING",
-                          })
+        cfg = StackConfig(
+            var_dir=workdir,
+            prefect_port=ports["prefect"],
+            web_port=ports["web"],
+            sweep_seconds=30,
+            extra_env={
+                "AFTERCARE_DATABASE_URL": url,
+                "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": SECRET,
+                "AFTERCARE_EMAIL_BACKEND": "sendgrid",
+                "AFTERCARE_SENDGRID_API_KEY": API_KEY,
+                "AFTERCARE_SENDGRID_BASE_URL": sg_url,
+                "PREFECT_LOGGING_LEVEL": "WARNING",
+            },
+        )
         stack = Stack(cfg, log_dir=workdir / "logs")
         try:
             stack.start()
@@ -233,12 +309,17 @@ def receipt_phase(url: str, workdir: Path, seconds: float, rate: float, burst: i
             first_due = result.due_times[0]
             last_sent = latest_sent(url)
             sustained = {
-                "offered_orders_per_s": rate, "orders": len(names), "webhooks_ok": result.ok, "sent": sent,
+                "offered_orders_per_s": rate,
+                "orders": len(names),
+                "webhooks_ok": result.ok,
+                "sent": sent,
                 "backlog_at_load_end": len(names) - sent_before(url, load_end),
                 "drain_after_load_s": round(max(0.0, last_sent - load_end), 2) if drained else None,
                 "throughput_orders_per_s": round(sent / max(1e-9, last_sent - first_due), 2),
-                "webhook_to_provider_p50_s": pct(latencies, 50), "webhook_to_provider_p95_s": pct(latencies, 95),
-                "webhook_to_provider_p99_s": pct(latencies, 99), "all_sent": drained,
+                "webhook_to_provider_p50_s": pct(latencies, 50),
+                "webhook_to_provider_p95_s": pct(latencies, 95),
+                "webhook_to_provider_p99_s": pct(latencies, 99),
+                "all_sent": drained,
             }
             say(f"    {rate:.0f} orders/s for {seconds:.0f} s: {json.dumps(sustained)}")
 
@@ -249,18 +330,25 @@ def receipt_phase(url: str, workdir: Path, seconds: float, rate: float, burst: i
             loadgen.run(HOST, ports["web"], raws, rate=200)
             drained = wait_sent(url, before + burst, timeout_s=300)
             elapsed = latest_sent(url) - t0
-            capacity = {"orders": burst, "seconds": round(elapsed, 2), "orders_per_s": round(burst / elapsed, 1),
-                        "all_sent": drained}
+            capacity = {
+                "orders": burst,
+                "seconds": round(elapsed, 2),
+                "orders_per_s": round(burst / elapsed, 1),
+                "all_sent": drained,
+            }
             say(f"    burst of {burst}: {json.dumps(capacity)}")
             stats = fake_stats(sg_url)
         finally:
             stack.stop()
     per_order_ms = 1000 / capacity["orders_per_s"]
     return {
-        "bare": bare, "sustained": sustained, "capacity": capacity, "fake_sendgrid": stats,
+        "bare": bare,
+        "sustained": sustained,
+        "capacity": capacity,
+        "fake_sendgrid": stats,
         "ratio_capacity_to_bare": round(capacity["orders_per_s"] / bare["emails_per_s"], 4),
         "ms_per_order_vs_bare": f"{per_order_ms:.1f} ms vs {bare['ms_per_email']} ms "
-                                f"({per_order_ms / bare['ms_per_email']:.1f}x)",
+        f"({per_order_ms / bare['ms_per_email']:.1f}x)",
     }
 
 
@@ -309,7 +397,9 @@ def pct(values: list[float], p: float) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--db", default="sqlite,postgres")
     parser.add_argument("--ack-rate", type=float, default=300)
     parser.add_argument("--ack-seconds", type=float, default=60)
@@ -332,12 +422,20 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tmp)
             say("  webhook ack (web app alone)")
             with database(kind, workdir) as url:
-                ack = ack_phase(url, workdir, args.ack_seconds, args.ack_rate, steps, 8 if args.quick else 15,
-                                port=18080)
+                ack = ack_phase(
+                    url, workdir, args.ack_seconds, args.ack_rate, steps, 8 if args.quick else 15, port=18080
+                )
             say("  orders through receipt (whole stack)")
             with database(kind, workdir) as url:
-                receipt = receipt_phase(url, workdir, args.orders_seconds, args.orders_rate, args.burst,
-                                        {"sendgrid": 18090, "prefect": 14280, "web": 18081}, args.bare)
+                receipt = receipt_phase(
+                    url,
+                    workdir,
+                    args.orders_seconds,
+                    args.orders_rate,
+                    args.burst,
+                    {"sendgrid": 18090, "prefect": 14280, "web": 18081},
+                    args.bare,
+                )
         report[kind] = {"ack": ack, "receipt": receipt}
     out = PROJECT_ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
@@ -348,16 +446,20 @@ def main(argv: list[str] | None = None) -> int:
             continue
         a, r = report[kind]["ack"], report[kind]["receipt"]
         t = a["target"]
-        say(f"{kind}: ack at {t['offered_rps']:.0f} req/s: p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, "
+        say(
+            f"{kind}: ack at {t['offered_rps']:.0f} req/s: p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, "
             f"lost {t['lost']} (inbox rows {t['inbox_rows']} / ok {t['ok']}); max sustainable "
-            f"{a['max_sustainable_rps']:.0f} req/s (p99 < 100 ms)")
+            f"{a['max_sustainable_rps']:.0f} req/s (p99 < 100 ms)"
+        )
         s = r["sustained"]
-        say(f"{kind}: receipt at {s['offered_orders_per_s']:.0f} orders/s: throughput {s['throughput_orders_per_s']}"
+        say(
+            f"{kind}: receipt at {s['offered_orders_per_s']:.0f} orders/s: throughput {s['throughput_orders_per_s']}"
             f" orders/s, webhook->provider p50 {s['webhook_to_provider_p50_s']} s p95 "
             f"{s['webhook_to_provider_p95_s']} s, all sent: {s['all_sent']}; capacity "
             f"{r['capacity']['orders_per_s']} orders/s vs bare {r['bare']['emails_per_s']} emails/s "
             f"(ratio {r['ratio_capacity_to_bare']}; {r['ms_per_order_vs_bare']}); duplicates at provider: "
-            f"{r['fake_sendgrid'].get('duplicate_outbox_ids', 'n/a')}")
+            f"{r['fake_sendgrid'].get('duplicate_outbox_ids', 'n/a')}"
+        )
     say(f"\nfull figures: {out / 'latest.json'}")
     return 0
 

@@ -11,8 +11,8 @@ from datetime import timedelta
 from typing import TypeVar
 
 from prefect import get_run_logger, task
-from prefect.runtime import task_run
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import task_run
 
 from aftercare import inbox, outbox, processing, shipping, timeline
 from aftercare.errors import AftercareError
@@ -60,7 +60,8 @@ def preview_markdown(message: OutboxMessage) -> str:
         f"- status: **{message.status}**{provider}",
         f"- to: {message.to_email}",
         f"- subject: {message.subject}",
-        f"- outbox id: {message.id}, attempts: {message.attempts}" + (", TEST order" if message.is_test else ""),
+        f"- outbox id: {message.id}, attempts: {message.attempts}"
+        + (", TEST order" if message.is_test else ""),
     ]
     if message.last_error:
         lines.append(f"- last error: {message.last_error}")
@@ -82,8 +83,8 @@ def publish_previews(messages: list[OutboxMessage]) -> None:
     elif messages:
         create_markdown_artifact(
             markdown="\n\n---\n\n".join(preview_markdown(m) for m in messages),
-            description=f"{len(messages)} messages: " + " ".join(
-                f"{m.order_name or m.id}={m.status}" for m in messages),
+            description=f"{len(messages)} messages: "
+            + " ".join(f"{m.order_name or m.id}={m.status}" for m in messages),
         )
 
 
@@ -126,7 +127,7 @@ def receive(rows: list[inbox.ClaimedRow]) -> list[processing.Outcome]:
     for row in rows:
         try:
             outcome = processing.process_row(rt, row.inbox_id)
-        except Exception as exc:  # noqa: BLE001 - recorded on the row and re-raised below as a summary
+        except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             inbox.mark_failed(rt.engine, row.inbox_id, reason)
             failures.append(f"{row.topic} {row.ref} (inbox {row.inbox_id}): {reason}")
@@ -156,7 +157,9 @@ def claim_outbox(limit: int) -> list[outbox.Claimed]:
 def _send_run_name() -> str:
     items = task_run.parameters["items"]
     kinds = sorted({item.kind for item in items})
-    return f"send {'/'.join(kinds)} " + refs_label([item.order_name or f"outbox-{item.outbox_id}" for item in items])
+    return f"send {'/'.join(kinds)} " + refs_label(
+        [item.order_name or f"outbox-{item.outbox_id}" for item in items]
+    )
 
 
 @task(name="send", task_run_name=_send_run_name)
@@ -174,7 +177,9 @@ def send(items: list[outbox.Claimed]) -> list[dict[str, object]]:
         if message is not None:
             messages.append(message)
         if result.status == "failed":
-            failures.append(f"outbox {item.outbox_id} ({item.kind} {item.order_name}) not sent: {result.error}")
+            failures.append(
+                f"outbox {item.outbox_id} ({item.kind} {item.order_name}) not sent: {result.error}"
+            )
         results.append(asdict(result))
     publish_previews(messages)
     if failures:

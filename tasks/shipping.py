@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from prefect import task
-from prefect.runtime import task_run
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import task_run
 
 from aftercare import warehouse
 from aftercare.models import WarehouseHandoff
@@ -93,7 +93,16 @@ def _publish(handoffs: list[WarehouseHandoff]) -> None:
         )
     elif handoffs:
         create_table_artifact(
-            table=[{"order": h.order_name, "version": h.version, "status": h.status, "reference": h.reference,
-                    "flags": ", ".join(h.flags), "last_error": h.last_error} for h in handoffs],
+            table=[
+                {
+                    "order": h.order_name,
+                    "version": h.version,
+                    "status": h.status,
+                    "reference": h.reference,
+                    "flags": ", ".join(h.flags),
+                    "last_error": h.last_error,
+                }
+                for h in handoffs
+            ],
             description="warehouse hand-offs in this batch: " + " ".join(h.order_name for h in handoffs),
         )

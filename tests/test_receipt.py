@@ -40,16 +40,25 @@ def test_japanese_gift_order_gets_one_keigo_confirmation_with_everything(rt):
     assert msg.subject == "【aftercare demo shop】ご注文ありがとうございます #1101"
     text = msg.text_body
     for expected in [
-        "山田 花子 様", "誠にありがとうございます", "#1101",
-        "今治タオル ギフトセット（ホワイト） × 1　￥5,500", "有田焼 マグカップ（藍） × 2　￥6,600",
-        "小計：￥12,100", "送料（ヤマト運輸 宅急便）：￥0", "消費税（内税）：￥1,100", "合計：￥12,100",
-        "〒150-0001", "東京都渋谷区神宮前1-2-3 アフターケアビル 4F",
+        "山田 花子 様",
+        "誠にありがとうございます",
+        "#1101",
+        "今治タオル ギフトセット（ホワイト） × 1　￥5,500",
+        "有田焼 マグカップ（藍） × 2　￥6,600",
+        "小計：￥12,100",
+        "送料（ヤマト運輸 宅急便）：￥0",
+        "消費税（内税）：￥1,100",
+        "合計：￥12,100",
+        "〒150-0001",
+        "東京都渋谷区神宮前1-2-3 アフターケアビル 4F",
         "発送予定日：2026年11月24日(火)",  # Fri 10:15 JST before cut-off, +1 business day, 11-23 is a holiday
-        "贈り物", "「お誕生日おめでとう！いつもありがとう。」", "お支払いを確認いたしました",
+        "贈り物",
+        "「お誕生日おめでとう！いつもありがとう。」",
+        "お支払いを確認いたしました",
     ]:
         assert expected in text, expected
     assert "￥12,100.00" not in text  # JPY has no minor unit
-    assert "<td style=\"text-align: right;\">￥6,600</td>" in msg.html_body
+    assert '<td style="text-align: right;">￥6,600</td>' in msg.html_body
     assert "回目のご注文" not in text  # first purchase: no repeat line
 
 
@@ -62,8 +71,13 @@ def test_repeat_customer_is_thanked_for_their_nth_purchase(rt):
 def test_nth_purchase_counts_orders_we_have_seen(rt):
     first = order_payload("en-first")
     receive(rt, first)
-    second = order_payload("en-first", id=first["id"] + 1, name="#2001",
-                           created_at="2026-11-21T09:00:00+09:00", processed_at="2026-11-21T09:00:00+09:00")
+    second = order_payload(
+        "en-first",
+        id=first["id"] + 1,
+        name="#2001",
+        created_at="2026-11-21T09:00:00+09:00",
+        processed_at="2026-11-21T09:00:00+09:00",
+    )
     receive(rt, second)
     msgs = outbox(rt)
     assert len(msgs) == 2
@@ -74,9 +88,17 @@ def test_english_order_formats_money_and_discounts(rt):
     receive(rt, order_payload("en-first"))
     [msg] = outbox(rt)
     assert msg.locale == "en" and msg.subject == "Thank you for your order #1104 - aftercare demo shop"
-    for expected in ["Dear Emma Wilson,", "Hinoki bath mat (Large) x 1  $89.00", "x 2  $37.00",
-                     "Discounts (WELCOME10): -$10.00", "Shipping (USPS Priority): $12.00", "Tax: $10.08",
-                     "Total: $138.08", "742 Evergreen Terrace, Apt 3", "Expected to ship: Tuesday, November 24, 2026"]:
+    for expected in [
+        "Dear Emma Wilson,",
+        "Hinoki bath mat (Large) x 1  $89.00",
+        "x 2  $37.00",
+        "Discounts (WELCOME10): -$10.00",
+        "Shipping (USPS Priority): $12.00",
+        "Tax: $10.08",
+        "Total: $138.08",
+        "742 Evergreen Terrace, Apt 3",
+        "Expected to ship: Tuesday, November 24, 2026",
+    ]:
         assert expected in msg.text_body, expected
 
 
@@ -92,7 +114,9 @@ def test_pending_payment_changes_the_wording_but_still_sends(rt):
 def test_hostile_strings_are_escaped_in_html_and_cannot_break_the_subject(rt):
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     payload = order_payload(
-        "en-first", name="#1104\r\nBcc: victim@example.com", note=evil,
+        "en-first",
+        name="#1104\r\nBcc: victim@example.com",
+        note=evil,
         note_attributes=[{"name": "gift_message", "value": evil}],
     )
     payload["line_items"][0]["title"] = evil
@@ -152,7 +176,9 @@ def test_test_order_is_processed_and_marked_as_test(rt):
 def test_duplicate_topics_for_one_order_make_one_confirmation(rt):
     payload = order_payload("ja-pending-konbini")
     receive(rt, payload, topic="orders/create")
-    paid = order_payload("ja-pending-konbini", financial_status="paid", updated_at="2026-11-20T10:20:00+09:00")
+    paid = order_payload(
+        "ja-pending-konbini", financial_status="paid", updated_at="2026-11-20T10:20:00+09:00"
+    )
     receive(rt, paid, topic="orders/paid")
     receive(rt, paid, topic="orders/updated")
     [msg] = outbox(rt)
@@ -162,8 +188,9 @@ def test_duplicate_topics_for_one_order_make_one_confirmation(rt):
 
 def test_out_of_order_update_is_ignored_by_updated_at(rt):
     newer = order_payload("en-first", updated_at="2026-11-20T12:00:00+09:00", financial_status="paid")
-    older = order_payload("en-first", updated_at="2026-11-20T10:30:00+09:00", financial_status="pending",
-                          total_price="1.00")
+    older = order_payload(
+        "en-first", updated_at="2026-11-20T10:30:00+09:00", financial_status="pending", total_price="1.00"
+    )
     receive(rt, newer, topic="orders/updated")
     out = receive(rt, older, topic="orders/updated")
     assert out.reason and out.reason.startswith("stale")

@@ -67,7 +67,7 @@ class PrefectWaker:
             started = time.monotonic()
             try:
                 await self._wake_once()
-            except Exception as exc:  # noqa: BLE001 - best effort by design; the sweep covers it
+            except Exception as exc:
                 log.warning("could not wake Prefect (%s); the scheduled sweep will pick the work up", exc)
             await asyncio.sleep(max(0.0, self.min_interval_s - (time.monotonic() - started)))
 
@@ -90,14 +90,17 @@ class PrefectWaker:
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self._deployment_id])),
                 flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING])
+                        type=FlowRunFilterStateType(
+                            any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+                        )
                     )
                 ),
                 limit=20,
             )
             soon = datetime.now(UTC) + timedelta(seconds=5)
             if any(
-                run.state_type != StateType.SCHEDULED or (run.expected_start_time and run.expected_start_time <= soon)
+                run.state_type != StateType.SCHEDULED
+                or (run.expected_start_time and run.expected_start_time <= soon)
                 for run in active
             ):
                 return

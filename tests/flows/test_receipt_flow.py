@@ -55,8 +55,11 @@ def test_duplicates_retries_and_reruns_never_send_twice(flow_rt):
     assert run_flow().is_completed()
     assert run_flow().is_completed()  # a second run finds nothing to do
     # A re-delivery of the same order after the mail went out changes nothing either.
-    deliver(flow_rt.engine, order_payload("ja-first-gift", updated_at="2026-11-21T10:00:00+09:00"),
-            topic="orders/updated")
+    deliver(
+        flow_rt.engine,
+        order_payload("ja-first-gift", updated_at="2026-11-21T10:00:00+09:00"),
+        topic="orders/updated",
+    )
     assert run_flow().is_completed()
     assert len(messages(flow_rt)) == 1 and len(eml_files(flow_rt)) == 1
 
@@ -106,7 +109,9 @@ def test_unknown_backend_state_becomes_uncertain_not_resent(flow_rt):
     with Session(flow_rt.engine) as s:
         s.execute(sa.update(OutboxMessage).values(claimed_at=utcnow() - timedelta(hours=1)))
         s.commit()
-    result = outbox_mod.recover_stale(flow_rt.engine, Unknowable(flow_rt.settings.outbox_dir), timedelta(minutes=2))
+    result = outbox_mod.recover_stale(
+        flow_rt.engine, Unknowable(flow_rt.settings.outbox_dir), timedelta(minutes=2)
+    )
     assert result == {claimed.outbox_id: "uncertain"}
     assert run_flow().is_completed()
     [msg] = messages(flow_rt)
@@ -129,8 +134,11 @@ def test_a_failed_send_fails_the_run_with_the_reason_and_an_artifact(flow_rt, mo
 
     class Refusing(FileOutboxBackend):
         def send(self, email):
-            raise PermanentSendError("SendGrid 400 Bad Request: The from address does not match a verified "
-                                     "Sender Identity (from.email)", 400)
+            raise PermanentSendError(
+                "SendGrid 400 Bad Request: The from address does not match a verified "
+                "Sender Identity (from.email)",
+                400,
+            )
 
     flow_rt.backend = Refusing(flow_rt.settings.outbox_dir)
     deliver(flow_rt.engine, order_payload("en-first"))
@@ -145,8 +153,11 @@ def test_a_failed_send_fails_the_run_with_the_reason_and_an_artifact(flow_rt, mo
             found = await client.read_artifacts(
                 # This run's artifact: earlier tests in the session wrote the same key, and the
                 # server's default order (random ids) would pick any of them.
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["order-1104-order-confirmation"]),
-                                               flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["order-1104-order-confirmation"]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+                )
+            )
             return found[0] if found else None
 
     import asyncio
@@ -155,8 +166,9 @@ def test_a_failed_send_fails_the_run_with_the_reason_and_an_artifact(flow_rt, mo
     assert art is not None and "status: **failed**" in art.data and "verified Sender Identity" in art.data
 
 
-@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"batch_size": "lots"}, {"linger_seconds": -1},
-                                 {"max_seconds": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"batch_size": 0}, {"batch_size": "lots"}, {"linger_seconds": -1}, {"max_seconds": 0}]
+)
 def test_bad_flow_parameters_are_refused(flow_rt, bad):
     state = process_inbox(**{"linger_seconds": 0, **bad}, return_state=True)
     assert state.is_failed()
