@@ -35,10 +35,11 @@ from aftercare.rendering import Renderer
 from aftercare.settings import PROJECT_ROOT, Settings
 from aftercare.stack import Stack, StackConfig, wait_http
 from bench import loadgen
+from tests.shared_dir import find_shared
 
 SECRET = "bench-webhook-secret"
 API_KEY = "SG.fake-test-key"
-SCHEMA = PROJECT_ROOT.parent / "shared" / "contracts" / "sendgrid" / "tsg_mail_v3.json"
+SCHEMA = (find_shared() or PROJECT_ROOT.parent / "shared") / "contracts" / "sendgrid" / "tsg_mail_v3.json"
 PG_ADMIN = os.environ.get("AFTERCARE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 HOST = "127.0.0.1"
 

@@ -19,17 +19,18 @@ from sqlmodel import SQLModel
 from aftercare.db import make_engine, migrate
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import Settings
+from tests.shared_dir import find_shared
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = find_shared()
 PG_ADMIN_URL = os.environ.get("AFTERCARE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TEST_SECRET = "test-webhook-secret-0123456789"
 
 
 def shared_path(*parts: str) -> Path:
     """A file under ../shared; skipped with a reason when absent, a failure under CI=true."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
+    path = (SHARED or Path("../shared")).joinpath(*parts)
+    if SHARED is None or not path.exists():
         if IN_CI:
             pytest.fail(f"{path} is required under CI=true")
         pytest.skip(f"{path} not present (a user's clone has no ../shared)")
