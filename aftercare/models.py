@@ -315,3 +315,115 @@ class WarehouseHandoff(SQLModel, table=True):
     reference: str | None = Field(default=None, max_length=255)  # the warehouse's own id, on ack
     created_at: datetime = ts_field(nullable=False, default_now=True)
     sent_at: datetime | None = ts_field()
+
+
+# --- Reviews: intake, drafts, decisions, the one reply (migration 0003) ------------------------------
+
+
+class ReviewStatus(StrEnum):
+    NEW = "new"  # stored and triaged; no approval flow has picked it up yet
+    DRAFTING = "drafting"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"  # a reply is queued in review_replies
+    PUBLISHED = "published"
+    REJECTED = "rejected"  # an approver decided not to reply
+    HISTORY = "history"  # imported from the past: triaged and kept, never sent for a reply
+
+
+class Review(SQLModel, table=True):
+    """One review from a platform, unique per (platform, platform review id), linked to its order and
+    customer when its order reference names one of ours. Triage is stored beside it."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (sa.UniqueConstraint("platform", "platform_review_id", name="uq_review_source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=32)
+    platform_review_id: str = Field(max_length=128)
+    shop_domain: str = Field(default="", max_length=255)
+    order_id: int | None = Field(default=None, foreign_key="orders.id", index=True)
+    customer_id: int | None = Field(default=None, foreign_key="customers.id", index=True)
+    order_ref: str | None = Field(default=None, max_length=128)  # as the platform gave it
+    product_ref: str | None = Field(default=None, max_length=255)
+    rating: int
+    title: str | None = None
+    body: str = ""
+    author_display_name: str | None = Field(default=None, max_length=255)
+    language: str | None = Field(default=None, max_length=35)
+    source_created_at: datetime = ts_field(nullable=False)
+    received_at: datetime = ts_field(nullable=False, default_now=True)
+    triage_negative: bool = False
+    triage_score: float = 0.0
+    triage_reasons: list[str] = json_field(list)
+    status: str = Field(default=ReviewStatus.NEW, max_length=32, index=True)
+    flow_run_id: str | None = Field(default=None, max_length=64)
+    approval_requested_at: datetime | None = ts_field()
+    escalated_at: datetime | None = ts_field()
+    decided_at: datetime | None = ts_field()
+    published_at: datetime | None = ts_field()
+    policy_version: str | None = Field(default=None, max_length=32)  # the reviews policy triage ran under
+
+
+class ReviewDraft(SQLModel, table=True):
+    """One reply draft for a review, with the checks it was given; attempts count up per review."""
+
+    __tablename__ = "review_drafts"
+    __table_args__ = (sa.UniqueConstraint("review_id", "attempt", name="uq_review_draft_attempt"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    review_id: int = Field(foreign_key="reviews.id", index=True)
+    attempt: int = 1
+    text: str
+    language: str = Field(max_length=35)
+    apologises: bool = False
+    promised_actions: list[str] = json_field(list)
+    risk_notes: list[str] = json_field(list)
+    source: str = Field(max_length=16)  # llm | template | fallback | approver_edit
+    guardrails: list[dict[str, Any]] = json_field(list)  # [{name, passed, detail}]
+    needs_attention: bool = False
+    instructions: str | None = None  # the redraft instructions that produced it
+    created_at: datetime = ts_field(nullable=False, default_now=True)
+
+
+class ReviewDecision(SQLModel, table=True):
+    """One approver decision on a review: who, when, what, and the text they approved or wrote."""
+
+    __tablename__ = "review_decisions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    review_id: int = Field(foreign_key="reviews.id", index=True)
+    draft_id: int | None = Field(default=None, foreign_key="review_drafts.id")
+    approver: str = Field(max_length=255)
+    action: str = Field(max_length=16)  # approve | edit | redraft | reject
+    text: str | None = None
+    instructions: str | None = None
+    reason: str | None = None
+    guardrails: list[dict[str, Any]] = json_field(list)
+    decided_at: datetime = ts_field(nullable=False, default_now=True)
+
+
+class ReplyStatus(StrEnum):
+    PENDING = "pending"
+    PUBLISHING = "publishing"  # claimed; the platform may or may not have it yet
+    PUBLISHED = "published"
+    FAILED = "failed"  # the platform refused it (its reason kept), or attempts ran out
+    UNCERTAIN = "uncertain"  # sent, no answer: never re-posted automatically
+
+
+class ReviewReply(SQLModel, table=True):
+    """The shop's public reply to a review: unique per review, ever. The row is the only guard
+    against posting twice, as the platforms' reply endpoints take no idempotency key."""
+
+    __tablename__ = "review_replies"
+
+    id: int | None = Field(default=None, primary_key=True)
+    review_id: int = Field(foreign_key="reviews.id", unique=True)
+    platform: str = Field(max_length=32)
+    text: str
+    approved_by: str = Field(max_length=255)
+    status: str = Field(default=ReplyStatus.PENDING, max_length=16, index=True)
+    platform_reply_id: str | None = Field(default=None, max_length=255)
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: datetime = ts_field(nullable=False, default_now=True)
+    published_at: datetime | None = ts_field()

@@ -1,5 +1,7 @@
 """One inbox row in, domain state and owed messages out: the unit of work the flows orchestrate.
-Orders (create, paid, updated, cancelled), fulfillments and refunds are dispatched from `process_row`.
+Orders (create, paid, updated, cancelled), fulfillments, refunds and reviews are dispatched from
+`process_row`. A review is stored and triaged here; its approval flow is started from the Prefect
+side with `Outcome.review_id`, never from here.
 Everything here is idempotent, so a retried or re-run row changes nothing the second time."""
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from aftercare.models import (
     TouchpointStatus,
 )
 from aftercare.outbox import enqueue
+from aftercare.reviews import intake as review_intake
 from aftercare.runtime import Runtime
 from aftercare.shopify import (
     FULFILLMENT_TOPICS,
@@ -50,6 +53,8 @@ class Outcome:
     cancelled: list[int] = field(default_factory=list)  # touchpoints this delivery cancelled
     shipment_id: int | None = None
     handoff_id: int | None = None  # the warehouse hand-off version this order state calls for
+    review_id: int | None = None  # the review a reviews/create row created or refreshed
+    review_negative: bool | None = None  # its triage verdict
 
 
 def process_row(rt: Runtime, inbox_id: int) -> Outcome:
@@ -74,6 +79,8 @@ def _process(rt: Runtime, inbox_id: int) -> Outcome:
             handler = _process_fulfillment
         elif row.topic in REFUND_TOPICS:
             handler = _process_refund
+        elif row.topic in review_intake.TOPICS:
+            handler = _process_review
         else:
             inbox.finish(session, row, InboxStatus.IGNORED, f"topic {row.topic!r} is not handled")
             session.commit()
@@ -168,6 +175,22 @@ def _process_refund(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
     out.cancelled = [t.id for t in result.cancelled if t.id is not None]
     if not result.created:
         out.reason = f"refund {parsed.id} was already recorded"
+    inbox.finish(session, row, InboxStatus.DONE, out.reason)
+    return out
+
+
+def _process_review(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
+    assert row.id is not None
+    policy = review_intake.reviews_policy(rt.settings.policies_dir)
+    result = review_intake.process_review_row(session, row, policy)
+    review = result.review
+    ref = f"{review.platform}:{review.platform_review_id}"
+    again = None if result.created else f"review {ref} was already stored"
+    reason = "; ".join(filter(None, [again, result.note]))
+    out = Outcome(row.id, row.topic, InboxStatus.DONE, reason or None, review_id=review.id,
+                  review_negative=review.triage_negative)
+    if result.order is not None:
+        out.order_id, out.order_name = result.order.id, result.order.name
     inbox.finish(session, row, InboxStatus.DONE, out.reason)
     return out
 

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     database_url: str = ""
 
     shopify_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
+    # Signs POST /webhooks/reviews (X-Aftercare-Hmac-Sha256: base64 HMAC-SHA256 of the raw body).
+    reviews_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
     max_body_bytes: int = 1024 * 1024
 
     shop_name: str = "aftercare demo shop"
@@ -58,6 +60,19 @@ class Settings(BaseSettings):
     warehouse_max_attempts: int = Field(default=6, ge=1, le=50)
     warehouse_backoff_base_s: float = 2.0
 
+    # Where approved review replies are published. Reviews from "google" and "trustpilot" go to their
+    # reply APIs when a token is set; every other platform (and those without one) to our own store,
+    # shown on the public page /reviews/<id>.
+    google_business_base_url: str = "https://mybusiness.googleapis.com"
+    google_business_token: SecretStr = SecretStr("")
+    google_business_location: str = ""  # accounts/{a}/locations/{l}, when reviews carry a bare reviewId
+    trustpilot_base_url: str = "https://api.trustpilot.com"
+    trustpilot_token: SecretStr = SecretStr("")
+    trustpilot_business_user_id: str = ""
+    review_publish_timeout_s: float = 10.0
+    review_publish_max_attempts: int = Field(default=5, ge=1, le=50)
+    review_publish_backoff_base_s: float = 2.0
+
     @model_validator(mode="after")
     def _fill_and_refuse(self) -> Settings:
         if not self.database_url:
@@ -73,6 +88,8 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if self.shopify_webhook_secret.get_secret_value() in _PLACEHOLDERS:
                 raise ValueError("AFTERCARE_SHOPIFY_WEBHOOK_SECRET must be set to the shop's real secret")
+            if self.reviews_webhook_secret.get_secret_value() in _PLACEHOLDERS:
+                raise ValueError("AFTERCARE_REVIEWS_WEBHOOK_SECRET must be set to a real secret")
         if self.email_backend == "sendgrid" and not self.sendgrid_api_key.get_secret_value():
             raise ValueError("AFTERCARE_EMAIL_BACKEND=sendgrid needs AFTERCARE_SENDGRID_API_KEY")
         return self

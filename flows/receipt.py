@@ -13,6 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from tasks.receipt import BatchFailed, chunked, claim_inbox, claim_outbox, receive, send
+from tasks.review_sweep import review_sweep
 from tasks.shipping import claim_handoffs, hand_off
 
 
@@ -48,6 +49,7 @@ def process_inbox(
         # Deliveries are received in order, one batch after another (they may touch the same order).
         for chunk in chunked(rows):
             tally(receive(chunk, return_state=True), "received", len(chunk))
+        review_sweep()  # approval runs for new reviews, escalation of overdue ones; cheap when idle
 
         handoffs = claim_handoffs(batch_size)
         claimed = claim_outbox(batch_size * 2)

@@ -1,12 +1,14 @@
-"""The reviews policy (`policies/reviews.yaml`), validated: triage thresholds and reply guardrails."""
+"""The reviews policy (`policies/reviews.yaml`), validated: triage thresholds, reply guardrails, and
+who approves replies (and how fast)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aftercare.errors import ConfigError
 
@@ -93,10 +95,79 @@ class ReplyPolicy(_Strict):
         return self
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _email(value: str, what: str) -> str:
+    value = value.strip().lower()
+    if not _EMAIL.match(value):
+        raise ValueError(f"{what} {value!r} is not an email address")
+    return value
+
+
+class ApprovalPolicy(_Strict):
+    """Who approves replies, how long they have, and whom to tell when nobody decides in time.
+
+    Approvers are identified by email: the address they receive requests at and the name they
+    give in the decision form. Prefect's open-source UI has no login, so the approver field is
+    checked against this list, not authenticated."""
+
+    approvers: list[str] = Field(default_factory=list, max_length=50)
+    # Told once when a review has waited longer than `window_hours`; the approvers when unset.
+    escalation_contact: str | None = None
+    window_hours: float = Field(default=24, gt=0, le=24 * 30)
+    # After this long without a decision the run fails (the review stays awaiting approval and
+    # can be decided by re-running it); must leave room for the escalation.
+    expire_after_hours: float = Field(default=24 * 30, gt=0, le=24 * 365)
+    # Replies go to negative reviews; true: to positive ones as well.
+    reply_to_positive: bool = False
+    # Language of the approver emails (ja | en).
+    locale: Lang = "en"
+    # Optional Slack-compatible incoming webhook, told about each request and escalation.
+    slack_webhook_url: str | None = None
+
+    @field_validator("approvers")
+    @classmethod
+    def _approver_emails(cls, v: list[str]) -> list[str]:
+        out = [_email(a, "approver") for a in v]
+        if len(set(out)) != len(out):
+            raise ValueError("approvers lists someone twice")
+        return out
+
+    @field_validator("escalation_contact")
+    @classmethod
+    def _contact_email(cls, v: str | None) -> str | None:
+        return _email(v, "escalation_contact") if v else None
+
+    @field_validator("slack_webhook_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("https://", "http://")):
+            raise ValueError("slack_webhook_url must be an http(s) URL")
+        return v or None
+
+    @model_validator(mode="after")
+    def _expiry_after_window(self) -> ApprovalPolicy:
+        if self.expire_after_hours <= self.window_hours:
+            raise ValueError(
+                f"expire_after_hours ({self.expire_after_hours:g}) must be longer than window_hours "
+                f"({self.window_hours:g}), or no escalation could ever be sent"
+            )
+        return self
+
+    def is_approver(self, name: str) -> bool:
+        return name.strip().lower() in self.approvers
+
+    @property
+    def escalation_recipients(self) -> list[str]:
+        return [self.escalation_contact] if self.escalation_contact else list(self.approvers)
+
+
 class ReviewsPolicy(_Strict):
     version: str = Field(min_length=1, max_length=32)
     triage: TriagePolicy = Field(default_factory=TriagePolicy)
     reply: ReplyPolicy
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
 
 
 def load_reviews_policy(policies_dir: Path) -> ReviewsPolicy:

@@ -1,4 +1,5 @@
-"""The demo's own sample orders, in Shopify's documented orders/create webhook shape."""
+"""The demo's own sample orders, in Shopify's documented orders/create webhook shape, and sample
+reviews (reviews/*.json) in aftercare's documented review JSON (see aftercare.reviews.intake)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,25 @@ from typing import Any
 
 
 def names() -> list[str]:
-    return sorted(p.name.removesuffix(".json") for p in resources.files(__name__).iterdir() if p.name.endswith(".json"))
+    return sorted(
+        p.name.removesuffix(".json") for p in resources.files(__name__).iterdir() if p.name.endswith(".json")
+    )
 
 
 def load(name: str) -> dict[str, Any]:
     return json.loads(resources.files(__name__).joinpath(f"{name}.json").read_text(encoding="utf-8"))
+
+
+def review_names() -> list[str]:
+    """The sample reviews' names (reviews/<name>.json)."""
+    folder = resources.files(__name__).joinpath("reviews")
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def review(name: str) -> dict[str, Any]:
+    """A sample review, e.g. `review("ja-late-gift")`: 2 stars, Japanese, about sample order #1101."""
+    folder = resources.files(__name__).joinpath("reviews")
+    return json.loads(folder.joinpath(f"{name}.json").read_text(encoding="utf-8"))
 
 
 CARRIERS = {

@@ -1,0 +1,344 @@
+"""Publishing the one approved reply to a review: a `ReviewPlatform` port, its adapters, and
+`publish_reply`, which is the only code that calls them.
+
+One reply per review, ever. The `review_replies` row (unique per review) is claimed pending ->
+publishing with a compare-and-set before the platform is called, so a second call, a retry or a
+re-run finds it claimed and posts nothing. A failure the platform reports before doing anything
+(429, 5xx, connection refused) is retried here with backoff; a refusal (other 4xx) fails with the
+platform's reason; a timeout or dropped connection after the request was sent leaves the reply
+`uncertain`: the platform may have it, so it is never re-posted automatically (ops check and decide).
+
+Adapters:
+- `OwnStorePlatform` (default): the reply lives in our own `review_replies` table and is shown on
+  the web app's public page `/reviews/<id>`; publishing it is recording it.
+- `GoogleBusinessProfile`: `accounts.locations.reviews.updateReply`,
+  `PUT {base}/v4/{accounts/*/locations/*/reviews/*}/reply` with `{"comment": text}`, bearer token.
+- `Trustpilot`: the business reply, `POST {base}/v1/private/reviews/{reviewId}/reply` with
+  `{"authorBusinessUserId": ..., "message": text}`, bearer token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from aftercare.errors import AftercareError
+from aftercare.models import ReplyStatus, Review, ReviewReply, ReviewStatus, utcnow
+from aftercare.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(AftercareError):
+    """The platform did not take the reply."""
+
+    def __init__(self, reason: str, status_code: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class TransientPublishError(PublishError):
+    """Nothing was done (429, 5xx, could not connect): safe to try again."""
+
+
+class PermanentPublishError(PublishError):
+    """The platform refused the reply (4xx): trying again would get the same answer."""
+
+
+class AmbiguousPublishError(PublishError):
+    """The request was sent and no answer came: the platform may have published it."""
+
+
+class ReviewPlatform(Protocol):
+    """Where a review's reply is published. `publish` returns the platform's id for the reply, or
+    raises a `PublishError` subclass saying whether it is safe to try again."""
+
+    name: str
+
+    def publish(self, review: Review, reply: ReviewReply) -> str: ...
+
+
+class OwnStorePlatform:
+    """Our own store of replies: the row in `review_replies` is the reply, and the public page
+    `/reviews/<id>` shows it once published. Nothing leaves this process."""
+
+    name = "own"
+
+    def publish(self, review: Review, reply: ReviewReply) -> str:
+        return f"own:{reply.id}"
+
+
+# --- HTTP adapters ------------------------------------------------------------------------------------
+
+
+def _reason(response: httpx.Response) -> str:
+    """The platform's own words: Google's `error.message`, Trustpilot's `message`/`details`, or the
+    start of the body."""
+    try:
+        data: Any = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+        for key in ("message", "details", "error_description", "error", "reason"):
+            value = data.get(key)
+            if value:
+                return (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))[:500]
+    return response.text.strip()[:500] or response.reason_phrase
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def _send(
+    client: httpx.Client, platform: str, method: str, url: str, token: str, body: dict[str, Any]
+) -> Any:
+    """Send one request; 2xx -> the decoded JSON body (or None), else the matching PublishError."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"}
+    content = json.dumps(body, ensure_ascii=False).encode()
+    try:
+        response = client.request(method, url, content=content, headers=headers)
+    except (httpx.ConnectTimeout, httpx.ConnectError, httpx.PoolTimeout) as exc:
+        # Never connected: the platform cannot have the reply.
+        raise TransientPublishError(f"could not reach {platform}: {type(exc).__name__}: {exc}") from exc
+    except (httpx.TimeoutException, httpx.TransportError) as exc:
+        raise AmbiguousPublishError(
+            f"{platform} did not answer after the reply was sent ({type(exc).__name__}); it may be published"
+        ) from exc
+    status = response.status_code
+    if 200 <= status < 300:
+        try:
+            return response.json() if response.content else None
+        except ValueError:
+            return None
+    if status >= 500 or status in (408, 429):
+        raise TransientPublishError(
+            f"{platform} answered {status}: {_reason(response)}", status, _retry_after(response)
+        )
+    raise PermanentPublishError(f"{platform} refused the reply ({status}): {_reason(response)}", status)
+
+
+class GoogleBusinessProfile:
+    """Google Business Profile `accounts.locations.reviews.updateReply`. The review id is the review's
+    resource name (`accounts/{a}/locations/{l}/reviews/{r}`), or a bare reviewId under `location`."""
+
+    name = "google"
+
+    def __init__(self, client: httpx.Client, *, base_url: str, token: str, location: str = ""):
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.location = location.strip("/")
+
+    def review_name(self, review: Review) -> str:
+        ref = review.platform_review_id.strip("/")
+        if ref.startswith("accounts/"):
+            parts = ref.split("/")
+            if len(parts) != 6 or parts[2] != "locations" or parts[4] != "reviews" or not all(parts):
+                raise PermanentPublishError(f"not a Google review name: {ref!r}")
+            return "/".join(quote(p, safe="") for p in parts)
+        if not self.location:
+            raise PermanentPublishError(
+                f"review {ref!r} is a bare reviewId: set AFTERCARE_GOOGLE_BUSINESS_LOCATION "
+                "(accounts/{a}/locations/{l}) or send the review's resource name"
+            )
+        return f"{self.location}/reviews/{quote(ref, safe='')}"
+
+    def publish(self, review: Review, reply: ReviewReply) -> str:
+        name = self.review_name(review)
+        _send(
+            self.client,
+            self.name,
+            "PUT",
+            f"{self.base_url}/v4/{name}/reply",
+            self.token,
+            {"comment": reply.text},
+        )
+        return f"{name}/reply"  # a review has one reply; its name is the id
+
+
+class Trustpilot:
+    """Trustpilot's business reply to a service review, posted as `business_user_id`."""
+
+    name = "trustpilot"
+
+    def __init__(self, client: httpx.Client, *, base_url: str, token: str, business_user_id: str):
+        if not business_user_id:
+            raise ValueError("Trustpilot replies need the business user id to post as")
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.business_user_id = business_user_id
+
+    def publish(self, review: Review, reply: ReviewReply) -> str:
+        review_id = quote(review.platform_review_id, safe="")
+        data = _send(
+            self.client,
+            self.name,
+            "POST",
+            f"{self.base_url}/v1/private/reviews/{review_id}/reply",
+            self.token,
+            {"authorBusinessUserId": self.business_user_id, "message": reply.text},
+        )
+        ref = data.get("id") if isinstance(data, dict) else None
+        return str(ref or f"trustpilot:{review.platform_review_id}/reply")[:255]
+
+
+def make_platform(settings: Settings, platform: str, *, client: httpx.Client | None = None) -> ReviewPlatform:
+    """The port a review from `platform` publishes through: Google's or Trustpilot's reply API when
+    its token is configured, else our own store (the public page)."""
+    google_token = settings.google_business_token.get_secret_value()
+    trustpilot_token = settings.trustpilot_token.get_secret_value()
+    if platform == "google" and google_token:
+        return GoogleBusinessProfile(
+            client or httpx.Client(timeout=settings.review_publish_timeout_s),
+            base_url=settings.google_business_base_url,
+            token=google_token,
+            location=settings.google_business_location,
+        )
+    if platform == "trustpilot" and trustpilot_token:
+        return Trustpilot(
+            client or httpx.Client(timeout=settings.review_publish_timeout_s),
+            base_url=settings.trustpilot_base_url,
+            token=trustpilot_token,
+            business_user_id=settings.trustpilot_business_user_id,
+        )
+    return OwnStorePlatform()
+
+
+# --- publishing the one reply -------------------------------------------------------------------------
+
+
+class ReplyNotFound(AftercareError):
+    """The review has no reply queued (`store.enqueue_reply` first)."""
+
+
+_replies = ReviewReply.__table__  # type: ignore[attr-defined]
+
+
+def _claim(engine: Engine, review_id: int) -> bool:
+    """pending -> publishing, as a compare-and-set: True for the one caller that wins it."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(_replies)
+            .where(_replies.c.review_id == review_id, _replies.c.status == ReplyStatus.PENDING)
+            .values(status=ReplyStatus.PUBLISHING, attempts=_replies.c.attempts + 1)
+        )
+        return result.rowcount == 1
+
+
+def _settle(engine: Engine, review_id: int, **values: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(_replies)
+            .where(_replies.c.review_id == review_id, _replies.c.status == ReplyStatus.PUBLISHING)
+            .values(**values)
+        )
+
+
+def publish_reply(
+    engine: Engine,
+    review_id: int,
+    platform: ReviewPlatform,
+    *,
+    max_attempts: int = 5,
+    backoff_base_s: float = 2.0,
+    max_backoff_s: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ReviewReply:
+    """Publish the review's queued reply through `platform`, at most once ever, and return the reply
+    row as it ends up: published (with the platform's id; the review becomes published too), failed
+    (with the platform's reason), or uncertain. A reply that is not pending (published, publishing,
+    failed, uncertain) is returned as it is, and nothing is sent. Transient failures are retried up
+    to `max_attempts` calls with exponential backoff (or the platform's Retry-After)."""
+    with Session(engine) as session:
+        reply = session.exec(select(ReviewReply).where(ReviewReply.review_id == review_id)).first()
+        review = session.get(Review, review_id)
+    if reply is None or review is None:
+        raise ReplyNotFound(f"review {review_id} has no reply queued")
+    if not _claim(engine, review_id):
+        log.info("reply to review %s is %s: not publishing again", review_id, reply.status)
+        return _reload(engine, review_id)
+    attempt = 1
+    while True:
+        try:
+            platform_reply_id = platform.publish(review, reply)
+        except TransientPublishError as exc:
+            if attempt >= max_attempts:
+                _settle(
+                    engine,
+                    review_id,
+                    status=ReplyStatus.FAILED,
+                    last_error=f"gave up after {attempt} attempts: {exc.reason}"[:2000],
+                )
+                break
+            _settle(engine, review_id, last_error=exc.reason[:2000])
+            delay = exc.retry_after if exc.retry_after is not None else backoff_base_s * 2 ** (attempt - 1)
+            sleep(min(delay, max_backoff_s))
+            attempt += 1
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.update(_replies)
+                    .where(_replies.c.review_id == review_id)
+                    .values(attempts=_replies.c.attempts + 1)
+                )
+            continue
+        except PermanentPublishError as exc:
+            _settle(engine, review_id, status=ReplyStatus.FAILED, last_error=exc.reason[:2000])
+        except AmbiguousPublishError as exc:
+            _settle(engine, review_id, status=ReplyStatus.UNCERTAIN, last_error=exc.reason[:2000])
+        except BaseException as exc:
+            # An adapter bug or an interrupt: whether the platform got the reply is unknown.
+            _settle(
+                engine,
+                review_id,
+                status=ReplyStatus.UNCERTAIN,
+                last_error=f"publishing stopped by {type(exc).__name__}: {exc}"[:2000],
+            )
+            raise
+        else:
+            now = utcnow()
+            _settle(
+                engine,
+                review_id,
+                status=ReplyStatus.PUBLISHED,
+                platform_reply_id=platform_reply_id[:255],
+                published_at=now,
+                last_error=None,
+            )
+            reviews = Review.__table__  # type: ignore[attr-defined]
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.update(reviews)
+                    .where(reviews.c.id == review_id)
+                    .values(
+                        status=ReviewStatus.PUBLISHED,
+                        published_at=sa.func.coalesce(
+                            reviews.c.published_at, sa.literal(now, reviews.c.published_at.type)
+                        ),
+                    )
+                )
+        break
+    return _reload(engine, review_id)
+
+
+def _reload(engine: Engine, review_id: int) -> ReviewReply:
+    with Session(engine) as session:
+        return session.exec(select(ReviewReply).where(ReviewReply.review_id == review_id)).one()

@@ -1,0 +1,90 @@
+"""What process-inbox does for reviews on every loop: start one approval run per new review that
+needs a reply, and escalate the reviews waiting past the policy's window.
+
+Kept apart from tasks.reviews so that process-inbox, which imports this on every run, does not load
+the drafting stack (the openai SDK and the guardrails): ~1 s of CPU per run it would not use."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from prefect.deployments import run_deployment
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, select
+
+from aftercare.errors import AftercareError
+from aftercare.models import Review as ReviewRow
+from aftercare.rendering import Renderer
+from aftercare.reviews import intake, notify
+from aftercare.reviews.policy import ReviewsPolicy
+from aftercare.runtime import current
+
+log = logging.getLogger(__name__)
+
+REVIEW_DEPLOYMENT = "review-reply/review-reply"
+
+
+def start_review_flow(review_id: int, platform: str | None = None) -> str:
+    """Create the review's approval run (one per review, ever: the idempotency key makes a second
+    call return the first run) and remember its id on the review. Returns the flow run id."""
+    engine = current().engine
+    if platform is None:
+        with Session(engine) as session:
+            review = session.get(ReviewRow, review_id)
+        if review is None:
+            raise AftercareError(f"no review with id {review_id}")
+        platform = review.platform
+    run = run_deployment(
+        REVIEW_DEPLOYMENT,
+        parameters={"review_id": review_id},
+        flow_run_name=f"{platform} {review_id}",
+        timeout=0,
+        idempotency_key=f"review-{review_id}",
+        as_subflow=False,
+    )
+    # What store.set_flow_run does, without importing the store (and with it the drafting stack).
+    with engine.begin() as conn:
+        conn.execute(sa.update(ReviewRow).where(ReviewRow.id == review_id).values(flow_run_id=str(run.id)))
+    return str(run.id)
+
+
+def reviews_needing_a_run(engine: Engine, policy: ReviewsPolicy, limit: int = 20) -> list[tuple[int, str]]:
+    """New reviews that call for a reply (negative ones; positive ones too when the policy says so)
+    and have no approval run yet."""
+    query = select(ReviewRow.id, ReviewRow.platform).where(
+        ReviewRow.status == "new",
+        ReviewRow.flow_run_id.is_(None),  # type: ignore[union-attr]
+    )
+    if not policy.approval.reply_to_positive:
+        query = query.where(ReviewRow.triage_negative == sa.true())
+    with Session(engine) as session:
+        return [(i, p) for i, p in session.exec(query.order_by(ReviewRow.id).limit(limit)) if i is not None]
+
+
+def review_sweep(limit: int = 20) -> dict[str, list[int]]:
+    """Plain calls, cheap when there is nothing to do (two indexed queries): start an approval run
+    for each new review that needs one, and escalate the ones waiting past the policy's window.
+    A Prefect error leaves the review as it is, for the next loop."""
+    rt = current()
+    policy = intake.reviews_policy(rt.settings.policies_dir)
+    started: list[int] = []
+    for review_id, platform in reviews_needing_a_run(rt.engine, policy, limit):
+        try:
+            start_review_flow(review_id, platform)
+        except Exception as exc:  # any Prefect/HTTP error: the review stays new, retried next loop
+            log.warning(
+                "could not start the approval run for review %s (retried next loop): %s", review_id, exc
+            )
+            continue
+        started.append(review_id)
+    escalated: list[int] = []
+    try:
+        escalated = notify.escalate_overdue(
+            rt.engine, policy, rt.settings, Renderer(rt.settings.templates_dir)
+        )
+    except (AftercareError, SQLAlchemyError):
+        # Escalation must never hold up orders; the claim was released and the next loop retries.
+        log.exception("escalating overdue reviews failed; retried next loop")
+    return {"started": started, "escalated": escalated}
