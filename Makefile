@@ -28,6 +28,7 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.reviews
 
 lint: install
 	$(BIN)/ruff check .

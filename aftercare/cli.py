@@ -139,6 +139,16 @@ def cmd_inbox_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def post_json(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """POST to the user's own web app; (status, body text) for any HTTP answer."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
 def post_webhook(url: str, secret: str, topic: str, payload: dict[str, Any], shop: str) -> tuple[int, str]:
     body = json.dumps(payload, ensure_ascii=False).encode()
     headers = {
@@ -151,12 +161,7 @@ def post_webhook(url: str, secret: str, topic: str, payload: dict[str, Any], sho
         "X-Shopify-Triggered-At": datetime.now(UTC).isoformat(),
         "X-Shopify-API-Version": "2025-10",
     }
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+    return post_json(url, body, headers)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -188,6 +193,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         failures += status != 200
         ref = payload.get("name", "")
         _print(f"  {topic:<20} {what:<9} {ref:<10} -> HTTP {status} {text}")
+    if not args.orders_only:
+        # A disappointed customer's review of the gift order: drafted, checked, then it waits in the
+        # Prefect UI for an approver (Runs -> the `review-reply` run -> Resume).
+        review_url = url.rsplit("/webhooks/", 1)[0] + "/webhooks/reviews"
+        body = json.dumps(samples.review("ja-late-gift"), ensure_ascii=False).encode()
+        signature = shopify.sign(settings.reviews_webhook_secret.get_secret_value(), body)
+        headers = {"Content-Type": "application/json", "X-Aftercare-Hmac-Sha256": signature}
+        try:
+            status, text = post_json(review_url, body, headers)
+        except OSError as exc:
+            raise AftercareError(f"cannot reach {review_url} ({exc})") from exc
+        failures += status != 200
+        _print(f"  {'reviews/create':<20} {'review':<9} {'#1101':<10} -> HTTP {status} {text}")
     _print(
         f"\nruns: {settings.prefect_ui_url}/runs   mails: {settings.outbox_dir}   list: aftercare outbox list"
     )

@@ -228,6 +228,7 @@ class OutboxMessage(SQLModel, table=True):
 
 # --- Shipping: fulfillments, refunds, warehouse hand-offs (migration 0002) ---------------------------
 
+
 class InboxWait(SQLModel, table=True):
     """An inbox row parked until its order arrives: (shop, Shopify order id) -> the waiting row."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -179,7 +179,11 @@ class Policies(BaseModel):
     requests: RequestsPolicy
 
 
-def _load(path: Path, model: type[_Policy]) -> _Policy:
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_policy_file(path: Path, model: type[M]) -> M:
+    """Read and validate one policy file; any problem is a ConfigError naming the file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -195,8 +199,8 @@ def _load(path: Path, model: type[_Policy]) -> _Policy:
 def load_policies(policies_dir: Path) -> Policies:
     """Read and validate every policy file the flows need."""
     return Policies(
-        shipping=_load(policies_dir / "shipping.yaml", ShippingPolicy),  # type: ignore[arg-type]
-        messages=_load(policies_dir / "messages.yaml", MessagesPolicy),  # type: ignore[arg-type]
-        delivery=_load(policies_dir / "delivery.yaml", DeliveryPolicy),  # type: ignore[arg-type]
-        requests=_load(policies_dir / "requests.yaml", RequestsPolicy),  # type: ignore[arg-type]
+        shipping=load_policy_file(policies_dir / "shipping.yaml", ShippingPolicy),  # type: ignore[arg-type]
+        messages=load_policy_file(policies_dir / "messages.yaml", MessagesPolicy),  # type: ignore[arg-type]
+        delivery=load_policy_file(policies_dir / "delivery.yaml", DeliveryPolicy),  # type: ignore[arg-type]
+        requests=load_policy_file(policies_dir / "requests.yaml", RequestsPolicy),  # type: ignore[arg-type]
     )

@@ -149,8 +149,11 @@ def _process_fulfillment(rt: Runtime, session: Session, row: InboxEvent) -> Outc
     shipment = result.shipment
     out.reason, out.shipment_id = result.reason, shipment.id
     if result.applied:
-        notices = [t for t in shipping.touchpoints_of(session, order, (shipping.SHIPMENT_NOTICE,))
-                   if t.seq == shipment.id]
+        notices = [
+            t
+            for t in shipping.touchpoints_of(session, order, (shipping.SHIPMENT_NOTICE,))
+            if t.seq == shipment.id
+        ]
         if shipment.status in shipping.VOID_STATUSES:
             reason = f"fulfillment {parsed.id} is {shipment.status}"
             out.cancelled = [t.id for t in shipping.cancel_touchpoints(session, notices, reason) if t.id]
@@ -187,8 +190,14 @@ def _process_review(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
     ref = f"{review.platform}:{review.platform_review_id}"
     again = None if result.created else f"review {ref} was already stored"
     reason = "; ".join(filter(None, [again, result.note]))
-    out = Outcome(row.id, row.topic, InboxStatus.DONE, reason or None, review_id=review.id,
-                  review_negative=review.triage_negative)
+    out = Outcome(
+        row.id,
+        row.topic,
+        InboxStatus.DONE,
+        reason or None,
+        review_id=review.id,
+        review_negative=review.triage_negative,
+    )
     if result.order is not None:
         out.order_id, out.order_name = result.order.id, result.order.name
     inbox.finish(session, row, InboxStatus.DONE, out.reason)
@@ -202,7 +211,11 @@ def _write_notice(
     so a re-delivered or updated fulfillment finds the same touchpoint and outbox row."""
     assert shipment.id is not None
     touchpoint = shipping.ensure_touchpoint(
-        session, order=order, kind=shipping.SHIPMENT_NOTICE, seq=shipment.id, due_at=shipment.shipped_at,
+        session,
+        order=order,
+        kind=shipping.SHIPMENT_NOTICE,
+        seq=shipment.id,
+        due_at=shipment.shipped_at,
         policy_version=rt.policies.delivery.version,
     )
     if touchpoint.status not in (TouchpointStatus.PLANNED, TouchpointStatus.SKIPPED):
@@ -217,8 +230,16 @@ def _write_notice(
     rendered = shipping.render_notice(rt.renderer, order.locale, context)
     touchpoint.status, touchpoint.reason = TouchpointStatus.PLANNED, None
     session.add(touchpoint)
-    message = enqueue(session, touchpoint=touchpoint, to_email=order.email, to_name=name, rendered=rendered,
-                      locale=order.locale, order_name=order.name, is_test=order.is_test)
+    message = enqueue(
+        session,
+        touchpoint=touchpoint,
+        to_email=order.email,
+        to_name=name,
+        rendered=rendered,
+        locale=order.locale,
+        order_name=order.name,
+        is_test=order.is_test,
+    )
     out.subject, out.text_preview = message.subject, message.text_body
     return message
 
@@ -240,15 +261,24 @@ def _write_confirmation(
         return None
     customer = session.get(Customer, order.customer_id) if order.customer_id else None
     ctx = receipt.ConfirmationContext(
-        order=order, lines=lines, customer=customer,
-        expected_ship_date=rt.policies.shipping.expected_ship_date(order.placed_at), flags=flags,
+        order=order,
+        lines=lines,
+        customer=customer,
+        expected_ship_date=rt.policies.shipping.expected_ship_date(order.placed_at),
+        flags=flags,
     )
     rendered = receipt.render_confirmation(ctx, rt.renderer, rt.settings.shop_name)
     touchpoint.status, touchpoint.reason = TouchpointStatus.PLANNED, None
     session.add(touchpoint)
     message = enqueue(
-        session, touchpoint=touchpoint, to_email=order.email, to_name=ctx.as_template_vars("")["customer_name"],
-        rendered=rendered, locale=order.locale, order_name=order.name, is_test=order.is_test,
+        session,
+        touchpoint=touchpoint,
+        to_email=order.email,
+        to_name=ctx.as_template_vars("")["customer_name"],
+        rendered=rendered,
+        locale=order.locale,
+        order_name=order.name,
+        is_test=order.is_test,
     )
     out.subject, out.text_preview = message.subject, message.text_body
     return message

@@ -269,7 +269,8 @@ def ack_phase(
             s = r.summary()
             ladder.append(s)
             say(
-                f"    step {step_rate:.0f} req/s: p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  errors {s['errors']}"
+                f"    step {step_rate:.0f} req/s: p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  "
+                f"errors {s['errors']}"
             )
             if r.errors or r.pct(99) >= 100:
                 break
@@ -454,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         s = r["sustained"]
         say(
-            f"{kind}: receipt at {s['offered_orders_per_s']:.0f} orders/s: throughput {s['throughput_orders_per_s']}"
+            f"{kind}: receipt at {s['offered_orders_per_s']:.0f} orders/s: "
+            f"throughput {s['throughput_orders_per_s']}"
             f" orders/s, webhook->provider p50 {s['webhook_to_provider_p50_s']} s p95 "
             f"{s['webhook_to_provider_p95_s']} s, all sent: {s['all_sent']}; capacity "
             f"{r['capacity']['orders_per_s']} orders/s vs bare {r['bare']['emails_per_s']} emails/s "

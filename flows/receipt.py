@@ -65,8 +65,10 @@ def process_inbox(
             break
         else:
             time.sleep(0.2)
-    summary = (f"received {counts['received']} deliveries, sent {counts['sent']} messages, {len(failures)} failed, "
-               f"{counts['handed']} handed to the warehouse")
+    summary = (
+        f"received {counts['received']} deliveries, sent {counts['sent']} messages, {len(failures)} failed, "
+        f"{counts['handed']} handed to the warehouse"
+    )
     logger.info(summary)
     if failures:
         return Failed(message=summary + ": " + " | ".join(failures[:5]))

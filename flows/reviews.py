@@ -46,7 +46,8 @@ OPEN = ("new", "drafting", "awaiting_approval")
 def _run_name() -> str:
     review_id = flow_run.parameters["review_id"]
     review = store.get_review(current().engine, review_id)
-    return f"{review.platform} {review_id}" if review is not None else f"review {review_id}"
+    # The platform's own review id: what an approver sees on the platform and searches for here.
+    return f"{review.platform} {review.platform_review_id}" if review is not None else f"review {review_id}"
 
 
 def _used_pause_keys(flow_run_id: str) -> set[str]:

@@ -20,8 +20,15 @@ def order_payload(sample: str = "ja-first-gift", **overrides: Any) -> dict[str, 
     return payload
 
 
-def webhook_headers(body: bytes, *, secret: str, topic: str = "orders/create", webhook_id: str | None = None,
-                    event_id: str | None = None, shop: str = SHOP) -> dict[str, str]:
+def webhook_headers(
+    body: bytes,
+    *,
+    secret: str,
+    topic: str = "orders/create",
+    webhook_id: str | None = None,
+    event_id: str | None = None,
+    shop: str = SHOP,
+) -> dict[str, str]:
     return {
         "Content-Type": "application/json",
         "X-Shopify-Topic": topic,
@@ -37,13 +44,28 @@ def body_of(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode()
 
 
-def deliver(engine: Any, payload: dict[str, Any], *, topic: str = "orders/create",
-            webhook_id: str | None = None, event_id: str | None = None) -> int | None:
+def deliver(
+    engine: Any,
+    payload: dict[str, Any],
+    *,
+    topic: str = "orders/create",
+    webhook_id: str | None = None,
+    event_id: str | None = None,
+) -> int | None:
     """Store a delivery as the web app would (status pending); returns the inbox id, None if duplicate."""
-    inbox_id, _new = store_delivery(engine, Delivery(
-        source="shopify", delivery_id=webhook_id or str(uuid.uuid4()), event_id=event_id, topic=topic,
-        shop_domain=SHOP, triggered_at=None, body=body_of(payload), subject_ref=payload.get("name"),
-    ))
+    inbox_id, _new = store_delivery(
+        engine,
+        Delivery(
+            source="shopify",
+            delivery_id=webhook_id or str(uuid.uuid4()),
+            event_id=event_id,
+            topic=topic,
+            shop_domain=SHOP,
+            triggered_at=None,
+            body=body_of(payload),
+            subject_ref=payload.get("name"),
+        ),
+    )
     return inbox_id
 
 
@@ -64,8 +86,9 @@ def fulfillment_payload(
     return payload
 
 
-def refund_payload(order: dict[str, Any], *, refund_id: int = 6660001, lines: dict[int, int] | None = None,
-                   **overrides: Any) -> dict[str, Any]:
+def refund_payload(
+    order: dict[str, Any], *, refund_id: int = 6660001, lines: dict[int, int] | None = None, **overrides: Any
+) -> dict[str, Any]:
     """A refunds/create body: the given {line id: quantity}, or every line in full."""
     wanted = lines if lines is not None else {li["id"]: li["quantity"] for li in order["line_items"]}
     payload: dict[str, Any] = {

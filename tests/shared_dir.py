@@ -25,7 +25,10 @@ def find_shared() -> Path | None:
     try:
         origin = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "config", "--get", "remote.origin.url"],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         ).stdout.strip()
     except OSError:
         origin = ""

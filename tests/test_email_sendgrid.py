@@ -230,7 +230,11 @@ def test_an_unreachable_provider_is_retried_then_fails(
 
     result = send(rt, outbox_id, SendGridBackend.from_settings(closed), closed, sleeps)
 
-    assert result.status == "failed" and "gave up" in (result.error or "") and "unreachable" in (result.error or "")
+    assert (
+        result.status == "failed"
+        and "gave up" in (result.error or "")
+        and "unreachable" in (result.error or "")
+    )
     assert len(sleeps) == closed.send_max_attempts - 1
     assert fake.requests == []
 

@@ -227,9 +227,10 @@ def upsert_review(
     *,
     status_if_new: ReviewStatus = ReviewStatus.NEW,
 ) -> IntakeResult:
-    """Create the review (status new, or history for an import) or refresh its content, link it to its order and customer when
-    the reference allows, and store its triage. Inside the caller's transaction; idempotent: a row
-    processed again leaves the review as it was (status and SLA timestamps are never touched here)."""
+    """Create the review (status new, or history for an import) or refresh its content, link it to
+    its order and customer when the reference allows, and store its triage. Inside the caller's
+    transaction; idempotent: a row processed again leaves the review as it was (status and SLA
+    timestamps are never touched here)."""
     shop = payload.shop_domain or row.shop_domain
     review = session.exec(
         select(Review).where(

@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from aftercare.errors import ConfigError
+from aftercare.policies import load_policy_file
 
 Lang = Literal["ja", "en"]
 LANGS: tuple[Lang, ...] = ("ja", "en")
@@ -172,14 +171,4 @@ class ReviewsPolicy(_Strict):
 
 def load_reviews_policy(policies_dir: Path) -> ReviewsPolicy:
     """Read and validate `<policies_dir>/reviews.yaml`; a problem is a ConfigError naming the file."""
-    path = policies_dir / "reviews.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"policy file {path} is missing") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"policy file {path} is not valid YAML: {exc}") from exc
-    try:
-        return ReviewsPolicy.model_validate(data or {})
-    except ValidationError as exc:
-        raise ConfigError(f"policy file {path} is invalid: {exc}") from exc
+    return load_policy_file(policies_dir / "reviews.yaml", ReviewsPolicy)

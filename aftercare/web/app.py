@@ -89,7 +89,9 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
     secret = settings.shopify_webhook_secret.get_secret_value()
     reviews_secret = settings.reviews_webhook_secret.get_secret_value()
     renderer = Renderer(settings.templates_dir)
-    the_waker: Waker = waker or (PrefectWaker(settings.wake_deployment) if settings.wake_prefect else NoWaker())
+    the_waker: Waker = waker or (
+        PrefectWaker(settings.wake_deployment) if settings.wake_prefect else NoWaker()
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
@@ -105,62 +107,9 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
     app.state.engine = engine
     app.state.waker = the_waker
 
-    @app.post("/webhooks/shopify")
-    async def shopify_webhook(request: Request) -> JSONResponse:
-        try:
-            body = await read_limited(request, settings.max_body_bytes)
-        except BodyTooLarge:
-            return JSONResponse({"error": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
-        h = request.headers
-        if not shopify.verify(secret, body, h.get("x-shopify-hmac-sha256")):
-            return JSONResponse({"error": "invalid or missing X-Shopify-Hmac-Sha256"}, status_code=401)
-        topic = h.get("x-shopify-topic")
-        webhook_id = h.get("x-shopify-webhook-id")
-        event_id = h.get("x-shopify-event-id")
-        status, reason, order_name = classify_shopify(topic, body)
-        delivery_id = webhook_id or event_id or "sha256:" + hashlib.sha256((topic or "").encode() + body).hexdigest()
-        delivery = inbox.Delivery(
-            source="shopify",
-            delivery_id=delivery_id[:128],
-            event_id=event_id[:128] if event_id else None,
-            topic=(topic or "")[:64],
-            shop_domain=(h.get("x-shopify-shop-domain") or "")[:255],
-            triggered_at=_parse_time(h.get("x-shopify-triggered-at")),
-            body=body,
-            status=status,
-            reason=reason,
-            subject_ref=order_name,
-        )
-        if engine.dialect.name == "sqlite":
-            # Sub-millisecond and serialised anyway: a thread hop would cost more than the insert.
-            inbox_id, new = inbox.store_delivery(engine, delivery)
-        else:
-            # A network round trip: let concurrent deliveries overlap it (and PostgreSQL group-commit).
-            inbox_id, new = await run_in_threadpool(inbox.store_delivery, engine, delivery)
-        if not new:
-            return JSONResponse({"status": "duplicate"}, status_code=200)
-        answer: dict[str, Any] = {"status": status, "inbox_id": inbox_id}
-        if reason:
-            answer["reason"] = reason
-            log.warning("inbox %s stored as %s: %s", inbox_id, status, reason)
-        if status == InboxStatus.PENDING:
-            the_waker.poke()
-        return JSONResponse(answer, status_code=200)
-
-    @app.post("/webhooks/reviews")
-    async def reviews_webhook(request: Request) -> JSONResponse:
-        """A review in our documented JSON (aftercare.reviews.intake), signed with
-        X-Aftercare-Hmac-Sha256 (base64 HMAC-SHA256 of the raw body): stored, then acknowledged."""
-        try:
-            body = await read_limited(request, settings.max_body_bytes)
-        except BodyTooLarge:
-            too_large = {"error": f"body larger than {settings.max_body_bytes} bytes"}
-            return JSONResponse(too_large, status_code=413)
-        if not shopify.verify(reviews_secret, body, request.headers.get(review_intake.SIGNATURE_HEADER)):
-            return JSONResponse(
-                {"error": f"invalid or missing {review_intake.SIGNATURE_HEADER}"}, status_code=401
-            )
-        delivery = review_intake.review_delivery(body, triggered_at=datetime.now(UTC))
+    async def store_then_ack(delivery: inbox.Delivery) -> JSONResponse:
+        """Commit the delivery to the inbox, then answer 200 (a duplicate changes nothing) and wake
+        Prefect for work it can do."""
         if engine.dialect.name == "sqlite":
             # Sub-millisecond and serialised anyway: a thread hop would cost more than the insert.
             inbox_id, new = inbox.store_delivery(engine, delivery)
@@ -176,6 +125,54 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
         if delivery.status == InboxStatus.PENDING:
             the_waker.poke()
         return JSONResponse(answer, status_code=200)
+
+    @app.post("/webhooks/shopify")
+    async def shopify_webhook(request: Request) -> JSONResponse:
+        try:
+            body = await read_limited(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            return JSONResponse(
+                {"error": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413
+            )
+        h = request.headers
+        if not shopify.verify(secret, body, h.get("x-shopify-hmac-sha256")):
+            return JSONResponse({"error": "invalid or missing X-Shopify-Hmac-Sha256"}, status_code=401)
+        topic = h.get("x-shopify-topic")
+        webhook_id = h.get("x-shopify-webhook-id")
+        event_id = h.get("x-shopify-event-id")
+        status, reason, order_name = classify_shopify(topic, body)
+        delivery_id = (
+            webhook_id or event_id or "sha256:" + hashlib.sha256((topic or "").encode() + body).hexdigest()
+        )
+        delivery = inbox.Delivery(
+            source="shopify",
+            delivery_id=delivery_id[:128],
+            event_id=event_id[:128] if event_id else None,
+            topic=(topic or "")[:64],
+            shop_domain=(h.get("x-shopify-shop-domain") or "")[:255],
+            triggered_at=_parse_time(h.get("x-shopify-triggered-at")),
+            body=body,
+            status=status,
+            reason=reason,
+            subject_ref=order_name,
+        )
+        return await store_then_ack(delivery)
+
+    @app.post("/webhooks/reviews")
+    async def reviews_webhook(request: Request) -> JSONResponse:
+        """A review in our documented JSON (aftercare.reviews.intake), signed with
+        X-Aftercare-Hmac-Sha256 (base64 HMAC-SHA256 of the raw body): stored, then acknowledged."""
+        try:
+            body = await read_limited(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            too_large = {"error": f"body larger than {settings.max_body_bytes} bytes"}
+            return JSONResponse(too_large, status_code=413)
+        if not shopify.verify(reviews_secret, body, request.headers.get(review_intake.SIGNATURE_HEADER)):
+            return JSONResponse(
+                {"error": f"invalid or missing {review_intake.SIGNATURE_HEADER}"}, status_code=401
+            )
+        delivery = review_intake.review_delivery(body, triggered_at=datetime.now(UTC))
+        return await store_then_ack(delivery)
 
     @app.get("/reviews/{review_id}", response_class=HTMLResponse)
     def review_page(review_id: str) -> HTMLResponse:
@@ -212,9 +209,10 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
     async def healthz() -> JSONResponse:
         try:
             await run_in_threadpool(ping, engine)
-        except Exception as exc:  # noqa: BLE001 - health reports any failure, it does not raise
-            return JSONResponse({"status": "unhealthy", "database": f"unreachable: {type(exc).__name__}"},
-                                status_code=503)
+        except Exception as exc:
+            return JSONResponse(
+                {"status": "unhealthy", "database": f"unreachable: {type(exc).__name__}"}, status_code=503
+            )
         return JSONResponse({"status": "ok", "database": "ok"})
 
     return app

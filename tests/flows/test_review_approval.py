@@ -232,7 +232,8 @@ def decisions(env: Env, review_id: int) -> list[tuple[str, str, int | None]]:
 def test_new_negative_reviews_get_one_run_each_named_by_platform_and_review(env: Env):
     review_id, run_id = env.runs["approve"]
     run = waiting(run_id, forms=1)
-    assert run.name == f"own {review_id}"
+    review = store.get_review(env.engine, review_id)
+    assert run.name == f"own {review.platform_review_id}" and review.platform_review_id in run.name
     assert store.get_review(env.engine, env.positive_id).flow_run_id is None  # positive: no reply by policy
     with use_runtime(env.rt):
         assert start_review_flow(review_id) == run_id  # one run per review, ever

@@ -15,7 +15,8 @@ from flows.receipt import process_inbox
 async def _runs_of(name: str) -> int:
     async with get_client() as client:
         runs = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
+        )
         return len(runs)
 
 

@@ -211,12 +211,16 @@ def assert_stored_invalid(resp: Any, engine: Engine, waker: NoWaker, body: bytes
     return row
 
 
-@pytest.mark.parametrize("body", [
-    b"this is not json {",
-    b'{"id": 1,',
-    b"",
-    b"\xff\xfe\x00not utf-8",
-], ids=["text", "truncated", "empty", "not-utf8"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"this is not json {",
+        b'{"id": 1,',
+        b"",
+        b"\xff\xfe\x00not utf-8",
+    ],
+    ids=["text", "truncated", "empty", "not-utf8"],
+)
 def test_body_that_is_not_json_is_stored_invalid(client, engine, waker, body):
     row = assert_stored_invalid(post(client, body), engine, waker, body)
     assert "JSON" in row.reason
@@ -230,18 +234,31 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return lambda p: p.__setitem__(key, value)
 
 
-@pytest.mark.parametrize(("mutate", "field"), [
-    (_drop("id"), "id"),
-    (_drop("name"), "name"),
-    (_drop("total_price"), "total_price"),
-    (_drop("created_at"), "created_at"),
-    (_set("line_items", "not a list"), "line_items"),
-    (_set("line_items", {"id": 1}), "line_items"),
-    (_set("total_price", "abc"), "total_price"),
-    (_set("currency", "YENS"), "currency"),
-    (_set("created_at", "2026-11-20T10:15:00"), "created_at"),
-], ids=["no-id", "no-name", "no-total", "no-created-at", "line-items-str", "line-items-obj", "total-abc",
-        "bad-currency", "naive-created-at"])
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (_drop("id"), "id"),
+        (_drop("name"), "name"),
+        (_drop("total_price"), "total_price"),
+        (_drop("created_at"), "created_at"),
+        (_set("line_items", "not a list"), "line_items"),
+        (_set("line_items", {"id": 1}), "line_items"),
+        (_set("total_price", "abc"), "total_price"),
+        (_set("currency", "YENS"), "currency"),
+        (_set("created_at", "2026-11-20T10:15:00"), "created_at"),
+    ],
+    ids=[
+        "no-id",
+        "no-name",
+        "no-total",
+        "no-created-at",
+        "line-items-str",
+        "line-items-obj",
+        "total-abc",
+        "bad-currency",
+        "naive-created-at",
+    ],
+)
 def test_json_with_missing_or_bad_fields_is_stored_invalid_naming_the_field(
     client, engine, waker, mutate, field
 ):
@@ -260,8 +277,11 @@ def test_bad_line_item_field_is_named_with_its_position(client, engine, waker):
     assert "line_items.1.quantity" in row.reason
 
 
-@pytest.mark.parametrize("body", [b"[]", b'[{"id": 1}]', b'"an order"', b"null", b"42", b'{"order": null}'],
-                         ids=["empty-array", "array", "string", "null", "number", "order-null"])
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b'[{"id": 1}]', b'"an order"', b"null", b"42", b'{"order": null}'],
+    ids=["empty-array", "array", "string", "null", "number", "order-null"],
+)
 def test_json_that_is_not_an_object_is_stored_invalid(client, engine, waker, body):
     row = assert_stored_invalid(post(client, body), engine, waker, body)
     assert "object" in row.reason or "Field required" in row.reason
@@ -327,7 +347,7 @@ def test_chunked_body_over_the_limit_without_content_length_is_refused(client, e
 def test_chunked_body_under_the_limit_is_accepted(client, engine, waker):
     """The control for the chunked refusal: streaming by itself is fine."""
     body = body_of(order_payload())
-    chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)]
+    chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]
     headers = webhook_headers(body, secret=TEST_SECRET)
     req = client.build_request("POST", URL, content=iter(chunks), headers=headers)
     assert "content-length" not in req.headers
@@ -359,8 +379,9 @@ def test_html_and_script_in_order_text_are_stored_verbatim(client, engine):
     note = '<img src=x onerror="alert(1)">&amp; notes'
     gift = "</p><script>document.cookie</script> おめでとう"
     first = "<b>Hanako</b>"
-    payload = order_payload(name=name, note=note,
-                            note_attributes=[{"name": "ギフトメッセージ", "value": gift}])
+    payload = order_payload(
+        name=name, note=note, note_attributes=[{"name": "ギフトメッセージ", "value": gift}]
+    )
     payload["customer"]["first_name"] = first
     payload["shipping_address"]["name"] = first
     body = body_of(payload)
@@ -401,10 +422,19 @@ def test_unicode_webhook_id_does_not_crash(client, engine):
     assert len(row.delivery_id) == 128
 
 
-@pytest.mark.parametrize("value", [
-    "not-a-date", "2026-13-45T99:00:00Z", "2026-11-20T01:15:00", "1763601300", "",
-    "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00",
-], ids=["text", "impossible", "naive", "epoch", "empty", "past-max-in-utc", "before-min-in-utc"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not-a-date",
+        "2026-13-45T99:00:00Z",
+        "2026-11-20T01:15:00",
+        "1763601300",
+        "",
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01T00:00:00+01:00",
+    ],
+    ids=["text", "impossible", "naive", "epoch", "empty", "past-max-in-utc", "before-min-in-utc"],
+)
 def test_invalid_triggered_at_is_stored_as_none(client, engine, value):
     body = body_of(order_payload())
     headers = webhook_headers(body, secret=TEST_SECRET)
