@@ -35,6 +35,7 @@ from aftercare.rendering import Renderer
 from aftercare.settings import PROJECT_ROOT, Settings
 from aftercare.stack import Stack, StackConfig, wait_http
 from bench import loadgen
+from tests.fakes.warehouse import FakeThreePL
 from tests.shared_dir import find_shared
 
 SECRET = "bench-webhook-secret"
@@ -282,7 +283,8 @@ def receipt_phase(
     url: str, workdir: Path, seconds: float, rate: float, burst: int, ports: dict[str, int], bare_n: int
 ) -> dict[str, Any]:
     """The whole stack (Prefect server, served deployment, web app with wake) into the fake SendGrid."""
-    with fake_sendgrid(ports["sendgrid"], workdir) as sg_url:
+    three_pl = FakeThreePL(secret="bench-3pl-signing-secret", latency_s=0.05)
+    with fake_sendgrid(ports["sendgrid"], workdir) as sg_url, three_pl:
         bare = bare_loop(sg_url, bare_n)
         say(f"    bare render+send loop: {json.dumps(bare)}")
         cfg = StackConfig(
@@ -296,6 +298,10 @@ def receipt_phase(
                 "AFTERCARE_EMAIL_BACKEND": "sendgrid",
                 "AFTERCARE_SENDGRID_API_KEY": API_KEY,
                 "AFTERCARE_SENDGRID_BASE_URL": sg_url,
+                # The 3PL answers each instruction in 50 ms, alongside the receipt flow.
+                "AFTERCARE_WAREHOUSE_BACKEND": "http",
+                "AFTERCARE_WAREHOUSE_URL": three_pl.url,
+                "AFTERCARE_WAREHOUSE_SECRET": three_pl.secret,
                 "PREFECT_LOGGING_LEVEL": "WARNING",
             },
         )
@@ -324,6 +330,22 @@ def receipt_phase(
                 "all_sent": drained,
             }
             say(f"    {rate:.0f} orders/s for {seconds:.0f} s: {json.dumps(sustained)}")
+            handed = wait_rows(url, "warehouse_handoffs", len(names), timeout_s=120)
+            acks = _sent_times(url, "warehouse_handoffs")
+            ack_latencies = [
+                acks[n] - due for n, due in zip(names, result.due_times, strict=True) if n in acks
+            ]
+            handoff = {
+                "three_pl_latency_ms": 50,
+                "acknowledged": len(acks),
+                "all_acknowledged": handed,
+                "throughput_orders_per_s": round(len(acks) / max(1e-9, max(acks.values()) - first_due), 2),
+                "paid_to_acknowledged_p50_s": pct(ack_latencies, 50),
+                "paid_to_acknowledged_p95_s": pct(ack_latencies, 95),
+                "three_pl_requests": len(three_pl.requests),
+                "bad_signatures": len(three_pl.bad_signatures),
+            }
+            say(f"    hand-off alongside: {json.dumps(handoff)}")
 
             # Capacity: a burst far above the target, drained as fast as the pipeline can.
             raws, names = order_requests(burst, ports["web"], "C")
@@ -346,6 +368,7 @@ def receipt_phase(
     return {
         "bare": bare,
         "sustained": sustained,
+        "handoff": handoff,
         "capacity": capacity,
         "fake_sendgrid": stats,
         "ratio_capacity_to_bare": round(capacity["orders_per_s"] / bare["emails_per_s"], 4),
@@ -354,19 +377,24 @@ def receipt_phase(
     }
 
 
-def wait_sent(url: str, expected: int, timeout_s: float) -> bool:
+def wait_rows(url: str, table: str, expected: int, timeout_s: float) -> bool:
+    """Wait until `expected` rows of the outbox (or the hand-offs) are sent/acknowledged."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if count(url, "SELECT count(*) FROM outbox WHERE status = 'sent'") >= expected:
+        if count(url, f"SELECT count(*) FROM {table} WHERE status = 'sent'") >= expected:
             return True
         time.sleep(1)
     return False
 
 
-def _sent_times(url: str) -> dict[str, float]:
+def wait_sent(url: str, expected: int, timeout_s: float) -> bool:
+    return wait_rows(url, "outbox", expected, timeout_s)
+
+
+def _sent_times(url: str, table: str = "outbox") -> dict[str, float]:
     engine = make_engine(Settings(database_url=url))
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT order_name, sent_at FROM outbox WHERE status = 'sent'")).all()
+        rows = conn.execute(sa.text(f"SELECT order_name, sent_at FROM {table} WHERE status = 'sent'")).all()
     engine.dispose()
     out = {}
     for name, sent_at in rows:
@@ -409,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders-seconds", type=float, default=120)
     parser.add_argument("--burst", type=int, default=600)
     parser.add_argument("--bare", type=int, default=1000)
+    parser.add_argument("--skip-ack", action="store_true", help="only the receipt phase")
     parser.add_argument("--quick", action="store_true", help="10 s phases, small burst: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -422,11 +451,19 @@ def main(argv: list[str] | None = None) -> int:
         say(f"== {kind} ==")
         with tempfile.TemporaryDirectory(prefix=f"aftercare-bench-{kind}-") as tmp:
             workdir = Path(tmp)
-            say("  webhook ack (web app alone)")
-            with database(kind, workdir) as url:
-                ack = ack_phase(
-                    url, workdir, args.ack_seconds, args.ack_rate, steps, 8 if args.quick else 15, port=18080
-                )
+            ack = None
+            if not args.skip_ack:
+                say("  webhook ack (web app alone)")
+                with database(kind, workdir) as url:
+                    ack = ack_phase(
+                        url,
+                        workdir,
+                        args.ack_seconds,
+                        args.ack_rate,
+                        steps,
+                        8 if args.quick else 15,
+                        port=18080,
+                    )
             say("  orders through receipt (whole stack)")
             with database(kind, workdir) as url:
                 receipt = receipt_phase(
@@ -447,9 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         if kind in ("args", "machine"):
             continue
         a, r = report[kind]["ack"], report[kind]["receipt"]
-        t = a["target"]
+        t = a["target"] if a else None
         say(
-            f"{kind}: ack at {t['offered_rps']:.0f} req/s: p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, "
+            f"{kind}: ack skipped (--skip-ack)"
+            if t is None
+            else f"{kind}: ack at {t['offered_rps']:.0f} req/s: p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, "
             f"lost {t['lost']} (inbox rows {t['inbox_rows']} / ok {t['ok']}); max sustainable "
             f"{a['max_sustainable_rps']:.0f} req/s (p99 < 100 ms)"
         )
@@ -462,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['capacity']['orders_per_s']} orders/s vs bare {r['bare']['emails_per_s']} emails/s "
             f"(ratio {r['ratio_capacity_to_bare']}; {r['ms_per_order_vs_bare']}); duplicates at provider: "
             f"{r['fake_sendgrid'].get('duplicate_outbox_ids', 'n/a')}"
+        )
+        h = r["handoff"]
+        say(
+            f"{kind}: hand-off alongside (3PL 50 ms): {h['throughput_orders_per_s']} orders/s, "
+            f"paid->acknowledged p50 {h['paid_to_acknowledged_p50_s']} s "
+            f"p95 {h['paid_to_acknowledged_p95_s']} s"
         )
     say(f"\nfull figures: {out / 'latest.json'}")
     return 0

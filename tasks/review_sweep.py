@@ -26,20 +26,21 @@ log = logging.getLogger(__name__)
 REVIEW_DEPLOYMENT = "review-reply/review-reply"
 
 
-def start_review_flow(review_id: int, platform: str | None = None) -> str:
+def start_review_flow(review_id: int, name: str | None = None) -> str:
     """Create the review's approval run (one per review, ever: the idempotency key makes a second
-    call return the first run) and remember its id on the review. Returns the flow run id."""
+    call return the first run), named `<platform> <platform's review id>`, and remember its id on
+    the review. Returns the flow run id."""
     engine = current().engine
-    if platform is None:
+    if name is None:
         with Session(engine) as session:
             review = session.get(ReviewRow, review_id)
         if review is None:
             raise AftercareError(f"no review with id {review_id}")
-        platform = review.platform
+        name = f"{review.platform} {review.platform_review_id}"
     run = run_deployment(
         REVIEW_DEPLOYMENT,
         parameters={"review_id": review_id},
-        flow_run_name=f"{platform} {review_id}",
+        flow_run_name=name,
         timeout=0,
         idempotency_key=f"review-{review_id}",
         as_subflow=False,
@@ -52,15 +53,16 @@ def start_review_flow(review_id: int, platform: str | None = None) -> str:
 
 def reviews_needing_a_run(engine: Engine, policy: ReviewsPolicy, limit: int = 20) -> list[tuple[int, str]]:
     """New reviews that call for a reply (negative ones; positive ones too when the policy says so)
-    and have no approval run yet."""
-    query = select(ReviewRow.id, ReviewRow.platform).where(
+    and have no approval run yet, with the run name each gets."""
+    query = select(ReviewRow.id, ReviewRow.platform, ReviewRow.platform_review_id).where(
         ReviewRow.status == "new",
         ReviewRow.flow_run_id.is_(None),  # type: ignore[union-attr]
     )
     if not policy.approval.reply_to_positive:
         query = query.where(ReviewRow.triage_negative == sa.true())
     with Session(engine) as session:
-        return [(i, p) for i, p in session.exec(query.order_by(ReviewRow.id).limit(limit)) if i is not None]
+        rows = session.exec(query.order_by(ReviewRow.id).limit(limit))
+        return [(i, f"{platform} {ref}") for i, platform, ref in rows if i is not None]
 
 
 def review_sweep(limit: int = 20) -> dict[str, list[int]]:
@@ -70,9 +72,9 @@ def review_sweep(limit: int = 20) -> dict[str, list[int]]:
     rt = current()
     policy = intake.reviews_policy(rt.settings.policies_dir)
     started: list[int] = []
-    for review_id, platform in reviews_needing_a_run(rt.engine, policy, limit):
+    for review_id, name in reviews_needing_a_run(rt.engine, policy, limit):
         try:
-            start_review_flow(review_id, platform)
+            start_review_flow(review_id, name)
         except Exception as exc:  # any Prefect/HTTP error: the review stays new, retried next loop
             log.warning(
                 "could not start the approval run for review %s (retried next loop): %s", review_id, exc

@@ -34,6 +34,7 @@ class FakeThreePL:
     bad_signatures: list[Received] = field(default_factory=list)
     accepted: dict[str, str] = field(default_factory=dict)  # idempotency key -> reference
     _plans: deque[tuple[int, dict[str, Any] | None, float]] = field(default_factory=deque)
+    latency_s: float = 0.0  # every unplanned answer takes this long (the benchmark's 50 ms 3PL)
 
     def plan(self, status: int, body: dict[str, Any] | None = None, *, delay: float = 0.0) -> None:
         self._plans.append((status, body, delay))
@@ -61,7 +62,7 @@ class FakeThreePL:
                 if not hmac.compare_digest(expected, got.headers.get("x-aftercare-signature", "")):
                     fake.bad_signatures.append(got)
                     return self._answer(401, {"error": "bad signature"})
-                status, answer, delay = fake._plans.popleft() if fake._plans else (200, None, 0.0)
+                status, answer, delay = fake._plans.popleft() if fake._plans else (200, None, fake.latency_s)
                 if delay:
                     time.sleep(delay)
                 if status >= 300:
