@@ -7,12 +7,13 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from aftercare.settings import PROJECT_ROOT, Settings
 
@@ -99,6 +100,31 @@ def migrate(settings: Settings) -> None:
     if settings.is_sqlite:
         make_engine(settings).dispose()  # creates the parent directory
     command.upgrade(alembic_config(settings), "head")
+
+
+def claim_rows(
+    engine: Engine,
+    model: Any,
+    columns: list[Any],
+    claimable: sa.ColumnElement[bool],
+    values: dict[str, Any],
+    limit: int,
+) -> list[Any]:
+    """Claim up to `limit` rows of `model` matching `claimable`, oldest id first, by setting `values`;
+    return (id, *columns) of each row this caller won. The UPDATE repeats the condition, so it is a
+    compare-and-set on SQLite; on PostgreSQL the candidates are also locked with SKIP LOCKED, so
+    concurrent workers take disjoint sets instead of queueing behind each other."""
+    claimed: list[Any] = []
+    with Session(engine) as session:
+        query = select(model.id, *columns).where(claimable).order_by(model.id).limit(limit)
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        for row in list(session.execute(query)):
+            result = session.execute(sa.update(model).where(model.id == row[0], claimable).values(**values))
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                claimed.append(row)
+        session.commit()
+    return claimed
 
 
 def ping(engine: Engine) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from aftercare.db import claim_rows
 from aftercare.models import InboxEvent, InboxStatus, utcnow
 
 # A failed row is retried by the sweep this many times, then left failed for ops: no crash loop.
@@ -89,26 +90,15 @@ def claim_batch(engine: Engine, limit: int, lease: timedelta = timedelta(minutes
     On PostgreSQL the rows are locked with SKIP LOCKED so concurrent workers take disjoint sets;
     on SQLite the conditional UPDATE is the compare-and-set."""
     now = utcnow()
-    claimed: list[ClaimedRow] = []
-    with Session(engine) as session:
-        query = (
-            select(InboxEvent.id, InboxEvent.topic, InboxEvent.subject_ref)
-            .where(_claimable(now, lease))
-            .order_by(InboxEvent.id)
-            .limit(limit)
-        )
-        if engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        for row_id, topic, ref in list(session.exec(query)):
-            result = session.execute(
-                sa.update(InboxEvent)
-                .where(InboxEvent.id == row_id, _claimable(now, lease))
-                .values(status=InboxStatus.PROCESSING, claimed_at=now, attempts=InboxEvent.attempts + 1)
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                claimed.append(ClaimedRow(row_id, topic, ref or f"inbox-{row_id}"))
-        session.commit()
-    return claimed
+    rows = claim_rows(
+        engine,
+        InboxEvent,
+        [InboxEvent.topic, InboxEvent.subject_ref],
+        _claimable(now, lease),
+        {"status": InboxStatus.PROCESSING, "claimed_at": now, "attempts": InboxEvent.attempts + 1},
+        limit,
+    )
+    return [ClaimedRow(row_id, topic, ref or f"inbox-{row_id}") for row_id, topic, ref in rows]
 
 
 def finish(session: Session, row: InboxEvent, status: InboxStatus, reason: str | None = None) -> None:

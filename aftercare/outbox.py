@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from aftercare.db import claim_rows
 from aftercare.email import EmailBackend, OutgoingEmail
 from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
 from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, utcnow
@@ -82,28 +83,17 @@ def claim_due(engine: Engine, limit: int, worker: str, ids: list[int] | None = N
     """Move up to `limit` due pending rows to `sending` for this worker; return what was claimed."""
     now = utcnow()
     claimable = sa.and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now)
-    claimed: list[Claimed] = []
-    with Session(engine) as session:
-        query = (
-            select(OutboxMessage.id, OutboxMessage.kind, OutboxMessage.order_name)
-            .where(claimable)
-            .order_by(OutboxMessage.id)
-            .limit(limit)
-        )
-        if ids is not None:
-            query = query.where(OutboxMessage.id.in_(ids))  # type: ignore[union-attr]
-        if engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        for row_id, kind, order_name in list(session.exec(query)):
-            result = session.execute(
-                sa.update(OutboxMessage)
-                .where(OutboxMessage.id == row_id, claimable)
-                .values(status=OutboxStatus.SENDING, claimed_by=worker, claimed_at=now)
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                claimed.append(Claimed(row_id, kind, order_name))
-        session.commit()
-    return claimed
+    if ids is not None:
+        claimable = sa.and_(claimable, OutboxMessage.id.in_(ids))  # type: ignore[union-attr]
+    rows = claim_rows(
+        engine,
+        OutboxMessage,
+        [OutboxMessage.kind, OutboxMessage.order_name],
+        claimable,
+        {"status": OutboxStatus.SENDING, "claimed_by": worker, "claimed_at": now},
+        limit,
+    )
+    return [Claimed(row_id, kind, order_name) for row_id, kind, order_name in rows]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from aftercare.db import claim_rows
 from aftercare.errors import PermanentWarehouseError, TransientWarehouseError
 from aftercare.models import HandoffStatus, Order, OrderLine, Shipment, WarehouseHandoff, utcnow
 from aftercare.policies import Policies, RequestsPolicy
@@ -437,26 +438,15 @@ def _claimable(now: datetime, lease: timedelta) -> sa.ColumnElement[bool]:
 def claim_due(engine: Engine, limit: int, lease: timedelta = timedelta(minutes=5)) -> list[ClaimedHandoff]:
     """Move up to `limit` due hand-offs to `sending` (a compare-and-set; SKIP LOCKED on PostgreSQL)."""
     now = utcnow()
-    claimed: list[ClaimedHandoff] = []
-    with Session(engine) as session:
-        query = (
-            select(WarehouseHandoff.id, WarehouseHandoff.order_name, WarehouseHandoff.version)
-            .where(_claimable(now, lease))
-            .order_by(WarehouseHandoff.id)
-            .limit(limit)
-        )
-        if engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        for handoff_id, order_name, version in list(session.exec(query)):
-            result = session.execute(
-                sa.update(WarehouseHandoff)
-                .where(WarehouseHandoff.id == handoff_id, _claimable(now, lease))
-                .values(status=HandoffStatus.SENDING, claimed_at=now)
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                claimed.append(ClaimedHandoff(handoff_id, order_name, version))
-        session.commit()
-    return claimed
+    rows = claim_rows(
+        engine,
+        WarehouseHandoff,
+        [WarehouseHandoff.order_name, WarehouseHandoff.version],
+        _claimable(now, lease),
+        {"status": HandoffStatus.SENDING, "claimed_at": now},
+        limit,
+    )
+    return [ClaimedHandoff(handoff_id, order_name, version) for handoff_id, order_name, version in rows]
 
 
 @dataclass(frozen=True)
