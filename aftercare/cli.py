@@ -31,14 +31,20 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def outbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict[str, Any]]:
+def _newest(settings: Settings, model: Any, status: str | None, limit: int) -> list[Any]:
+    """The newest `limit` rows of an inbox/outbox table (optionally of one status), oldest first."""
     engine = make_engine(settings)
     with Session(engine) as session:
-        query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)  # type: ignore[union-attr]
+        query = select(model).order_by(model.id.desc()).limit(limit)
         if status:
-            query = query.where(OutboxMessage.status == status)
-        rows = session.exec(query).all()
+            query = query.where(model.status == status)
+        rows = list(session.exec(query).all())
     engine.dispose()
+    return rows[::-1]
+
+
+def outbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict[str, Any]]:
+    rows = _newest(settings, OutboxMessage, status, limit)
     return [
         {
             "id": r.id,
@@ -54,18 +60,12 @@ def outbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict
             "last_error": r.last_error,
             "test": r.is_test,
         }
-        for r in reversed(rows)
+        for r in rows
     ]
 
 
 def inbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict[str, Any]]:
-    engine = make_engine(settings)
-    with Session(engine) as session:
-        query = select(InboxEvent).order_by(InboxEvent.id.desc()).limit(limit)  # type: ignore[union-attr]
-        if status:
-            query = query.where(InboxEvent.status == status)
-        rows = session.exec(query).all()
-    engine.dispose()
+    rows = _newest(settings, InboxEvent, status, limit)
     return [
         {
             "id": r.id,
@@ -82,7 +82,7 @@ def inbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict[
             "processed_at": _iso(r.processed_at),
             "bytes": len(r.body),
         }
-        for r in reversed(rows)
+        for r in rows
     ]
 
 
