@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from aftercare.settings import PROJECT_ROOT, Settings
 
@@ -111,20 +111,26 @@ def claim_rows(
     limit: int,
 ) -> list[Any]:
     """Claim up to `limit` rows of `model` matching `claimable`, oldest id first, by setting `values`;
-    return (id, *columns) of each row this caller won. The UPDATE repeats the condition, so it is a
-    compare-and-set on SQLite; on PostgreSQL the candidates are also locked with SKIP LOCKED, so
-    concurrent workers take disjoint sets instead of queueing behind each other."""
-    claimed: list[Any] = []
-    with Session(engine) as session:
-        query = select(model.id, *columns).where(claimable).order_by(model.id).limit(limit)
+    return (id, *columns) of each row this caller won.
+
+    SQLite: one UPDATE whose WHERE picks the candidates and repeats the condition, run under
+    SQLite's write lock, so it is a compare-and-set. PostgreSQL: the candidates are locked with
+    SKIP LOCKED (concurrent workers take disjoint sets instead of queueing), then updated in one
+    statement while we hold their locks. (A single UPDATE ... WHERE id IN (SELECT ... SKIP LOCKED)
+    was tried: under concurrency PostgreSQL can return no rows at all while rows are pending.)"""
+    candidates = sa.select(model.id).where(claimable).order_by(model.id).limit(limit)
+    with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        for row in list(session.execute(query)):
-            result = session.execute(sa.update(model).where(model.id == row[0], claimable).values(**values))
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                claimed.append(row)
-        session.commit()
-    return claimed
+            ids = list(conn.execute(candidates.with_for_update(skip_locked=True)).scalars())
+            if not ids:
+                return []
+            where = model.id.in_(ids)
+        else:
+            where = sa.and_(model.id.in_(candidates.scalar_subquery()), claimable)
+        claimed = list(
+            conn.execute(sa.update(model).where(where).values(**values).returning(model.id, *columns))
+        )
+    return sorted(claimed, key=lambda row: row[0])
 
 
 def ping(engine: Engine) -> None:

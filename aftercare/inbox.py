@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -99,6 +100,28 @@ def claim_batch(engine: Engine, limit: int, lease: timedelta = timedelta(minutes
         limit,
     )
     return [ClaimedRow(row_id, topic, ref or f"inbox-{row_id}") for row_id, topic, ref in rows]
+
+
+def customer_keys(engine: Engine, inbox_ids: list[int]) -> dict[int, str]:
+    """The customer each of these order deliveries is for ('email:<address>'), read from the stored
+    bodies; rows without a usable email are left out. Lets callers keep one customer's orders in
+    order while receiving different customers' at the same time."""
+    if not inbox_ids:
+        return {}
+    table = InboxEvent.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c.id, table.c.body).where(table.c.id.in_(inbox_ids))).all()
+    keys: dict[int, str] = {}
+    for row_id, body in rows:
+        try:
+            data = json.loads(body)
+            customer = data.get("customer") if isinstance(data.get("customer"), dict) else {}
+            email = data.get("email") or data.get("contact_email") or customer.get("email")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(email, str) and email.strip():
+            keys[row_id] = "email:" + email.strip().lower()
+    return keys
 
 
 def finish(session: Session, row: InboxEvent, status: InboxStatus, reason: str | None = None) -> None:

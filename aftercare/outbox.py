@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -105,7 +106,14 @@ class DeliveryResult:
     attempts: int = 0
 
 
-def _outgoing(row: OutboxMessage, settings: Settings) -> OutgoingEmail:
+_OUTBOX: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+_TOUCHPOINTS: sa.Table = Touchpoint.__table__  # type: ignore[attr-defined]
+# Built once: constructing a statement costs more than executing it at Black-Friday rates.
+_LOAD = sa.select(_OUTBOX).where(_OUTBOX.c.id == sa.bindparam("id"))
+
+
+def _outgoing(row: Any, settings: Settings) -> OutgoingEmail:
+    """The email for an outbox row (an OutboxMessage, or a Core row with the same columns)."""
     assert row.id is not None
     return OutgoingEmail(
         outbox_id=row.id,
@@ -137,14 +145,19 @@ def deliver(
 ) -> DeliveryResult:
     """Send one claimed row. Transient failures are retried here with backoff (honouring the
     provider's Retry-After) while the wait is short; a longer wait reschedules the row for the
-    sweep. Permanent failures mark it failed with the provider's reason."""
-    with Session(engine, expire_on_commit=False) as session:
-        row = session.get(OutboxMessage, outbox_id)
-        if row is None or row.status != OutboxStatus.SENDING:
-            status = row.status if row else "missing"
-            return DeliveryResult(outbox_id, status, row.provider_message_id if row else None)
-        email = _outgoing(row, settings)
-        attempts = row.attempts
+    sweep. Permanent failures mark it failed with the provider's reason. Core statements, no ORM:
+    this runs once per message, and each statement is a round trip on PostgreSQL."""
+    with engine.connect() as conn:
+        row = conn.execute(_LOAD, {"id": outbox_id}).first()
+    if row is None or row.status != OutboxStatus.SENDING:
+        return DeliveryResult(
+            outbox_id, row.status if row else "missing", row.provider_message_id if row else None
+        )
+    email = _outgoing(row, settings)
+    attempts, touchpoint_id = row.attempts, row.touchpoint_id
+
+    def record(status: OutboxStatus, **kwargs: object) -> DeliveryResult:
+        return _record(engine, outbox_id, touchpoint_id, status, attempts, **kwargs)  # type: ignore[arg-type]
 
     while True:
         attempts += 1
@@ -153,36 +166,24 @@ def deliver(
         except TransientSendError as err:
             wait = _backoff(settings, attempts, err.retry_after)
             if attempts >= settings.send_max_attempts:
-                return _record(
-                    engine, outbox_id, OutboxStatus.FAILED, attempts, error=f"gave up: {err.reason}"
-                )
+                return record(OutboxStatus.FAILED, error=f"gave up: {err.reason}")
             if wait > inline_wait_cap_s:
-                return _record(
-                    engine,
-                    outbox_id,
-                    OutboxStatus.PENDING,
-                    attempts,
-                    error=err.reason,
-                    next_attempt_at=utcnow() + timedelta(seconds=wait),
+                return record(
+                    OutboxStatus.PENDING, error=err.reason, next_attempt_at=utcnow() + timedelta(seconds=wait)
                 )
             log.warning("outbox %s: %s; retrying in %.1fs", outbox_id, err.reason, wait)
             _note_attempt(engine, outbox_id, attempts, err.reason)
             sleep(wait)
             continue
         except PermanentSendError as err:
-            return _record(engine, outbox_id, OutboxStatus.FAILED, attempts, error=err.reason)
+            return record(OutboxStatus.FAILED, error=err.reason)
         except AmbiguousSendError as err:
-            return _record(
-                engine,
-                outbox_id,
+            return record(
                 OutboxStatus.UNCERTAIN,
-                attempts,
                 error=f"{err.reason}. Not resent automatically: check the provider for custom_args "
                 f"outbox_id={outbox_id}, then `aftercare outbox resend {outbox_id}` if it is not there",
             )
-        return _record(
-            engine, outbox_id, OutboxStatus.SENT, attempts, provider_id=provider_id, backend=backend
-        )
+        return record(OutboxStatus.SENT, provider_id=provider_id, backend=backend)
 
 
 def get(engine: Engine, outbox_id: int) -> OutboxMessage | None:
@@ -190,19 +191,27 @@ def get(engine: Engine, outbox_id: int) -> OutboxMessage | None:
         return session.get(OutboxMessage, outbox_id)
 
 
+def get_many(engine: Engine, outbox_ids: list[int]) -> list[OutboxMessage]:
+    """The rows with these ids, in the order given (missing ones left out): one query for a batch."""
+    if not outbox_ids:
+        return []
+    with Session(engine, expire_on_commit=False) as session:
+        rows = session.exec(select(OutboxMessage).where(OutboxMessage.id.in_(outbox_ids))).all()  # type: ignore[union-attr]
+    by_id = {row.id: row for row in rows}
+    return [by_id[i] for i in outbox_ids if i in by_id]
+
+
 def _note_attempt(engine: Engine, outbox_id: int, attempts: int, error: str) -> None:
-    with Session(engine) as session:
-        session.execute(
-            sa.update(OutboxMessage)
-            .where(OutboxMessage.id == outbox_id)
-            .values(attempts=attempts, last_error=error)
+    with engine.begin() as conn:
+        conn.execute(
+            _OUTBOX.update().where(_OUTBOX.c.id == outbox_id).values(attempts=attempts, last_error=error)
         )
-        session.commit()
 
 
 def _record(
     engine: Engine,
     outbox_id: int,
+    touchpoint_id: int,
     status: OutboxStatus,
     attempts: int,
     *,
@@ -218,21 +227,15 @@ def _record(
         )
     if next_attempt_at is not None:
         values.update(next_attempt_at=next_attempt_at, claimed_by=None, claimed_at=None)
-    with Session(engine) as session:
-        session.execute(sa.update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(**values))
+    with engine.begin() as conn:
+        conn.execute(_OUTBOX.update().where(_OUTBOX.c.id == outbox_id).values(**values))
         if status in (OutboxStatus.SENT, OutboxStatus.FAILED):
-            tp_id = session.exec(
-                select(OutboxMessage.touchpoint_id).where(OutboxMessage.id == outbox_id)
-            ).one()
-            session.execute(
-                sa.update(Touchpoint)
-                .where(Touchpoint.id == tp_id)
-                .values(
-                    status=TouchpointStatus.DONE if status == OutboxStatus.SENT else TouchpointStatus.FAILED,
-                    reason=error,
-                )
+            done = TouchpointStatus.DONE if status == OutboxStatus.SENT else TouchpointStatus.FAILED
+            conn.execute(
+                _TOUCHPOINTS.update()
+                .where(_TOUCHPOINTS.c.id == touchpoint_id)
+                .values(status=done, reason=error)
             )
-        session.commit()
     return DeliveryResult(outbox_id, status, provider_id, error, attempts)
 
 

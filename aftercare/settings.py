@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     send_max_attempts: int = 5
     send_backoff_base_s: float = 2.0
     send_lease_s: float = 120.0
+    # Messages of one batch sent at once: the provider's latency overlaps instead of adding up.
+    send_concurrency: int = Field(default=4, ge=1, le=32)
 
     policies_dir: Path = PROJECT_ROOT / "policies"
     templates_dir: Path = PROJECT_ROOT / "templates"
@@ -59,6 +61,9 @@ class Settings(BaseSettings):
     warehouse_timeout_s: float = 10.0
     warehouse_max_attempts: int = Field(default=6, ge=1, le=50)
     warehouse_backoff_base_s: float = 2.0
+    # Hand-offs of one batch sent at once: a 3PL answering in 50 ms would otherwise cap a batch
+    # task at 20 orders/s.
+    warehouse_concurrency: int = Field(default=8, ge=1, le=32)
 
     # Where approved review replies are published. Reviews from "google" and "trustpilot" go to their
     # reply APIs when a token is set; every other platform (and those without one) to our own store,

@@ -269,14 +269,12 @@ class HandoffDocuments:
         ).encode()
 
 
-def idempotency_key(handoff: WarehouseHandoff) -> str:
+def idempotency_key(handoff: Any) -> str:
     """One key per order version: a resent version is the same request to the 3PL, a new one is not."""
     return f"{handoff.instruction['shop_domain']}:{handoff.instruction['order']['id']}:v{handoff.version}"
 
 
-def documents(
-    handoff: WarehouseHandoff, renderer: Renderer, policy: RequestsPolicy, shop_name: str
-) -> HandoffDocuments:
+def documents(handoff: Any, renderer: Renderer, policy: RequestsPolicy, shop_name: str) -> HandoffDocuments:
     """Render the picking list (warehouse's language) and packing slip (the customer's) for a version."""
     data = handoff.instruction
     context = {"shop_name": shop_name, "i": data, "version": handoff.version, "flags": data["flags"]}
@@ -449,6 +447,10 @@ def claim_due(engine: Engine, limit: int, lease: timedelta = timedelta(minutes=5
     return [ClaimedHandoff(handoff_id, order_name, version) for handoff_id, order_name, version in rows]
 
 
+_HANDOFFS: sa.Table = WarehouseHandoff.__table__  # type: ignore[attr-defined]
+_LOAD = sa.select(_HANDOFFS).where(_HANDOFFS.c.id == sa.bindparam("id"))
+
+
 @dataclass(frozen=True)
 class HandoffResult:
     handoff_id: int
@@ -472,12 +474,12 @@ def hand_off(
     """Send one claimed hand-off. Transient failures are retried here with exponential backoff while
     the wait is short, then rescheduled; after `warehouse_max_attempts` the hand-off fails for a
     person to look at. A refusal (4xx) fails it at once with the warehouse's reason: no retry storm."""
-    with Session(engine, expire_on_commit=False) as session:
-        handoff = session.get(WarehouseHandoff, handoff_id)
-        if handoff is None or handoff.status != HandoffStatus.SENDING:
-            return HandoffResult(handoff_id, handoff.status if handoff else "missing")
-        docs = documents(handoff, renderer, policies.requests, settings.shop_name)
-        attempts = handoff.attempts
+    with engine.connect() as conn:
+        handoff = conn.execute(_LOAD, {"id": handoff_id}).first()
+    if handoff is None or handoff.status != HandoffStatus.SENDING:
+        return HandoffResult(handoff_id, handoff.status if handoff else "missing")
+    docs = documents(handoff, renderer, policies.requests, settings.shop_name)
+    attempts = handoff.attempts
     while True:
         attempts += 1
         try:
@@ -531,16 +533,25 @@ def _record(
         values.update(reference=reference, sent_at=utcnow())
     if next_attempt_at is not None:
         values.update(next_attempt_at=next_attempt_at, claimed_at=None)
-    with Session(engine) as session:
-        session.execute(
-            sa.update(WarehouseHandoff)
-            .where(WarehouseHandoff.id == handoff_id, WarehouseHandoff.status == HandoffStatus.SENDING)
+    with engine.begin() as conn:
+        conn.execute(
+            _HANDOFFS.update()
+            .where(_HANDOFFS.c.id == handoff_id, _HANDOFFS.c.status == HandoffStatus.SENDING)
             .values(**values)
         )
-        session.commit()
     return HandoffResult(handoff_id, status, reference, error, attempts)
 
 
 def get(engine: Engine, handoff_id: int) -> WarehouseHandoff | None:
     with Session(engine, expire_on_commit=False) as session:
         return session.get(WarehouseHandoff, handoff_id)
+
+
+def get_many(engine: Engine, handoff_ids: list[int]) -> list[WarehouseHandoff]:
+    """The hand-offs with these ids, in the order given (missing ones left out): one query."""
+    if not handoff_ids:
+        return []
+    with Session(engine, expire_on_commit=False) as session:
+        rows = session.exec(select(WarehouseHandoff).where(WarehouseHandoff.id.in_(handoff_ids))).all()  # type: ignore[union-attr]
+    by_id = {row.id: row for row in rows}
+    return [by_id[i] for i in handoff_ids if i in by_id]

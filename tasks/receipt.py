@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import re
 import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import timedelta
 from typing import TypeVar
@@ -18,9 +20,10 @@ from aftercare import inbox, outbox, processing, shipping, timeline
 from aftercare.errors import AftercareError
 from aftercare.models import OutboxMessage
 from aftercare.runtime import current
-from aftercare.shopify import FULFILLMENT_TOPICS, REFUND_TOPICS
+from aftercare.shopify import FULFILLMENT_TOPICS, ORDER_TOPICS, REFUND_TOPICS
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 TIMELINE_TOPICS = FULFILLMENT_TOPICS | REFUND_TOPICS | {"orders/cancelled"}
 
@@ -41,6 +44,15 @@ class SendFailed(BatchFailed):
 
 class ReceiveFailed(BatchFailed):
     """Processing deliveries raised; each row is marked failed with its reason and retried later."""
+
+
+def each_concurrently(items: list[T], fn: Callable[[T], R], max_workers: int) -> list[R]:
+    """fn over items, up to `max_workers` at a time (they wait on the network: the provider, the
+    3PL), results in the items' order. An exception from any item is raised once all have run."""
+    if max_workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(items)), thread_name_prefix="each") as pool:
+        return list(pool.map(fn, items))
 
 
 def artifact_key(order_name: str, kind: str) -> str:
@@ -106,6 +118,57 @@ def chunked(items: list[T], *, max_size: int = 25, target_tasks: int = 4) -> lis
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def receive_plan(
+    rows: list[inbox.ClaimedRow],
+    *,
+    customers: dict[int, str] | None = None,
+    max_size: int = 25,
+    target_tasks: int = 4,
+) -> tuple[list[list[inbox.ClaimedRow]], list[list[inbox.ClaimedRow]]]:
+    """(chunks that may be received at the same time, chunks to receive one after another, after them).
+
+    Without `customers` (SQLite, a single writer) everything is received in arrival order. With it
+    (PostgreSQL), order deliveries go into parallel lanes: every delivery of one order, and every
+    order of one customer (`customers`: inbox id -> customer key), in the same lane and in arrival
+    order, so nothing that must be sequential races (an order's states; a customer's Nth purchase).
+    Fulfillments, refunds and reviews follow, in order, once the lanes are done."""
+    if customers is None:
+        return [], chunked(rows, max_size=max_size, target_tasks=target_tasks)
+    order_rows = [row for row in rows if row.topic in ORDER_TOPICS]
+    rest = [row for row in rows if row.topic not in ORDER_TOPICS]
+    # Union-find over the keys that tie deliveries together: the order, and the customer.
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for row in order_rows:
+        if row.inbox_id in customers:
+            parent[find("order:" + row.ref)] = find(customers[row.inbox_id])
+    groups: dict[str, list[inbox.ClaimedRow]] = {}
+    for row in order_rows:
+        groups.setdefault(find("order:" + row.ref), []).append(row)
+    lanes_n = min(len(groups), max(target_tasks, math.ceil(len(order_rows) / max_size)))
+    lanes: list[list[inbox.ClaimedRow]] = [[] for _ in range(lanes_n)]
+    for group in groups.values():  # oldest first, each into the emptiest lane
+        min(lanes, key=len).extend(group)
+    return [lane for lane in lanes if lane], chunked(rest, max_size=max_size, target_tasks=target_tasks)
+
+
+def receive_lanes(
+    rows: list[inbox.ClaimedRow],
+) -> tuple[list[list[inbox.ClaimedRow]], list[list[inbox.ClaimedRow]]]:
+    """receive_plan for the configured database: lanes on PostgreSQL, arrival order on SQLite."""
+    engine = current().engine
+    if engine.dialect.name != "postgresql":
+        return receive_plan(rows)
+    order_ids = [row.inbox_id for row in rows if row.topic in ORDER_TOPICS]
+    return receive_plan(rows, customers=inbox.customer_keys(engine, order_ids))
+
+
 def refs_label(refs: list[str], shown: int = 5) -> str:
     """'#1101 #1102 #1103 +7 more': what ops search for in the UI."""
     more = len(refs) - shown
@@ -168,20 +231,20 @@ def send(items: list[outbox.Claimed]) -> list[dict[str, object]]:
     retries: `deliver` retries transient errors itself, and a task retry after an uncertain send
     could mail a customer twice."""
     rt = current()
+    delivered = each_concurrently(
+        items,
+        lambda item: outbox.deliver(rt.engine, item.outbox_id, rt.backend, rt.settings),
+        rt.settings.send_concurrency,
+    )
     results: list[dict[str, object]] = []
     failures: list[str] = []
-    messages: list[OutboxMessage] = []
-    for item in items:
-        result = outbox.deliver(rt.engine, item.outbox_id, rt.backend, rt.settings)
-        message = outbox.get(rt.engine, item.outbox_id)
-        if message is not None:
-            messages.append(message)
+    for item, result in zip(items, delivered, strict=True):
         if result.status == "failed":
             failures.append(
                 f"outbox {item.outbox_id} ({item.kind} {item.order_name}) not sent: {result.error}"
             )
         results.append(asdict(result))
-    publish_previews(messages)
+    publish_previews(outbox.get_many(rt.engine, [item.outbox_id for item in items]))
     if failures:
         raise SendFailed(failures, done=len(results) - len(failures))
     return results

@@ -12,7 +12,7 @@ from prefect.runtime import task_run
 from aftercare import warehouse
 from aftercare.models import WarehouseHandoff
 from aftercare.runtime import current
-from tasks.receipt import BatchFailed, artifact_key, refs_label
+from tasks.receipt import BatchFailed, artifact_key, each_concurrently, refs_label
 
 
 class HandoffFailed(BatchFailed):
@@ -63,18 +63,20 @@ def hand_off(items: list[warehouse.ClaimedHandoff]) -> list[dict[str, object]]:
     retries transient failures itself with backoff, and a 4xx must not be repeated."""
     rt = current()
     port = rt.warehouse or warehouse.make_warehouse(rt.settings)
+    handed = each_concurrently(
+        items,
+        lambda item: warehouse.hand_off(
+            rt.engine, item.handoff_id, port, rt.renderer, rt.policies, rt.settings
+        ),
+        rt.settings.warehouse_concurrency,
+    )
     results: list[dict[str, object]] = []
     failures: list[str] = []
-    stored: list[WarehouseHandoff] = []
-    for item in items:
-        result = warehouse.hand_off(rt.engine, item.handoff_id, port, rt.renderer, rt.policies, rt.settings)
-        handoff = warehouse.get(rt.engine, item.handoff_id)
-        if handoff is not None:
-            stored.append(handoff)
+    for item, result in zip(items, handed, strict=True):
         if result.status == "failed":
             failures.append(f"hand-off {item.handoff_id} ({item.order_name} v{item.version}): {result.error}")
         results.append(asdict(result))
-    _publish(stored)
+    _publish(warehouse.get_many(rt.engine, [item.handoff_id for item in items]))
     if failures:
         raise HandoffFailed(failures, done=len(results) - len(failures))
     return results

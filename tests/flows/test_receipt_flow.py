@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from aftercare import outbox as outbox_mod
 from aftercare.email import FileOutboxBackend
-from aftercare.models import InboxEvent, OutboxMessage, utcnow
+from aftercare.models import Customer, InboxEvent, Order, OutboxMessage, utcnow
 from flows.receipt import process_inbox
 from tests.factories import deliver, order_payload
 
@@ -203,3 +203,38 @@ def test_concurrent_workers_claim_disjoint_rows(rt):
     assert len(claimed) == 40 and len(set(claimed)) == 40
     if rt.engine.dialect.name == "postgresql":
         assert sum(1 for r in results if r) >= 2  # the work really was shared
+
+
+def test_one_customers_orders_in_one_batch_are_counted_in_order_while_others_run_alongside(flow_rt):
+    """On PostgreSQL a batch is received in parallel lanes; a customer's orders share one, so the
+    Nth-purchase count is right (on SQLite everything is received in arrival order anyway)."""
+    for i in range(5):
+        deliver(
+            flow_rt.engine,
+            order_payload(
+                "en-first",
+                id=7100 + i,
+                name=f"#E{i}",
+                created_at=f"2026-11-20T10:1{i}:00+09:00",
+                updated_at=f"2026-11-20T10:1{i}:00+09:00",
+            ),
+        )
+        deliver(
+            flow_rt.engine,
+            order_payload(
+                "ja-first-gift", id=7200 + i, name=f"#O{i}", email=f"other{i}@example.jp", customer=None
+            ),
+        )
+    state = run_flow()
+    assert state.is_completed(), state.message
+    assert "received 10 deliveries, sent 10 messages, 0 failed" in state.message
+    with Session(flow_rt.engine) as s:
+        seqs = s.exec(
+            sa.select(Order.name, Order.purchase_seq).where(Order.name.like("#E%")).order_by(Order.name)
+        ).all()
+        emma = s.execute(
+            sa.select(sa.func.count()).select_from(Customer).where(Customer.email_key == "emma@example.com")
+        ).scalar_one()
+    assert [seq for _, seq in seqs] == [1, 2, 3, 4, 5] and emma == 1
+    mails = {m.order_name: m.text_body for m in messages(flow_rt)}
+    assert "5th" in mails["#E4"] and "2nd" in mails["#E1"]

@@ -41,7 +41,10 @@ def test_fulfillment_first_then_order_one_run_hands_off_and_sends_confirmation_a
     deliver(flow_rt.engine, order)
     state = run_flow()
     assert state.is_completed(), state.message
-    assert "received 3 deliveries, sent 2 messages, 0 failed, 1 handed to the warehouse" in state.message
+    # SQLite receives in arrival order: the fulfillment waits, is released by its order and received
+    # again (3). PostgreSQL receives a batch's orders first (parallel lanes), then the fulfillment (2).
+    received = 2 if flow_rt.engine.dialect.name == "postgresql" else 3
+    assert f"received {received} deliveries, sent 2 messages, 0 failed, 1 handed" in state.message
     with Session(flow_rt.engine) as s:
         msgs = s.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
         rows = s.exec(select(InboxEvent)).all()
