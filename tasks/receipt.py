@@ -48,11 +48,23 @@ class ReceiveFailed(BatchFailed):
 
 def each_concurrently(items: list[T], fn: Callable[[T], R], max_workers: int) -> list[R]:
     """fn over items, up to `max_workers` at a time (they wait on the network: the provider, the
-    3PL), results in the items' order. An exception from any item is raised once all have run."""
+    3PL), results in the items' order. Every item is attempted even when one raises (a claimed
+    message left unattempted would later look like a dead worker's); the first error is raised
+    after all have run."""
     if max_workers <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
+        results: list[R] = []
+        errors: list[BaseException] = []
+        for item in items:
+            try:
+                results.append(fn(item))
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return results
     with ThreadPoolExecutor(max_workers=min(max_workers, len(items)), thread_name_prefix="each") as pool:
-        return list(pool.map(fn, items))
+        futures = [pool.submit(fn, item) for item in items]
+    return [future.result() for future in futures]  # all done: the pool's exit waited for them
 
 
 def artifact_key(order_name: str, kind: str) -> str:
