@@ -230,7 +230,9 @@ class OutboxMessage(SQLModel, table=True):
 
 
 class InboxWait(SQLModel, table=True):
-    """An inbox row parked until its order arrives: (shop, Shopify order id) -> the waiting row."""
+    """An inbox row parked until its order arrives: (shop, Shopify order id) -> the waiting row. A
+    carrier event waits for its fulfillment instead (`fulfillment_shopify_id` set, migration 0004):
+    its order arriving is not enough to apply it."""
 
     __tablename__ = "inbox_waits"
 
@@ -238,6 +240,7 @@ class InboxWait(SQLModel, table=True):
     inbox_id: int = Field(foreign_key="inbox.id", unique=True)
     shop_domain: str = Field(max_length=255)
     order_shopify_id: int = Field(sa_type=sa.BigInteger, index=True)
+    fulfillment_shopify_id: int | None = Field(default=None, sa_type=sa.BigInteger, index=True)
     created_at: datetime = ts_field(nullable=False, default_now=True)
 
 
@@ -265,6 +268,29 @@ class Shipment(SQLModel, table=True):
     source_updated_at: datetime = ts_field(nullable=False)
     created_at: datetime = ts_field(nullable=False, default_now=True)
     updated_at: datetime = ts_field(nullable=False, default_now=True)
+    raw: dict[str, Any] = json_field()
+
+
+class ShipmentEvent(SQLModel, table=True):
+    """One carrier event of a shipment (Shopify's FulfillmentEvent: in_transit, delivered, ...), kept
+    for the timeline. Unique per Shopify event id, so a repeated webhook records it once (migration
+    0004). `note` says when the event did not change the shipment (older than what we held)."""
+
+    __tablename__ = "shipment_events"
+    __table_args__ = (sa.UniqueConstraint("shop_domain", "shopify_id", name="uq_shipment_event_source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    shipment_id: int = Field(foreign_key="shipments.id", index=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    shop_domain: str = Field(max_length=255)
+    shopify_id: int = Field(sa_type=sa.BigInteger)
+    status: str = Field(max_length=32)
+    message: str | None = None
+    location: str | None = None  # city, province, zip, country as the carrier gave them
+    happened_at: datetime = ts_field(nullable=False)
+    estimated_delivery_at: datetime | None = ts_field()  # the carrier's own estimate, when it gives one
+    note: str | None = None
+    created_at: datetime = ts_field(nullable=False, default_now=True)
     raw: dict[str, Any] = json_field()
 
 

@@ -1,5 +1,6 @@
 """One inbox row in, domain state and owed messages out: the unit of work the flows orchestrate.
-Orders (create, paid, updated, cancelled), fulfillments, refunds and reviews are dispatched from
+Orders (create, paid, updated, cancelled), fulfillments, carrier events, refunds and reviews are
+dispatched from
 `process_row`. A review is stored and triaged here; its approval flow is started from the Prefect
 side with `Outcome.review_id`, never from here.
 Everything here is idempotent, so a retried or re-run row changes nothing the second time."""
@@ -27,10 +28,12 @@ from aftercare.outbox import enqueue
 from aftercare.reviews import intake as review_intake
 from aftercare.runtime import Runtime
 from aftercare.shopify import (
+    FULFILLMENT_EVENT_TOPICS,
     FULFILLMENT_TOPICS,
     ORDER_TOPICS,
     REFUND_TOPICS,
     parse_fulfillment,
+    parse_fulfillment_event,
     parse_order,
     parse_refund,
 )
@@ -77,6 +80,8 @@ def _process(rt: Runtime, inbox_id: int) -> Outcome:
             handler = _process_order
         elif row.topic in FULFILLMENT_TOPICS:
             handler = _process_fulfillment
+        elif row.topic in FULFILLMENT_EVENT_TOPICS:
+            handler = _process_fulfillment_event
         elif row.topic in REFUND_TOPICS:
             handler = _process_refund
         elif row.topic in review_intake.TOPICS:
@@ -162,7 +167,38 @@ def _process_fulfillment(rt: Runtime, session: Session, row: InboxEvent) -> Outc
             if message is not None:
                 out.outbox_id, out.outbox_status = message.id, message.status
         shipping.plan_after_delivery(session, order, rt.policies, receipt.lines_of(session, order))
+    # Carrier events that came before their fulfillment are queued again now that it is recorded.
+    out.released = shipping.release_fulfillment_waiting(session, row.shop_domain, parsed.id)
     inbox.finish(session, row, InboxStatus.DONE, result.reason)
+    return out
+
+
+def _process_fulfillment_event(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
+    """A carrier event: kept for the timeline; `delivered` re-keys the survey and review request on
+    the real delivery time. It sends nothing. Before its fulfillment it waits, like a fulfillment
+    waits for its order."""
+    parsed = parse_fulfillment_event(row.body)
+    assert row.id is not None
+    out = Outcome(row.id, row.topic, InboxStatus.DONE)
+    shipment = shipping.find_shipment(session, row.shop_domain, parsed.fulfillment_id)
+    if shipment is None:
+        shipping.park(session, row, parsed.order_id, fulfillment_shopify_id=parsed.fulfillment_id)
+        out.status, out.reason = InboxStatus.WAITING, row.reason
+        return out
+    order = session.get(Order, shipment.order_id)
+    assert order is not None
+    if order.shopify_id != parsed.order_id:
+        raise InvalidPayload(
+            f"fulfillment {parsed.fulfillment_id} belongs to order {order.shopify_id}, "
+            f"not to order {parsed.order_id} as the event says"
+        )
+    out.order_id, out.order_name, out.shipment_id = order.id, order.name, shipment.id
+    row.subject_ref = order.name  # ops find every delivery of an order by its name
+    result = shipping.record_event(session, shipment=shipment, parsed=parsed)
+    out.reason = result.reason
+    if result.delivery_changed:
+        shipping.plan_after_delivery(session, order, rt.policies, receipt.lines_of(session, order))
+    inbox.finish(session, row, InboxStatus.DONE, out.reason)
     return out
 
 

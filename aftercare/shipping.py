@@ -1,6 +1,7 @@
-"""Shipping: fulfillments become shipments (one notice each), delivery is recorded or estimated, and
-what is planned after it (survey, review request) follows; cancellations and refunds take back what
-was planned and not yet sent. Everything here runs inside the caller's transaction and is idempotent."""
+"""Shipping: fulfillments become shipments (one notice each), carrier events are kept beside them,
+delivery is recorded (a delivered fulfillment or carrier event) or estimated, and what is planned after
+it (survey, review request) follows; cancellations and refunds take back what was planned and not yet
+sent. Everything here runs inside the caller's transaction and is idempotent."""
 
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ from aftercare.models import (
     OutboxStatus,
     Refund,
     Shipment,
+    ShipmentEvent,
     Touchpoint,
     TouchpointStatus,
     utcnow,
 )
 from aftercare.policies import DeliveryPolicy, Policies
 from aftercare.rendering import RenderedEmail, Renderer
-from aftercare.shopify import ShopifyFulfillment, ShopifyRefund
+from aftercare.shopify import ShopifyFulfillment, ShopifyFulfillmentEvent, ShopifyRefund
 
 SHIPMENT_NOTICE = "shipment_notice"
 DELIVERY_SURVEY = "delivery_survey"
@@ -57,32 +59,58 @@ def find_order(session: Session, shop_domain: str, order_shopify_id: int) -> Ord
     ).first()
 
 
-# --- Waiting inbox rows: a fulfillment or refund that arrived before its order ----------------------
+# --- Waiting inbox rows: a fulfillment or refund before its order, a carrier event before its fulfillment
 
 
-def park(session: Session, row: InboxEvent, order_shopify_id: int) -> None:
-    """Keep a row whose order we have not seen: it waits (not retried, not dropped) until the order
-    arrives and `release_waiting` puts it back in the queue."""
+def park(
+    session: Session, row: InboxEvent, order_shopify_id: int, *, fulfillment_shopify_id: int | None = None
+) -> None:
+    """Keep a row whose order (or, for a carrier event, whose fulfillment) we have not seen: it waits
+    (not retried, not dropped) until that arrives and `release_waiting` / `release_fulfillment_waiting`
+    puts it back in the queue."""
     assert row.id is not None
     row.status = InboxStatus.WAITING
-    row.reason = f"waiting for order {order_shopify_id}: it has not arrived yet"
+    row.reason = (
+        f"waiting for order {order_shopify_id}: it has not arrived yet"
+        if fulfillment_shopify_id is None
+        else f"waiting for fulfillment {fulfillment_shopify_id} of order {order_shopify_id}: "
+        "it has not arrived yet"
+    )
     row.processed_at = utcnow()
     session.add(row)
-    if session.exec(select(InboxWait).where(InboxWait.inbox_id == row.id)).first() is None:
-        session.add(
-            InboxWait(inbox_id=row.id, shop_domain=row.shop_domain, order_shopify_id=order_shopify_id)
-        )
+    wait = session.exec(select(InboxWait).where(InboxWait.inbox_id == row.id)).first()
+    if wait is None:
+        wait = InboxWait(inbox_id=row.id, shop_domain=row.shop_domain, order_shopify_id=order_shopify_id)
+    wait.order_shopify_id, wait.fulfillment_shopify_id = order_shopify_id, fulfillment_shopify_id
+    session.add(wait)
 
 
 def release_waiting(session: Session, shop_domain: str, order_shopify_id: int) -> list[int]:
-    """Put the rows waiting for this order back in the queue (inside the order's own transaction)."""
-    waits = list(
-        session.exec(
-            select(InboxWait).where(
-                InboxWait.shop_domain == shop_domain, InboxWait.order_shopify_id == order_shopify_id
-            )
-        )
+    """Put the rows waiting for this order back in the queue (inside the order's own transaction).
+    Carrier events waiting for a fulfillment stay: the order alone does not let them apply."""
+    return _release(
+        session,
+        select(InboxWait).where(
+            InboxWait.shop_domain == shop_domain,
+            InboxWait.order_shopify_id == order_shopify_id,
+            InboxWait.fulfillment_shopify_id.is_(None),  # type: ignore[union-attr]
+        ),
     )
+
+
+def release_fulfillment_waiting(session: Session, shop_domain: str, fulfillment_shopify_id: int) -> list[int]:
+    """Put the carrier events waiting for this fulfillment back in the queue (inside the transaction
+    that recorded its shipment)."""
+    return _release(
+        session,
+        select(InboxWait).where(
+            InboxWait.shop_domain == shop_domain, InboxWait.fulfillment_shopify_id == fulfillment_shopify_id
+        ),
+    )
+
+
+def _release(session: Session, waiting: Any) -> list[int]:
+    waits = list(session.exec(waiting))
     ids = [w.inbox_id for w in waits]
     if ids:
         session.execute(
@@ -96,22 +124,25 @@ def release_waiting(session: Session, shop_domain: str, order_shopify_id: int) -
 
 
 def release_ready(engine: Engine) -> list[int]:
-    """Release waiting rows whose order exists by now: the sweep's guard against the race where the
-    order committed between a row's lookup and its parking."""
-    released: list[int] = []
+    """Release waiting rows whose order (or, for a carrier event, whose fulfillment) exists by now: the
+    sweep's guard against the race where it committed between a row's lookup and its parking. One
+    query when nothing is ready: this runs on every claim of the inbox."""
+    order_arrived = sa.exists().where(
+        Order.shop_domain == InboxWait.shop_domain, Order.shopify_id == InboxWait.order_shopify_id
+    )
+    fulfillment_arrived = sa.exists().where(
+        Shipment.shop_domain == InboxWait.shop_domain, Shipment.shopify_id == InboxWait.fulfillment_shopify_id
+    )
     with Session(engine) as session:
-        ready = session.exec(
-            select(InboxWait.shop_domain, InboxWait.order_shopify_id)
-            .join(
-                Order,
-                sa.and_(
-                    Order.shop_domain == InboxWait.shop_domain, Order.shopify_id == InboxWait.order_shopify_id
-                ),
-            )
-            .distinct()
-        ).all()
-        for shop_domain, order_shopify_id in ready:
-            released += release_waiting(session, shop_domain, order_shopify_id)
+        released = _release(
+            session,
+            select(InboxWait).where(
+                sa.or_(
+                    sa.and_(InboxWait.fulfillment_shopify_id.is_(None), order_arrived),  # type: ignore[union-attr]
+                    sa.and_(InboxWait.fulfillment_shopify_id.is_not(None), fulfillment_arrived),  # type: ignore[union-attr]
+                )
+            ),
+        )
         session.commit()
     return released
 
@@ -251,7 +282,8 @@ def upsert_shipment(
     carrier = policy.carrier(parsed.tracking_company)
     shipment.name = parsed.name
     shipment.status = parsed.status
-    shipment.shipment_status = parsed.shipment_status
+    if parsed.shipment_status == DELIVERED or shipment.delivered_at is None:
+        shipment.shipment_status = parsed.shipment_status  # a delivered parcel stays delivered
     shipment.carrier = carrier.name if carrier else parsed.tracking_company
     shipment.tracking_numbers = parsed.all_tracking_numbers
     shipment.tracking_urls = parsed.all_tracking_urls
@@ -280,6 +312,85 @@ def upsert_shipment(
     session.add(shipment)
     session.flush()
     return ShipmentResult(shipment, created=created, applied=True)
+
+
+def find_shipment(session: Session, shop_domain: str, fulfillment_shopify_id: int) -> Shipment | None:
+    return session.exec(
+        select(Shipment).where(
+            Shipment.shop_domain == shop_domain, Shipment.shopify_id == fulfillment_shopify_id
+        )
+    ).first()
+
+
+# --- Carrier events (fulfillment_events/create) -----------------------------------------------------
+
+
+@dataclass
+class EventResult:
+    event: ShipmentEvent
+    created: bool  # False: this event id was recorded before, nothing changed
+    delivery_changed: bool  # the shipment's real delivery time was set or corrected
+    reason: str | None = None
+
+
+def events_of(session: Session, shipment_ids: list[int]) -> list[ShipmentEvent]:
+    if not shipment_ids:
+        return []
+    return list(
+        session.exec(
+            select(ShipmentEvent)
+            .where(ShipmentEvent.shipment_id.in_(shipment_ids))  # type: ignore[attr-defined]
+            .order_by(ShipmentEvent.happened_at, ShipmentEvent.id)
+        )
+    )
+
+
+def record_event(session: Session, *, shipment: Shipment, parsed: ShopifyFulfillmentEvent) -> EventResult:
+    """Record a carrier event once (by its Shopify id). A `delivered` event sets the shipment's real
+    delivery time: the earliest delivered event's own time, which replaces an estimate and the time a
+    delivered fulfillment update implied. Any other status is kept for the timeline and moves the
+    carrier status forward only: nothing regresses a delivered shipment, and an event older than the
+    newest we hold leaves the status alone. Nothing here sends anything."""
+    assert shipment.id is not None
+    seen = session.exec(
+        select(ShipmentEvent).where(
+            ShipmentEvent.shop_domain == shipment.shop_domain, ShipmentEvent.shopify_id == parsed.id
+        )
+    ).first()
+    if seen is not None:
+        return EventResult(
+            seen, created=False, delivery_changed=False, reason=f"event {parsed.id} was already recorded"
+        )
+    earlier = events_of(session, [shipment.id])
+    event = ShipmentEvent(
+        shipment_id=shipment.id,
+        order_id=shipment.order_id,
+        shop_domain=shipment.shop_domain,
+        shopify_id=parsed.id,
+        status=parsed.status,
+        message=parsed.message,
+        location=parsed.location,
+        happened_at=parsed.happened_at,
+        estimated_delivery_at=parsed.estimated_delivery_at,
+        raw=parsed.model_dump(mode="json"),
+    )
+    changed = False
+    if parsed.status == DELIVERED:
+        first = min([e.happened_at for e in earlier if e.status == DELIVERED] + [parsed.happened_at])
+        changed = shipment.delivered_at != first
+        if first != parsed.happened_at:
+            event.note = f"delivered earlier ({first.isoformat()}): that time is kept"
+        shipment.delivered_at, shipment.shipment_status = first, DELIVERED
+    elif shipment.delivered_at is not None:
+        event.note = "the shipment was delivered already: its status is kept"
+    elif earlier and parsed.happened_at < earlier[-1].happened_at:
+        event.note = f"older than the {earlier[-1].status} event we hold: status kept"
+    else:
+        shipment.shipment_status = parsed.status
+    shipment.updated_at = utcnow()
+    session.add_all([shipment, event])
+    session.flush()
+    return EventResult(event, created=True, delivery_changed=changed, reason=event.note)
 
 
 def shipments_of(session: Session, order: Order) -> list[Shipment]:

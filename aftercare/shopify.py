@@ -6,7 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +18,9 @@ from aftercare.errors import InvalidPayload
 ORDER_TOPICS = frozenset({"orders/create", "orders/paid", "orders/updated", "orders/cancelled"})
 FULFILLMENT_TOPICS = frozenset({"fulfillments/create", "fulfillments/update"})
 REFUND_TOPICS = frozenset({"refunds/create"})
-KNOWN_TOPICS = ORDER_TOPICS | FULFILLMENT_TOPICS | REFUND_TOPICS
+# Carrier events of a fulfillment (Shopify's FulfillmentEvent): in_transit, delivered, failure, ...
+FULFILLMENT_EVENT_TOPICS = frozenset({"fulfillment_events/create"})
+KNOWN_TOPICS = ORDER_TOPICS | FULFILLMENT_TOPICS | REFUND_TOPICS | FULFILLMENT_EVENT_TOPICS
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -104,6 +107,8 @@ class ShopifyOrder(_Lenient):
     updated_at: datetime
     processed_at: datetime | None = None
     cancelled_at: datetime | None = None
+    # customer, fraud, inventory, declined, staff, other: told to the warehouse with a cancellation.
+    cancel_reason: str | None = None
     currency: str = Field(min_length=3, max_length=3)
     subtotal_price: Decimal = Decimal("0")
     total_discounts: Decimal = Decimal("0")
@@ -129,6 +134,12 @@ class ShopifyOrder(_Lenient):
     @classmethod
     def _blank_email_is_none(cls, v: Any) -> Any:
         return v or None
+
+    @field_validator("cancel_reason", mode="before")
+    @classmethod
+    def _short_reason(cls, v: Any) -> Any:
+        """Only a label: an odd value is cut short rather than costing us the cancellation itself."""
+        return str(v)[:64] if v not in (None, "") else None
 
     @field_validator("note_attributes", "discount_codes", "shipping_lines", mode="before")
     @classmethod
@@ -286,9 +297,74 @@ def _parse_resource(body: bytes, wrapper: str, model: type[_Lenient], what: str)
         raise InvalidPayload(f"{what} payload is missing or has bad fields: {_describe(exc)}") from exc
 
 
+# Shopify's event statuses are lower-case words joined by underscores (label_printed, in_transit,
+# out_for_delivery, attempted_delivery, delivered, failure, ...); anything else is not one.
+_EVENT_STATUS = re.compile(r"^[a-z][a-z_]{0,31}$")
+# A time no carrier reports: outside it the payload is refused instead of breaking date arithmetic.
+_EARLIEST, _LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+_BIGINT = 2**63  # ids are stored as PostgreSQL BIGINT
+
+
+class ShopifyFulfillmentEvent(_Lenient):
+    """The fields of Shopify's REST FulfillmentEvent (fulfillment_events/create webhook) aftercare uses:
+    one carrier event of one fulfillment."""
+
+    id: int = Field(gt=0, lt=_BIGINT)
+    fulfillment_id: int = Field(gt=0, lt=_BIGINT)
+    order_id: int = Field(gt=0, lt=_BIGINT)
+    status: str
+    message: str | None = None
+    happened_at: datetime
+    created_at: datetime | None = None
+    estimated_delivery_at: datetime | None = None
+    city: str | None = None
+    province: str | None = None
+    zip: str | None = None
+    country: str | None = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _known_shape(cls, v: Any) -> Any:
+        v = v.strip().lower() if isinstance(v, str) else v
+        if not isinstance(v, str) or not _EVENT_STATUS.match(v):
+            raise ValueError("not a fulfillment event status (lower-case words joined by '_')")
+        return v
+
+    @field_validator("message", "city", "province", "zip", "country", mode="before")
+    @classmethod
+    def _short_text(cls, v: Any) -> Any:
+        """Carrier text is shown to ops, never acted on: cut long text instead of refusing the event."""
+        return str(v)[:500] if v not in (None, "") else None
+
+    @field_validator("happened_at", "created_at", "estimated_delivery_at")
+    @classmethod
+    def _aware_and_plausible(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return None
+        if v.tzinfo is None:
+            raise ValueError("timestamp has no UTC offset")
+        try:
+            v = v.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError("timestamp is out of range") from exc
+        if not _EARLIEST <= v < _LATEST:
+            raise ValueError(f"timestamp {v.isoformat()} is outside {_EARLIEST.year}-{_LATEST.year}")
+        return v
+
+    @property
+    def location(self) -> str | None:
+        parts = [p for p in (self.city, self.province, self.zip, self.country) if p]
+        return ", ".join(parts) or None
+
+
 def parse_fulfillment(body: bytes) -> ShopifyFulfillment:
     """Parse a fulfillments/* webhook body (bare, or wrapped in {"fulfillment": ...})."""
     return _parse_resource(body, "fulfillment", ShopifyFulfillment, "fulfillment")  # type: ignore[no-any-return]
+
+
+def parse_fulfillment_event(body: bytes) -> ShopifyFulfillmentEvent:
+    """Parse a fulfillment_events/create webhook body (bare, or wrapped in {"fulfillment_event": ...})."""
+    return _parse_resource(body, "fulfillment_event", ShopifyFulfillmentEvent, "fulfillment event")  # type: ignore[no-any-return]
 
 
 def parse_refund(body: bytes) -> ShopifyRefund:
@@ -298,7 +374,10 @@ def parse_refund(body: bytes) -> ShopifyRefund:
 
 def subject_ref(topic: str, body: bytes) -> str:
     """Parse a delivery of a known topic (InvalidPayload if unusable) and return the label ops search
-    by: the order name, or for a fulfillment its name ('#1001.1') else the Shopify order id."""
+    by: the order name, or for a fulfillment its name ('#1001.1') else the Shopify order id. A carrier
+    event names no order: its Shopify order id, as a refund's (the name replaces it once applied)."""
+    if topic in FULFILLMENT_EVENT_TOPICS:
+        return f"order-id:{parse_fulfillment_event(body).order_id}"
     if topic in FULFILLMENT_TOPICS:
         fulfillment = parse_fulfillment(body)
         return fulfillment.name or f"order-id:{fulfillment.order_id}"

@@ -1,6 +1,7 @@
 """Everything that happened to an order, and what is still planned for it, from our own tables: the
-webhooks received, the checks and their flags, the warehouse hand-offs and acknowledgements,
-shipments, delivery (real or estimated), messages, touchpoints planned or cancelled (with the policy
+webhooks received, the checks and their flags, the warehouse hand-offs and acknowledgements (and a
+cancellation sent to the warehouse), shipments and their carrier events, delivery (real or
+estimated), messages, touchpoints planned or cancelled (with the policy
 version that set them), refunds and cancellation. For ops, the CLI (`timeline_text`, `timeline_json`)
 and Prefect artifacts (`render_markdown`)."""
 
@@ -21,13 +22,14 @@ from aftercare.models import (
     Order,
     OutboxMessage,
     Refund,
+    Shipment,
     Touchpoint,
     TouchpointStatus,
     WarehouseHandoff,
     utcnow,
 )
 from aftercare.policies import DeliveryPolicy
-from aftercare.shipping import OrderDelivery, order_delivery, shipments_of
+from aftercare.shipping import OrderDelivery, events_of, order_delivery, shipments_of
 
 
 class OrderNotFound(AftercareError):
@@ -37,7 +39,8 @@ class OrderNotFound(AftercareError):
 @dataclass(frozen=True)
 class Entry:
     at: datetime | None
-    kind: str  # webhook, check, handoff, shipment, delivery, message, touchpoint, refund, cancellation
+    kind: str  # webhook, check, handoff, shipment, carrier, delivery, message, touchpoint, refund,
+    # cancellation
     summary: str
     status: str | None = None
     policy_version: str | None = None
@@ -109,7 +112,9 @@ def order_timeline(
             history.append(Entry(order.cancelled_at, "cancellation", "order cancelled in Shopify"))
         history += _handoffs(session, order)
         now = utcnow()
-        for shipment in shipments_of(session, order):
+        shipments = shipments_of(session, order)
+        history += _carrier_events(session, shipments)
+        for shipment in shipments:
             tracking = ", ".join(shipment.tracking_numbers) or "no tracking number"
             items = ", ".join(
                 f"{li.get('sku') or li.get('title')} x{li['quantity']}" for li in shipment.lines
@@ -267,6 +272,33 @@ def _handoffs(session: Session, order: Order) -> list[Entry]:
                 )
             )
     return entries
+
+
+def _carrier_events(session: Session, shipments: list[Shipment]) -> list[Entry]:
+    """What the carriers reported (fulfillment_events/create), each with what it did to the shipment."""
+    names = {s.id: s.name or str(s.shopify_id) for s in shipments}
+    return [
+        Entry(
+            e.happened_at,
+            "carrier",
+            f"{e.status} {names[e.shipment_id]}"
+            + (f": {e.message}" if e.message else "")
+            + (f" ({e.location})" if e.location else "")
+            + (f" [{e.note}]" if e.note else ""),
+            status=e.status,
+            detail={
+                "event_id": e.shopify_id,
+                "shipment": names[e.shipment_id],
+                "message": e.message,
+                "location": e.location,
+                "estimated_delivery_at": e.estimated_delivery_at.isoformat()
+                if e.estimated_delivery_at
+                else None,
+                "note": e.note,
+            },
+        )
+        for e in events_of(session, [s.id for s in shipments if s.id is not None])
+    ]
 
 
 def _message_entry(m: OutboxMessage) -> Entry:

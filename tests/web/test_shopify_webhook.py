@@ -487,3 +487,66 @@ def test_signature_helper_matches_shopifys_documented_algorithm():
     assert shopify.sign("k", body) == expected
     assert shopify.verify("k", body, expected)
     assert not shopify.verify("k", body + b" ", expected)
+
+
+# --- carrier events (fulfillment_events/create) --------------------------------------------------
+
+
+def carrier_event(**overrides: Any) -> dict[str, Any]:
+    """A FulfillmentEvent webhook body as Shopify sends it (the bare object)."""
+    event = {
+        "id": 12584341209251,
+        "fulfillment_id": 5550001,
+        "order_id": 820001,
+        "status": "delivered",
+        "message": None,
+        "happened_at": "2026-11-27T11:30:00+09:00",
+        "created_at": "2026-11-27T11:31:00+09:00",
+        "updated_at": "2026-11-27T11:31:00+09:00",
+        "estimated_delivery_at": None,
+    }
+    event.update(overrides)
+    return event
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["bare", "wrapped"])
+def test_carrier_event_is_stored_pending_under_its_order_id(client, engine, waker, wrap):
+    payload = {"fulfillment_event": carrier_event()} if wrap else carrier_event()
+    body = body_of(payload)
+    resp = post(client, body, topic="fulfillment_events/create", webhook_id="wh-ev-1")
+    assert resp.status_code == 200 and resp.json()["status"] == "pending"
+    row = only_row(engine)
+    assert (row.subject_ref, row.topic, row.body) == ("order-id:820001", "fulfillment_events/create", body)
+    assert waker.pokes == 1
+
+
+def test_carrier_event_delivered_twice_is_stored_once(client, engine, waker):
+    body = body_of(carrier_event())
+    first = post(client, body, topic="fulfillment_events/create", webhook_id="wh-ev-dup")
+    second = post(client, body, topic="fulfillment_events/create", webhook_id="wh-ev-dup")
+    assert first.json()["status"] == "pending" and second.json() == {"status": "duplicate"}
+    assert only_row(engine).delivery_id == "wh-ev-dup" and waker.pokes == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (carrier_event(fulfillment_id=None), "fulfillment_id"),
+        (carrier_event(happened_at="yesterday"), "happened_at"),
+        (carrier_event(status="delivered; DROP TABLE inbox"), "status"),
+        (carrier_event(order_id=-1), "order_id"),
+        ({"fulfillment_event": None}, "object"),
+        ([carrier_event()], "object"),
+    ],
+    ids=["no-fulfillment", "bad-time", "bad-status", "negative-order", "wrapped-null", "array"],
+)
+def test_unusable_carrier_event_is_stored_invalid_naming_the_field(client, engine, waker, payload, field):
+    body = body_of(payload)
+    row = assert_stored_invalid(post(client, body, topic="fulfillment_events/create"), engine, waker, body)
+    assert field in row.reason or "Field required" in row.reason, row.reason
+
+
+def test_carrier_event_with_a_bad_signature_is_refused(client, engine, waker):
+    body = body_of(carrier_event())
+    headers = webhook_headers(body, secret="not-the-secret", topic="fulfillment_events/create")
+    assert_refused_unauthenticated(client.post(URL, content=body, headers=headers), engine, waker)
