@@ -321,7 +321,9 @@ class HandoffStatus(StrEnum):
 
 class WarehouseHandoff(SQLModel, table=True):
     """One version of an order's shipping instruction for the warehouse: unique per (order, version);
-    a new version is written only when the instruction's content changes before the order ships."""
+    a new version is written only when the instruction's content changes before the order ships. A
+    cancellation after the warehouse had the order is a version too (`instruction["action"] ==
+    "cancel"`), at most one per order, sent through the same claim and retry machinery."""
 
     __tablename__ = "warehouse_handoffs"
     __table_args__ = (sa.UniqueConstraint("order_id", "version", name="uq_handoff_version"),)

@@ -29,7 +29,8 @@ from aftercare.models import (
     utcnow,
 )
 from aftercare.policies import DeliveryPolicy
-from aftercare.shipping import OrderDelivery, events_of, order_delivery, shipments_of
+from aftercare.shipping import VOID_STATUSES, OrderDelivery, events_of, order_delivery, shipments_of
+from aftercare.warehouse import is_cancellation
 
 
 class OrderNotFound(AftercareError):
@@ -108,11 +109,19 @@ def order_timeline(
                 detail={"flags": list(order.flags)},
             )
         )
+        handoffs = list(
+            session.exec(
+                select(WarehouseHandoff)
+                .where(WarehouseHandoff.order_id == order.id)
+                .order_by(WarehouseHandoff.version)
+            )
+        )
+        shipments = shipments_of(session, order)
         if order.cancelled_at is not None:
             history.append(Entry(order.cancelled_at, "cancellation", "order cancelled in Shopify"))
-        history += _handoffs(session, order)
+            history += _cancelled_after_shipping(order, shipments, handoffs)
+        history += _handoffs(handoffs)
         now = utcnow()
-        shipments = shipments_of(session, order)
         history += _carrier_events(session, shipments)
         for shipment in shipments:
             tracking = ", ".join(shipment.tracking_numbers) or "no tracking number"
@@ -234,13 +243,30 @@ def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _handoffs(session: Session, order: Order) -> list[Entry]:
+def _cancelled_after_shipping(
+    order: Order, shipments: list[Shipment], handoffs: list[WarehouseHandoff]
+) -> list[Entry]:
+    """Why the warehouse was not told of a cancellation: the parcel had left already."""
+    assert order.cancelled_at is not None
+    left = [s for s in shipments if s.status not in VOID_STATUSES]
+    if not left or any(is_cancellation(h) for h in handoffs):
+        return []
+    names = ", ".join(s.name or str(s.shopify_id) for s in left)
+    if all(s.shipped_at > order.cancelled_at for s in left):
+        summary = (
+            f"shipped after the order was cancelled ({names}): the warehouse had not been told to cancel"
+        )
+    else:
+        summary = f"cancelled after it shipped ({names}): no cancellation sent to the warehouse"
+    return [Entry(order.cancelled_at, "cancellation", summary, status="after_shipping")]
+
+
+def _handoffs(handoffs: list[WarehouseHandoff]) -> list[Entry]:
     entries = []
-    for h in session.exec(
-        select(WarehouseHandoff)
-        .where(WarehouseHandoff.order_id == order.id)
-        .order_by(WarehouseHandoff.version)
-    ):
+    for h in handoffs:
+        if is_cancellation(h):
+            entries += _cancellation_entries(h)
+            continue
         flags = f" flags: {', '.join(h.flags)}" if h.flags else ""
         entries.append(
             Entry(
@@ -271,6 +297,47 @@ def _handoffs(session: Session, order: Order) -> list[Entry]:
                     status=h.status,
                 )
             )
+    return entries
+
+
+def _cancellation_entries(h: WarehouseHandoff) -> list[Entry]:
+    """A cancellation sent to the warehouse: planned, then acknowledged or failed with its reason."""
+    i = h.instruction
+    cancels = f"v{i['cancels_version']}" + (
+        f" ({i['cancels_reference']})" if i.get("cancels_reference") else ""
+    )
+    entries = [
+        Entry(
+            h.created_at,
+            "handoff",
+            f"warehouse cancellation v{h.version} prepared: cancels {cancels}, reason {i['reason']}",
+            status="prepared",
+            policy_version=h.policy_version,
+            detail={"action": "cancel", "cancels_version": i["cancels_version"], "reason": i["reason"]},
+        )
+    ]
+    if h.sent_at is not None:
+        entries.append(
+            Entry(
+                h.sent_at,
+                "handoff",
+                f"warehouse acknowledged the cancellation v{h.version}"
+                + (f" ({h.reference})" if h.reference else ""),
+                status=h.status,
+                detail={"action": "cancel", "reference": h.reference},
+            )
+        )
+    elif h.status != "pending":
+        entries.append(
+            Entry(
+                h.claimed_at or h.created_at,
+                "handoff",
+                f"warehouse cancellation v{h.version} {h.status}"
+                + (f": {h.last_error}" if h.last_error else ""),
+                status=h.status,
+                detail={"action": "cancel"},
+            )
+        )
     return entries
 
 

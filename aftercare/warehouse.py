@@ -2,6 +2,8 @@
 request named through policies/requests.yaml), a picking list and a packing slip (納品書), versioned
 per order and sent through a port: files under `<var_dir>/warehouse/<order>/` by default, or a 3PL's
 HTTP API (HMAC-signed, one idempotency key per order version, retried with backoff on 5xx/timeouts).
+Every instruction names its action: "ship", or "cancel" for an order cancelled after the warehouse
+had (or may have had) it and before it shipped: a version of its own, sent the same way.
 
 Planning runs in the order's transaction (`plan_handoff`); sending runs later, one claimed hand-off at
 a time (`claim_due`, `hand_off`), like the outbox."""
@@ -16,7 +18,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,8 +38,14 @@ from aftercare.settings import Settings
 log = logging.getLogger(__name__)
 
 SCHEMA = "aftercare.shipping-instruction/1"
+ACTION_SHIP = "ship"
+ACTION_CANCEL = "cancel"
+# How long a cancellation waits before trying again while an earlier version of its order is still
+# being sent: it must not reach the warehouse before the instruction it cancels (the sweep's period).
+CANCEL_WAIT = timedelta(seconds=30)
 SIGNATURE_HEADER = "X-Aftercare-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+ACTION_HEADER = "X-Aftercare-Action"  # "ship" or "cancel", also in the body: for the 3PL's routing
 
 FLAG_DATE_PAST = "requested_delivery_date_past"
 FLAG_DATE_UNPARSEABLE = "requested_delivery_date_unparseable"
@@ -126,6 +134,7 @@ def build_instruction(
     gift_message = order.gift_message or requests.get("gift_message")
     return {
         "schema": SCHEMA,
+        "action": ACTION_SHIP,
         "shop_domain": order.shop_domain,
         "order": {
             "id": order.shopify_id,
@@ -177,8 +186,21 @@ def build_instruction(
     }
 
 
+def action_of(instruction: dict[str, Any]) -> str:
+    """ "ship" or "cancel"; versions written before instructions named their action are "ship"."""
+    return str(instruction.get("action") or ACTION_SHIP)
+
+
+def is_cancellation(handoff: Any) -> bool:
+    return action_of(handoff.instruction) == ACTION_CANCEL
+
+
 def digest(instruction: dict[str, Any]) -> str:
-    """What identifies a version: the instruction's content, canonically serialised."""
+    """What identifies a version: the instruction's content, canonically serialised. The default
+    action ("ship") is left out, so versions written before the field existed keep their identity
+    and an unchanged order does not become a new version."""
+    if action_of(instruction) == ACTION_SHIP:
+        instruction = {k: v for k, v in instruction.items() if k != "action"}
     return hashlib.sha256(json.dumps(instruction, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -203,7 +225,8 @@ def plan_handoff(
     session: Session, order: Order, lines: list[OrderLine], policies: Policies, *, today: date | None = None
 ) -> WarehouseHandoff | None:
     """The hand-off for the order as it is now: a new version when its instruction changed (before it
-    ships), else the one we have. A cancelled order's unsent versions are withdrawn."""
+    ships), else the one we have. A cancelled order's unsent versions are withdrawn, and when the
+    warehouse has one already, a cancellation version tells it (see `_plan_cancellation`)."""
     assert order.id is not None
     shipped = session.exec(select(Shipment.id).where(Shipment.order_id == order.id)).first() is not None
     reason = why_not_ready(order, lines, shipped)
@@ -216,7 +239,8 @@ def plan_handoff(
     )
     if reason is not None:
         if order.cancelled_at is not None:
-            _withdraw(session, versions, "order cancelled before the warehouse had it")
+            shipping = shipped or order.fulfillment_status in ("fulfilled", "partial")
+            return _plan_cancellation(session, order, versions, shipping, policies.requests.version)
         return None
     today = today or utcnow().astimezone(policies.shipping.tz).date()
     instruction = build_instruction(order, lines, policies.requests, today)
@@ -240,6 +264,63 @@ def plan_handoff(
     return handoff
 
 
+def may_be_held(handoff: WarehouseHandoff) -> bool:
+    """Whether the warehouse has, or may have, this ship instruction: it acknowledged it, it is being
+    sent, or an attempt failed in a way that may have reached it (a timeout, a 5xx; it is retried
+    later). A refused one it does not have."""
+    return action_of(handoff.instruction) == ACTION_SHIP and (
+        handoff.status in (HandoffStatus.SENT, HandoffStatus.SENDING)
+        or (handoff.status == HandoffStatus.PENDING and handoff.attempts > 0)
+    )
+
+
+def build_cancellation(order: Order, cancels: WarehouseHandoff, policy_version: str) -> dict[str, Any]:
+    """The instruction that calls a hand-off back: the order's reference, the version (and the
+    warehouse's own reference for it) it cancels, and why. No lines: nothing is to be picked."""
+    assert order.cancelled_at is not None
+    return {
+        "schema": SCHEMA,
+        "action": ACTION_CANCEL,
+        "shop_domain": order.shop_domain,
+        "order": {"id": order.shopify_id, "name": order.name, "number": order.number},
+        "cancels_version": cancels.version,
+        "cancels_reference": cancels.reference,
+        "reason": (order.raw or {}).get("cancel_reason") or "cancelled",
+        "cancelled_at": order.cancelled_at.astimezone(UTC).isoformat(),
+        "flags": [],
+        "policy_version": policy_version,
+    }
+
+
+def _plan_cancellation(
+    session: Session, order: Order, versions: list[WarehouseHandoff], shipped: bool, policy_version: str
+) -> WarehouseHandoff | None:
+    """A cancelled order. Versions not sent yet are withdrawn. When the warehouse has (or may have)
+    one and nothing has shipped, one cancellation version is planned; cancelling again finds it.
+    Once a shipment exists no cancellation is sent: the parcel has left (the timeline says so)."""
+    cancellation = next((v for v in versions if is_cancellation(v)), None)
+    if cancellation is not None:
+        return cancellation
+    held = [v for v in versions if may_be_held(v)]
+    _withdraw(session, versions, "order cancelled before the warehouse had it")
+    if not held or shipped:
+        return None
+    instruction = build_cancellation(order, held[-1], policy_version)
+    assert order.id is not None
+    cancellation = WarehouseHandoff(
+        order_id=order.id,
+        order_name=order.name,
+        version=versions[-1].version + 1,
+        digest=digest(instruction),
+        instruction=instruction,
+        policy_version=policy_version,
+        flags=[],
+    )
+    session.add(cancellation)
+    session.flush()
+    return cancellation
+
+
 def _withdraw(session: Session, versions: list[WarehouseHandoff], reason: str) -> None:
     for old in versions:
         if old.status == HandoffStatus.PENDING:
@@ -252,7 +333,8 @@ def _withdraw(session: Session, versions: list[WarehouseHandoff], reason: str) -
 
 @dataclass(frozen=True)
 class HandoffDocuments:
-    """One version of an order's hand-off, ready for a port."""
+    """One version of an order's hand-off, ready for a port. A cancellation has no picking list or
+    packing slip, only a short note for people."""
 
     order_name: str
     version: int
@@ -261,6 +343,8 @@ class HandoffDocuments:
     picking_list: str
     packing_slip_text: str
     packing_slip_html: str
+    action: str = ACTION_SHIP
+    cancellation_note: str = ""
 
     def body(self) -> bytes:
         """The instruction as sent: the bytes the signature covers."""
@@ -270,14 +354,29 @@ class HandoffDocuments:
 
 
 def idempotency_key(handoff: Any) -> str:
-    """One key per order version: a resent version is the same request to the 3PL, a new one is not."""
-    return f"{handoff.instruction['shop_domain']}:{handoff.instruction['order']['id']}:v{handoff.version}"
+    """One key per order version: a resent version is the same request to the 3PL, a new one is not.
+    An order is cancelled once, so its cancellation's key names the order and the action only."""
+    order = f"{handoff.instruction['shop_domain']}:{handoff.instruction['order']['id']}"
+    return f"{order}:cancel" if is_cancellation(handoff) else f"{order}:v{handoff.version}"
 
 
 def documents(handoff: Any, renderer: Renderer, policy: RequestsPolicy, shop_name: str) -> HandoffDocuments:
-    """Render the picking list (warehouse's language) and packing slip (the customer's) for a version."""
+    """Render the picking list (warehouse's language) and packing slip (the customer's) for a version;
+    for a cancellation, the note that tells the warehouse not to ship."""
     data = handoff.instruction
-    context = {"shop_name": shop_name, "i": data, "version": handoff.version, "flags": data["flags"]}
+    context = {"shop_name": shop_name, "i": data, "version": handoff.version, "flags": data.get("flags", [])}
+    if is_cancellation(handoff):
+        return HandoffDocuments(
+            order_name=handoff.order_name,
+            version=handoff.version,
+            idempotency_key=idempotency_key(handoff),
+            instruction=data,
+            picking_list="",
+            packing_slip_text="",
+            packing_slip_html="",
+            action=ACTION_CANCEL,
+            cancellation_note=renderer.render("cancellation_note.txt", policy.warehouse_locale, context),
+        )
     slip_locale = data["order"]["locale"] if data["order"]["locale"] in ("ja", "en") else "en"
     return HandoffDocuments(
         order_name=handoff.order_name,
@@ -309,7 +408,9 @@ def order_dir_name(order_name: str) -> str:
 
 class FileWarehouse:
     """Writes `<dir>/<order>/` instruction.json, picking_list.txt, packing_slip.{txt,html}: the default,
-    for a shop that prints and packs itself. Rewriting a version writes the same files."""
+    for a shop that prints and packs itself. Rewriting a version writes the same files. A cancellation
+    adds CANCELLED.json and CANCELLED.txt beside them (upper case: listed first, hard to miss) and
+    leaves the instruction it cancels in place, so the folder tells the whole story."""
 
     name = "files"
 
@@ -319,20 +420,34 @@ class FileWarehouse:
     def submit(self, docs: HandoffDocuments) -> str:
         target = self.directory / order_dir_name(docs.order_name)
         target.mkdir(parents=True, exist_ok=True)
-        files = {
-            "instruction.json": json.dumps(
+        instruction = (
+            json.dumps(
                 {**docs.instruction, "version": docs.version}, ensure_ascii=False, indent=2, sort_keys=True
             )
-            + "\n",
-            "picking_list.txt": docs.picking_list,
-            "packing_slip.txt": docs.packing_slip_text,
-            "packing_slip.html": docs.packing_slip_html,
-        }
-        for name, text in files.items():
-            tmp = target / f".{name}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(target / name)  # atomic: a reader never sees half a file
+            + "\n"
+        )
+        if docs.action == ACTION_CANCEL:
+            _write_atomically(
+                target, {"CANCELLED.json": instruction, "CANCELLED.txt": docs.cancellation_note}
+            )
+            return str(target / "CANCELLED.json")
+        _write_atomically(
+            target,
+            {
+                "instruction.json": instruction,
+                "picking_list.txt": docs.picking_list,
+                "packing_slip.txt": docs.packing_slip_text,
+                "packing_slip.html": docs.packing_slip_html,
+            },
+        )
         return str(target)
+
+
+def _write_atomically(target: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        tmp = target / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target / name)  # atomic: a reader never sees half a file
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -365,7 +480,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 class HttpWarehouse:
     """POSTs the instruction JSON to a 3PL, signed (HMAC-SHA256 of the raw body) with an idempotency
     key per order version. 2xx: accepted; 5xx, 429, timeouts, refused connections: transient; any
-    other 4xx: refused, with the 3PL's reason."""
+    other 4xx: refused, with the 3PL's reason. A cancellation goes to the same URL, signed the same
+    way, with `"action": "cancel"` in the body (and the X-Aftercare-Action header) and its own key."""
 
     name = "http"
 
@@ -381,6 +497,7 @@ class HttpWarehouse:
             SIGNATURE_HEADER: sign(self.secret, body),
             IDEMPOTENCY_HEADER: docs.idempotency_key,
             "X-Aftercare-Order": docs.order_name.encode("ascii", "replace").decode(),
+            ACTION_HEADER: docs.action,
         }
         try:
             response = self.client.post(self.url, content=body, headers=headers)
@@ -402,9 +519,8 @@ class HttpWarehouse:
             raise TransientWarehouseError(
                 f"warehouse answered {status}: {_reason(response)}", status, _retry_after(response)
             )
-        raise PermanentWarehouseError(
-            f"warehouse refused the instruction ({status}): {_reason(response)}", status
-        )
+        what = "cancellation" if docs.action == ACTION_CANCEL else "instruction"
+        raise PermanentWarehouseError(f"warehouse refused the {what} ({status}): {_reason(response)}", status)
 
 
 def make_warehouse(settings: Settings) -> WarehousePort:
@@ -478,6 +594,9 @@ def hand_off(
         handoff = conn.execute(_LOAD, {"id": handoff_id}).first()
     if handoff is None or handoff.status != HandoffStatus.SENDING:
         return HandoffResult(handoff_id, handoff.status if handoff else "missing")
+    held_back = _held_back(engine, handoff)
+    if held_back is not None:
+        return held_back
     docs = documents(handoff, renderer, policies.requests, settings.shop_name)
     attempts = handoff.attempts
     while True:
@@ -516,6 +635,43 @@ def hand_off(
         except PermanentWarehouseError as err:
             return _record(engine, handoff_id, HandoffStatus.FAILED, attempts, error=err.reason)
         return _record(engine, handoff_id, HandoffStatus.SENT, attempts, reference=reference)
+
+
+def _held_back(engine: Engine, handoff: Any) -> HandoffResult | None:
+    """Keep the warehouse's view in order; None when the claimed version may go now.
+    A cancellation waits while an earlier version of its order is still being sent: it must not
+    arrive before the instruction it cancels. A ship version that comes back for another attempt
+    (after a transient failure) is not sent once a newer version of the order exists (an edit, or a
+    cancellation planned while it was in flight): the newer one speaks for the order."""
+    if handoff.attempts == 0 and not is_cancellation(handoff):
+        return None  # the first try of a ship version: no query on the common path
+    order_versions = sa.select(_HANDOFFS.c.version, _HANDOFFS.c.status).where(
+        _HANDOFFS.c.order_id == handoff.order_id, _HANDOFFS.c.id != handoff.id
+    )
+    with engine.connect() as conn:
+        others = conn.execute(order_versions).all()
+    if is_cancellation(handoff):
+        sending = sorted(v for v, status in others if v < handoff.version and status == HandoffStatus.SENDING)
+        if not sending:
+            return None
+        return _record(
+            engine,
+            handoff.id,
+            HandoffStatus.PENDING,
+            handoff.attempts,
+            error=f"waiting for v{sending[-1]}, still being sent, before cancelling it",
+            next_attempt_at=utcnow() + CANCEL_WAIT,
+        )
+    newer = max((v for v, _status in others if v > handoff.version), default=None)
+    if newer is None:
+        return None
+    return _record(
+        engine,
+        handoff.id,
+        HandoffStatus.SUPERSEDED,
+        handoff.attempts,
+        error=f"superseded by version {newer} before this one could be sent again",
+    )
 
 
 def _record(

@@ -20,10 +20,12 @@ class HandoffFailed(BatchFailed):
 
 
 def handoff_markdown(handoff: WarehouseHandoff) -> str:
-    """What ops see in the UI: status, the warehouse's reference or reason, flags, and the requests."""
+    """What ops see in the UI: status, the warehouse's reference or reason, flags, and the requests;
+    for a cancellation, what it cancels and why (it has no lines)."""
     data = handoff.instruction
+    cancel = warehouse.is_cancellation(handoff)
     lines = [
-        f"# {handoff.order_name}: warehouse hand-off v{handoff.version}",
+        f"# {handoff.order_name}: warehouse {'cancellation' if cancel else 'hand-off'} v{handoff.version}",
         "",
         f"- status: **{handoff.status}**"
         + (f" (reference `{handoff.reference}`)" if handoff.reference else ""),
@@ -31,6 +33,16 @@ def handoff_markdown(handoff: WarehouseHandoff) -> str:
     ]
     if handoff.last_error:
         lines.append(f"- last error: {handoff.last_error}")
+    if cancel:
+        cancels = f"v{data['cancels_version']}" + (
+            f" (reference `{data['cancels_reference']}`)" if data.get("cancels_reference") else ""
+        )
+        lines += [
+            f"- action: **cancel** {cancels}: do not ship",
+            f"- reason: {data['reason']}, cancelled at {data['cancelled_at']}",
+            "",
+        ]
+        return "\n".join(lines)
     if handoff.flags:
         lines.append(f"- flags: {', '.join(handoff.flags)}")
     lines += ["", "| SKU | title | variant | qty |", "|---|---|---|---|"]
@@ -91,7 +103,8 @@ def _publish(handoffs: list[WarehouseHandoff]) -> None:
         create_markdown_artifact(
             key=artifact_key(handoff.order_name, "handoff"),
             markdown=handoff_markdown(handoff),
-            description=f"warehouse hand-off v{handoff.version} for {handoff.order_name}: {handoff.status}",
+            description=f"warehouse {'cancellation' if warehouse.is_cancellation(handoff) else 'hand-off'} "
+            f"v{handoff.version} for {handoff.order_name}: {handoff.status}",
         )
     elif handoffs:
         create_table_artifact(
@@ -99,6 +112,7 @@ def _publish(handoffs: list[WarehouseHandoff]) -> None:
                 {
                     "order": h.order_name,
                     "version": h.version,
+                    "action": warehouse.action_of(h.instruction),
                     "status": h.status,
                     "reference": h.reference,
                     "flags": ", ".join(h.flags),

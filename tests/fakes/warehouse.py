@@ -2,7 +2,11 @@
 
 It checks each request's HMAC-SHA256 signature over the raw body (a bad one answers 401 and is kept
 in `bad_signatures`), answers the same reference for a repeated idempotency key, and can be scripted:
-`plan(503)`, `plan(422, {"error": "unknown SKU X"})`, `plan_delay(2.0)` (answer after that long)."""
+`plan(503)`, `plan(422, {"error": "unknown SKU X"})`, `plan_delay(2.0)` (answer after that long).
+
+Like a real 3PL it knows the orders it accepted (`orders`: Shopify order id -> reference) and takes
+`"action": "cancel"` for them (`cancelled`); a cancel for an order it never accepted answers 404, and
+one for an order it has dispatched (`dispatch(order_id)`) answers 409 "already dispatched"."""
 
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ class FakeThreePL:
     requests: list[Received] = field(default_factory=list)
     bad_signatures: list[Received] = field(default_factory=list)
     accepted: dict[str, str] = field(default_factory=dict)  # idempotency key -> reference
+    orders: dict[int, str] = field(default_factory=dict)  # Shopify order id -> reference of its ship
+    cancelled: dict[int, str] = field(default_factory=dict)  # Shopify order id -> reference of its cancel
+    dispatched: set[int] = field(default_factory=set)  # orders that left: too late to cancel
     _plans: deque[tuple[int, dict[str, Any] | None, float]] = field(default_factory=deque)
     latency_s: float = 0.0  # every unplanned answer takes this long (the benchmark's 50 ms 3PL)
 
@@ -41,6 +48,28 @@ class FakeThreePL:
 
     def plan_delay(self, seconds: float) -> None:
         self._plans.append((200, None, seconds))
+
+    def dispatch(self, order_id: int) -> None:
+        """The parcel of this order has left the 3PL's dock: a cancel now is refused."""
+        self.dispatched.add(order_id)
+
+    def _refusal(self, instruction: Any) -> tuple[int, dict[str, Any]] | None:
+        """Why this 3PL refuses a well-signed request, if it does (a cancel it cannot honour)."""
+        if not isinstance(instruction, dict) or instruction.get("action") != "cancel":
+            return None
+        order = instruction.get("order") or {}
+        if order.get("id") not in self.orders:
+            return 404, {"error": f"unknown order {order.get('name')}"}
+        if order["id"] in self.dispatched:
+            return 409, {"error": f"order {order.get('name')} has already been dispatched"}
+        return None
+
+    def _accept(self, key: str, instruction: Any) -> str:
+        reference = self.accepted.setdefault(key, f"3PL-{len(self.accepted) + 1:05d}")
+        if isinstance(instruction, dict) and isinstance(instruction.get("order"), dict):
+            book = self.cancelled if instruction.get("action") == "cancel" else self.orders
+            book.setdefault(instruction["order"].get("id"), reference)
+        return reference
 
     @property
     def url(self) -> str:
@@ -67,8 +96,14 @@ class FakeThreePL:
                     time.sleep(delay)
                 if status >= 300:
                     return self._answer(status, answer or {"error": f"planned {status}"})
-                key = got.headers.get("idempotency-key", "")
-                reference = fake.accepted.setdefault(key, f"3PL-{len(fake.accepted) + 1:05d}")
+                try:
+                    instruction = got.json()
+                except ValueError:
+                    instruction = None
+                refused = fake._refusal(instruction)
+                if refused is not None:
+                    return self._answer(*refused)
+                reference = fake._accept(got.headers.get("idempotency-key", ""), instruction)
                 self._answer(status, answer or {"id": reference, "status": "accepted"})
 
             def _answer(self, status: int, payload: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ hand-off named by order, one notice per shipment, and a 3PL refusal that fails t
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import httpx
 from prefect.client.orchestration import get_client
@@ -11,7 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from sqlmodel import Session, select
 
 from aftercare import warehouse
-from aftercare.models import InboxEvent, OutboxMessage, WarehouseHandoff
+from aftercare.models import InboxEvent, OutboxMessage, Touchpoint, WarehouseHandoff
 from flows.receipt import process_inbox
 from tests.factories import deliver, fulfillment_payload, order_payload
 from tests.fakes.warehouse import FakeThreePL
@@ -78,3 +79,70 @@ def test_a_3pl_refusal_fails_the_run_with_its_reason(flow_rt):
     assert handoff.status == "failed" and len(fake.requests) == 1
     art = artifact(state, "order-1101-handoff")
     assert art is not None and "status: **failed**" in art.data and "outside our delivery area" in art.data
+
+
+def test_cancelled_after_the_3pl_acknowledged_the_flow_tells_the_3pl_to_cancel(flow_rt):
+    with FakeThreePL() as fake:
+        flow_rt.warehouse = warehouse.HttpWarehouse(httpx.Client(timeout=2), fake.url, fake.secret)
+        deliver(flow_rt.engine, order_payload("ja-first-gift"))
+        assert run_flow().is_completed()
+        cancelled_at = "2026-11-20T12:00:00+09:00"
+        deliver(
+            flow_rt.engine,
+            order_payload(
+                "ja-first-gift", cancelled_at=cancelled_at, updated_at=cancelled_at, cancel_reason="customer"
+            ),
+            topic="orders/cancelled",
+        )
+        state = run_flow()
+    assert state.is_completed(), state.message
+    assert "1 handed to the warehouse" in state.message
+    assert [r.json()["action"] for r in fake.requests] == ["ship", "cancel"] and 820001 in fake.cancelled
+    with Session(flow_rt.engine) as s:
+        versions = s.exec(select(WarehouseHandoff).order_by(WarehouseHandoff.version)).all()
+    assert [(h.version, h.status) for h in versions] == [(1, "sent"), (2, "sent")]
+    art = artifact(state, "order-1101-handoff")
+    assert art is not None and "warehouse cancellation v2" in art.data and "action: **cancel** v1" in art.data
+    story = artifact(state, "order-1101-timeline")
+    assert story is not None and "warehouse cancellation v2 prepared" in story.data
+
+
+def test_a_cancel_the_3pl_refuses_fails_the_run_with_its_reason(flow_rt):
+    with FakeThreePL() as fake:
+        flow_rt.warehouse = warehouse.HttpWarehouse(httpx.Client(timeout=2), fake.url, fake.secret)
+        deliver(flow_rt.engine, order_payload("ja-first-gift"))
+        assert run_flow().is_completed()
+        fake.dispatch(820001)
+        cancelled_at = "2026-11-20T12:00:00+09:00"
+        deliver(
+            flow_rt.engine,
+            order_payload("ja-first-gift", cancelled_at=cancelled_at, updated_at=cancelled_at),
+            topic="orders/cancelled",
+        )
+        state = run_flow()
+    assert state.is_failed() and "refused the cancellation (409)" in state.message
+    assert "already been dispatched" in state.message
+    art = artifact(state, "order-1101-handoff")
+    assert art is not None and "status: **failed**" in art.data
+
+
+def test_a_delivered_carrier_event_before_its_fulfillment_is_applied_in_the_same_run(flow_rt):
+    order = order_payload("ja-first-gift")
+    event = {
+        "id": 7770001,
+        "fulfillment_id": 5550001,
+        "order_id": 820001,
+        "status": "delivered",
+        "happened_at": "2026-11-27T11:30:00+09:00",
+    }
+    deliver(flow_rt.engine, event, topic="fulfillment_events/create")
+    deliver(flow_rt.engine, order)
+    deliver(flow_rt.engine, fulfillment_payload(order), topic="fulfillments/create")
+    state = run_flow()
+    assert state.is_completed(), state.message
+    with Session(flow_rt.engine) as s:
+        rows = s.exec(select(InboxEvent).order_by(InboxEvent.id)).all()
+        [survey] = s.exec(select(Touchpoint).where(Touchpoint.kind == "delivery_survey")).all()
+    assert [(r.topic, r.status) for r in rows][0] == ("fulfillment_events/create", "done")
+    assert {r.status for r in rows} == {"done"} and rows[0].subject_ref == "#1101"
+    assert survey.due_at == datetime(2026, 11, 29, 2, 30, tzinfo=UTC)  # delivered 11:30 JST + 2 days
