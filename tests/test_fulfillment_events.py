@@ -521,3 +521,35 @@ def test_real_fulfillment_event_fixture_is_recorded_and_its_delivered_twin_sets_
     receive(rt, delivered, TOPIC)  # bare, as a webhook body is
     assert rows(rt, Shipment)[0].delivered_at == jst("2026-11-27T11:30:00+09:00")
     assert touchpoint(rt, "delivery_survey").due_at == jst("2026-11-29T11:30:00+09:00")
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def test_aftercare_timeline_shows_carrier_events_in_text_and_json(rt, monkeypatch, tmp_path, capsys):
+    from aftercare.cli import main
+    from tests.test_cli import _set_env
+
+    order = shipped_order(rt)
+    receive(
+        rt, event_payload(order, status="out_for_delivery", happened_at="2026-11-25T08:00:00+09:00"), TOPIC
+    )
+    receive(
+        rt,
+        event_payload(order, event_id=7770002, status="delivered", happened_at="2026-11-25T12:00:00+09:00"),
+        TOPIC,
+    )
+    _set_env(monkeypatch, tmp_path, rt.settings.database_url, rt.settings.var_dir)
+    capsys.readouterr()
+    assert main(["timeline", "#1101"]) == 0
+    text = capsys.readouterr().out
+    assert "carrier      out_for_delivery #1101.1: 荷物を輸送中です" in text
+    assert "carrier      delivered #1101.1" in text and "delivered (carrier event) #1101.1" in text
+    assert main(["timeline", "#1101", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    carrier = [e for e in data["history"] if e["kind"] == "carrier"]
+    assert [(e["status"], e["detail"]["event_id"]) for e in carrier] == [
+        ("out_for_delivery", 7770001),
+        ("delivered", 7770002),
+    ]
+    assert data["delivery"] == {"at": "2026-11-25T03:00:00+00:00", "estimated": False, "policy_version": None}
