@@ -20,12 +20,12 @@ from aftercare import inbox, outbox, processing, shipping, timeline
 from aftercare.errors import AftercareError
 from aftercare.models import OutboxMessage
 from aftercare.runtime import current
-from aftercare.shopify import FULFILLMENT_TOPICS, ORDER_TOPICS, REFUND_TOPICS
+from aftercare.shopify import FULFILLMENT_EVENT_TOPICS, FULFILLMENT_TOPICS, ORDER_TOPICS, REFUND_TOPICS
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-TIMELINE_TOPICS = FULFILLMENT_TOPICS | REFUND_TOPICS | {"orders/cancelled"}
+TIMELINE_TOPICS = FULFILLMENT_TOPICS | FULFILLMENT_EVENT_TOPICS | REFUND_TOPICS | {"orders/cancelled"}
 
 
 class BatchFailed(AftercareError):

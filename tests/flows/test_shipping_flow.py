@@ -146,3 +146,23 @@ def test_a_delivered_carrier_event_before_its_fulfillment_is_applied_in_the_same
     assert [(r.topic, r.status) for r in rows][0] == ("fulfillment_events/create", "done")
     assert {r.status for r in rows} == {"done"} and rows[0].subject_ref == "#1101"
     assert survey.due_at == datetime(2026, 11, 29, 2, 30, tzinfo=UTC)  # delivered 11:30 JST + 2 days
+
+
+def test_a_carrier_event_publishes_the_orders_timeline_for_ops(flow_rt):
+    order = order_payload("ja-first-gift")
+    fulfillment = fulfillment_payload(order)
+    deliver(flow_rt.engine, order)
+    deliver(flow_rt.engine, fulfillment, topic="fulfillments/create")
+    assert run_flow().is_completed()
+    event = {
+        "id": 7770002,
+        "fulfillment_id": fulfillment["id"],
+        "order_id": order["id"],
+        "status": "out_for_delivery",
+        "happened_at": "2026-11-27T08:30:00+09:00",
+    }
+    deliver(flow_rt.engine, event, topic="fulfillment_events/create")
+    state = run_flow()
+    assert state.is_completed(), state.message
+    story = artifact(state, "order-1101-timeline")
+    assert story is not None and "out_for_delivery" in story.data
