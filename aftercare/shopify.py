@@ -9,7 +9,7 @@ import json
 import re
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, field_validator
 
@@ -33,6 +33,12 @@ def verify(secret: str, body: bytes, header_value: str | None) -> bool:
     if not header_value or not secret:
         return False
     return hmac.compare_digest(sign(secret, body).encode(), header_value.strip().encode())
+
+
+_BIGINT = 2**63  # ids are stored as PostgreSQL BIGINT
+# A Shopify id: positive and within BIGINT, so an absurd one is refused as invalid with the field named
+# instead of failing the database insert (and being retried) later.
+ShopifyId = Annotated[int, Field(gt=0, lt=_BIGINT)]
 
 
 class _Lenient(BaseModel):
@@ -61,7 +67,7 @@ class ShopifyProperty(_Lenient):
 
 
 class ShopifyLineItem(_Lenient):
-    id: int
+    id: ShopifyId
     title: str
     variant_title: str | None = None
     sku: str | None = None
@@ -87,7 +93,7 @@ class ShopifyDiscountCode(_Lenient):
 
 
 class ShopifyCustomer(_Lenient):
-    id: int | None = None
+    id: ShopifyId | None = None
     email: str | None = None
     first_name: str | None = None
     last_name: str | None = None
@@ -98,7 +104,7 @@ class ShopifyCustomer(_Lenient):
 class ShopifyOrder(_Lenient):
     """The fields of Shopify's REST order resource that aftercare uses."""
 
-    id: int
+    id: ShopifyId
     name: str = Field(min_length=1, max_length=64)
     order_number: int | None = None
     email: EmailStr | None = None
@@ -207,7 +213,7 @@ def parse_order(body: bytes) -> ShopifyOrder:
 
 
 class ShopifyFulfillmentLine(_Lenient):
-    id: int
+    id: ShopifyId
     title: str | None = None
     variant_title: str | None = None
     sku: str | None = None
@@ -217,8 +223,8 @@ class ShopifyFulfillmentLine(_Lenient):
 class ShopifyFulfillment(_Lenient):
     """The fields of Shopify's REST fulfillment resource (fulfillments/* webhooks) aftercare uses."""
 
-    id: int
-    order_id: int
+    id: ShopifyId
+    order_id: ShopifyId
     name: str | None = Field(default=None, max_length=64)
     status: str = Field(min_length=1, max_length=32)
     shipment_status: str | None = Field(default=None, max_length=32)
@@ -258,15 +264,15 @@ class ShopifyFulfillment(_Lenient):
 
 
 class ShopifyRefundLine(_Lenient):
-    line_item_id: int
+    line_item_id: ShopifyId
     quantity: int = Field(ge=0)
 
 
 class ShopifyRefund(_Lenient):
     """The fields of Shopify's REST refund resource (refunds/create webhook) aftercare uses."""
 
-    id: int
-    order_id: int
+    id: ShopifyId
+    order_id: ShopifyId
     created_at: datetime
     processed_at: datetime | None = None
     note: str | None = None
@@ -302,7 +308,6 @@ def _parse_resource(body: bytes, wrapper: str, model: type[_Lenient], what: str)
 _EVENT_STATUS = re.compile(r"^[a-z][a-z_]{0,31}$")
 # A time no carrier reports: outside it the payload is refused instead of breaking date arithmetic.
 _EARLIEST, _LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
-_BIGINT = 2**63  # ids are stored as PostgreSQL BIGINT
 
 
 class ShopifyFulfillmentEvent(_Lenient):

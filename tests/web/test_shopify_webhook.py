@@ -23,7 +23,7 @@ from aftercare.settings import Settings
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tests.conftest import TEST_SECRET
-from tests.factories import SHOP, body_of, order_payload, webhook_headers
+from tests.factories import SHOP, body_of, fulfillment_payload, order_payload, refund_payload, webhook_headers
 
 URL = "/webhooks/shopify"
 MIB = 1024 * 1024
@@ -246,6 +246,8 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("total_price", "abc"), "total_price"),
         (_set("currency", "YENS"), "currency"),
         (_set("created_at", "2026-11-20T10:15:00"), "created_at"),
+        (_set("id", 2**63), "id"),
+        (_set("id", 0), "id"),
     ],
     ids=[
         "no-id",
@@ -257,6 +259,8 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
         "total-abc",
         "bad-currency",
         "naive-created-at",
+        "id-beyond-bigint",
+        "id-zero",
     ],
 )
 def test_json_with_missing_or_bad_fields_is_stored_invalid_naming_the_field(
@@ -266,6 +270,23 @@ def test_json_with_missing_or_bad_fields_is_stored_invalid_naming_the_field(
     mutate(payload)
     body = body_of(payload)
     row = assert_stored_invalid(post(client, body), engine, waker, body)
+    assert re.search(rf"(?<![\w.]){re.escape(field)}(?![\w])", row.reason), row.reason
+
+
+@pytest.mark.parametrize(
+    ("topic", "make", "field"),
+    [
+        ("fulfillments/create", lambda o: fulfillment_payload(o, id=2**63), "id"),
+        ("fulfillments/update", lambda o: fulfillment_payload(o, order_id=-5), "order_id"),
+        ("refunds/create", lambda o: refund_payload(o, id=2**64), "id"),
+    ],
+    ids=["fulfillment-id-beyond-bigint", "fulfillment-negative-order-id", "refund-id-beyond-bigint"],
+)
+def test_ids_the_database_cannot_hold_are_stored_invalid_not_retried(
+    client, engine, waker, topic, make, field
+):
+    body = body_of(make(order_payload()))
+    row = assert_stored_invalid(post(client, body, topic=topic), engine, waker, body)
     assert re.search(rf"(?<![\w.]){re.escape(field)}(?![\w])", row.reason), row.reason
 
 
