@@ -645,14 +645,25 @@ def _held_back(engine: Engine, handoff: Any) -> HandoffResult | None:
     cancellation planned while it was in flight): the newer one speaks for the order."""
     if handoff.attempts == 0 and not is_cancellation(handoff):
         return None  # the first try of a ship version: no query on the common path
-    order_versions = sa.select(_HANDOFFS.c.version, _HANDOFFS.c.status).where(
-        _HANDOFFS.c.order_id == handoff.order_id, _HANDOFFS.c.id != handoff.id
-    )
+    order_versions = sa.select(
+        _HANDOFFS.c.version, _HANDOFFS.c.status, _HANDOFFS.c.attempts, _HANDOFFS.c.instruction
+    ).where(_HANDOFFS.c.order_id == handoff.order_id, _HANDOFFS.c.id != handoff.id)
     with engine.connect() as conn:
-        others = conn.execute(order_versions).all()
+        rows = conn.execute(order_versions).all()
+    others = [(row.version, row.status) for row in rows]
     if is_cancellation(handoff):
         sending = sorted(v for v, status in others if v < handoff.version and status == HandoffStatus.SENDING)
         if not sending:
+            if not any(row.version < handoff.version and _reached_warehouse(row) for row in rows):
+                # What it was to cancel was refused meanwhile: the warehouse never had the order, and
+                # a cancel would only earn an "unknown order" alert for ops.
+                return _record(
+                    engine,
+                    handoff.id,
+                    HandoffStatus.SUPERSEDED,
+                    handoff.attempts,
+                    error="not sent: the warehouse never acknowledged a version of this order",
+                )
             return None
         return _record(
             engine,
@@ -672,6 +683,17 @@ def _held_back(engine: Engine, handoff: Any) -> HandoffResult | None:
         handoff.attempts,
         error=f"superseded by version {newer} before this one could be sent again",
     )
+
+
+def _reached_warehouse(row: Any) -> bool:
+    """Whether a ship version was, or may have been, taken by the warehouse: acknowledged, being
+    sent, or attempted without a clear answer (a timeout, a 5xx), even if it was superseded since.
+    A refusal (failed) means it was not."""
+    if action_of(row.instruction) != ACTION_SHIP:
+        return False
+    if row.status in (HandoffStatus.SENT, HandoffStatus.SENDING):
+        return True
+    return row.status in (HandoffStatus.PENDING, HandoffStatus.SUPERSEDED) and row.attempts > 0
 
 
 def _record(

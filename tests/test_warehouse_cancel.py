@@ -391,3 +391,18 @@ def test_handoff_markdown_of_a_ship_version_is_unchanged(rt):
 
 def test_cancel_wait_is_the_sweeps_period():
     assert warehouse.CANCEL_WAIT == timedelta(seconds=30)
+
+
+def test_a_cancel_whose_version_the_warehouse_then_refused_is_not_sent(rt, three_pl):
+    receive(rt, order_payload("ja-first-gift"))
+    [v1_claim] = warehouse.claim_due(rt.engine, 10)  # v1 is being sent when the order is cancelled
+    cancel(rt)
+    three_pl.plan(422, {"error": "postcode outside our delivery area"})
+    port = http_port(three_pl)
+    refused = warehouse.hand_off(rt.engine, v1_claim.handoff_id, port, rt.renderer, rt.policies, rt.settings)
+    assert refused.status == "failed"
+    [_v1, v2] = handoffs(rt)
+    [outcome] = send_all(rt, port)
+    assert outcome.handoff_id == v2.id and outcome.status == "superseded"
+    assert "never acknowledged" in outcome.error
+    assert [r.json()["action"] for r in three_pl.requests] == ["ship"]  # no cancel went out
