@@ -29,6 +29,27 @@ from aftercare.settings import Settings
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Enqueued:
+    """What the receiving side needs of a touchpoint's outbox row (not the whole row: loading and
+    building an ORM object per order is a measurable share of receiving one)."""
+
+    id: int
+    status: str
+    subject: str
+    text_body: str
+
+
+_ENQUEUED_COLUMNS = ("id", "status", "subject", "text_body")
+
+
+def find(session: Session, touchpoint_id: int) -> Enqueued | None:
+    """The outbox row of a touchpoint, if it has one."""
+    columns = [getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS]
+    row = session.execute(sa.select(*columns).where(OutboxMessage.touchpoint_id == touchpoint_id)).first()
+    return Enqueued(*row) if row is not None else None
+
+
 def enqueue(
     session: Session,
     *,
@@ -39,7 +60,7 @@ def enqueue(
     locale: str,
     order_name: str | None,
     is_test: bool,
-) -> OutboxMessage:
+) -> Enqueued:
     """Insert the message for a touchpoint unless it already exists; return the stored row."""
     assert touchpoint.id is not None
     values = {
@@ -67,10 +88,13 @@ def enqueue(
     stmt = insert(OutboxMessage).values(**values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["touchpoint_id"], set_=refresh, where=OutboxMessage.status == OutboxStatus.PENDING
-    )
-    session.execute(stmt)
-    row = session.exec(select(OutboxMessage).where(OutboxMessage.touchpoint_id == touchpoint.id)).one()
-    return row
+    ).returning(*[getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS])
+    row = session.execute(stmt).first()
+    if row is not None:  # inserted, or refreshed
+        return Enqueued(*row)
+    claimed = find(session, touchpoint.id)  # claimed already: left as it is
+    assert claimed is not None
+    return claimed
 
 
 @dataclass(frozen=True)

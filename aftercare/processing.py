@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from aftercare import inbox, receipt, shipping, warehouse
 from aftercare.errors import InvalidPayload
@@ -19,12 +19,12 @@ from aftercare.models import (
     InboxEvent,
     InboxStatus,
     Order,
-    OutboxMessage,
     Shipment,
     Touchpoint,
     TouchpointStatus,
 )
-from aftercare.outbox import enqueue
+from aftercare.outbox import Enqueued, enqueue
+from aftercare.outbox import find as find_message
 from aftercare.reviews import intake as review_intake
 from aftercare.runtime import Runtime
 from aftercare.shopify import (
@@ -242,7 +242,7 @@ def _process_review(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
 
 def _write_notice(
     rt: Runtime, session: Session, order: Order, shipment: Shipment, out: Outcome
-) -> OutboxMessage | None:
+) -> Enqueued | None:
     """The one shipment notice for this fulfillment: its touchpoint's seq is the shipment's own id,
     so a re-delivered or updated fulfillment finds the same touchpoint and outbox row."""
     assert shipment.id is not None
@@ -255,8 +255,8 @@ def _write_notice(
         policy_version=rt.policies.delivery.version,
     )
     if touchpoint.status not in (TouchpointStatus.PLANNED, TouchpointStatus.SKIPPED):
-        existing = select(OutboxMessage).where(OutboxMessage.touchpoint_id == touchpoint.id)
-        return session.exec(existing).first()
+        assert touchpoint.id is not None
+        return find_message(session, touchpoint.id)
     if not order.email:
         touchpoint.status, touchpoint.reason = TouchpointStatus.SKIPPED, "no customer email on the order"
         session.add(touchpoint)
@@ -288,9 +288,10 @@ def _write_confirmation(
     touchpoint: Touchpoint,
     flags: list[str],
     out: Outcome,
-) -> OutboxMessage | None:
+) -> Enqueued | None:
     if touchpoint.status not in (TouchpointStatus.PLANNED, TouchpointStatus.SKIPPED):
-        return session.exec(select(OutboxMessage).where(OutboxMessage.touchpoint_id == touchpoint.id)).first()
+        assert touchpoint.id is not None
+        return find_message(session, touchpoint.id)
     if not order.email:
         touchpoint.status, touchpoint.reason = TouchpointStatus.SKIPPED, "no customer email on the order"
         session.add(touchpoint)
