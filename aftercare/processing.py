@@ -1,8 +1,7 @@
 """One inbox row in, domain state and owed messages out: the unit of work the flows orchestrate.
 Orders (create, paid, updated, cancelled), fulfillments, carrier events, refunds and reviews are
-dispatched from
-`process_row`. A review is stored and triaged here; its approval flow is started from the Prefect
-side with `Outcome.review_id`, never from here.
+dispatched from `process_row`. A review is stored and triaged here; its approval flow is started
+from the Prefect side with `Outcome.review_id`, never from here.
 Everything here is idempotent, so a retried or re-run row changes nothing the second time."""
 
 from __future__ import annotations
