@@ -3,17 +3,11 @@ schema it makes is the one the models declare, and it goes down and up again."""
 
 from __future__ import annotations
 
-import uuid
-
-import psycopg
-import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from aftercare.db import alembic_config, make_engine, migrate
 from aftercare.models import InboxEvent, InboxWait
-from aftercare.settings import Settings
-from tests.conftest import IN_CI, PG_ADMIN_URL
 
 
 def test_migrated_schema_is_the_one_the_models_declare(rt):
@@ -27,27 +21,6 @@ def test_migrated_schema_is_the_one_the_models_declare(rt):
             MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
         )
     assert diffs == []
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def own_database(request, tmp_path):
-    """A database of this test's own (the session's PostgreSQL database is shared by other tests)."""
-    if request.param == "sqlite":
-        yield Settings(database_url=f"sqlite:///{tmp_path / 'own.db'}")
-        return
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required under CI=true: {exc}")
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    name = f"aftercare_mig_{uuid.uuid4().hex[:8]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield Settings(database_url=PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_migration_0004_downgrades_keeping_the_waiting_rows_and_upgrades_again(own_database):

@@ -16,7 +16,7 @@ from aftercare.reviews.guardrails import GuardrailResult, draft_with_guardrails
 from aftercare.reviews.models import ProductFacts
 from aftercare.reviews.models import Review as ReviewText
 from aftercare.reviews.triage import triage
-from aftercare.settings import PROJECT_ROOT, Settings
+from aftercare.settings import PROJECT_ROOT
 from tests.factories import deliver, fulfillment_payload, refund_payload
 from tests.reviews.intake_helpers import process_all, receive_order, receive_review
 
@@ -372,33 +372,6 @@ def test_migration_0003_creates_the_review_tables_as_the_models_declare_them(rt)
         diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     about_reviews = [d for d in diffs if any(t in repr(d) for t in review_tables)]
     assert about_reviews == []
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def own_database(request, tmp_path):
-    """A database of this test's own (the session's PostgreSQL database is shared by other tests)."""
-    if request.param == "sqlite":
-        yield Settings(database_url=f"sqlite:///{tmp_path / 'own.db'}")
-        return
-    import uuid
-
-    import psycopg
-
-    from tests.conftest import IN_CI, PG_ADMIN_URL
-
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required under CI=true: {exc}")
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    name = f"aftercare_mig_{uuid.uuid4().hex[:8]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield Settings(database_url=PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_migration_0003_downgrades_and_upgrades_again(own_database):
