@@ -720,11 +720,6 @@ def _record(
     return HandoffResult(handoff_id, status, reference, error, attempts)
 
 
-def get(engine: Engine, handoff_id: int) -> WarehouseHandoff | None:
-    with Session(engine, expire_on_commit=False) as session:
-        return session.get(WarehouseHandoff, handoff_id)
-
-
 def get_many(engine: Engine, handoff_ids: list[int]) -> list[WarehouseHandoff]:
     """The hand-offs with these ids, in the order given (missing ones left out): one query."""
     if not handoff_ids:
