@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from aftercare.settings import PROJECT_ROOT, Settings
 
@@ -131,6 +131,17 @@ def claim_rows(
             conn.execute(sa.update(model).where(where).values(**values).returning(model.id, *columns))
         )
     return sorted(claimed, key=lambda row: row[0])
+
+
+def get_many(engine: Engine, model: Any, ids: list[int]) -> list[Any]:
+    """The rows of `model` with these ids, in the order given (missing ones left out): one query for
+    a batch instead of one per item."""
+    if not ids:
+        return []
+    with Session(engine, expire_on_commit=False) as session:
+        rows = session.exec(select(model).where(model.id.in_(ids))).all()
+    by_id = {row.id: row for row in rows}
+    return [by_id[i] for i in ids if i in by_id]
 
 
 def ping(engine: Engine) -> None:

@@ -215,16 +215,6 @@ def get(engine: Engine, outbox_id: int) -> OutboxMessage | None:
         return session.get(OutboxMessage, outbox_id)
 
 
-def get_many(engine: Engine, outbox_ids: list[int]) -> list[OutboxMessage]:
-    """The rows with these ids, in the order given (missing ones left out): one query for a batch."""
-    if not outbox_ids:
-        return []
-    with Session(engine, expire_on_commit=False) as session:
-        rows = session.exec(select(OutboxMessage).where(OutboxMessage.id.in_(outbox_ids))).all()  # type: ignore[union-attr]
-    by_id = {row.id: row for row in rows}
-    return [by_id[i] for i in outbox_ids if i in by_id]
-
-
 def _note_attempt(engine: Engine, outbox_id: int, attempts: int, error: str) -> None:
     with engine.begin() as conn:
         conn.execute(

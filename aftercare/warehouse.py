@@ -718,13 +718,3 @@ def _record(
             .values(**values)
         )
     return HandoffResult(handoff_id, status, reference, error, attempts)
-
-
-def get_many(engine: Engine, handoff_ids: list[int]) -> list[WarehouseHandoff]:
-    """The hand-offs with these ids, in the order given (missing ones left out): one query."""
-    if not handoff_ids:
-        return []
-    with Session(engine, expire_on_commit=False) as session:
-        rows = session.exec(select(WarehouseHandoff).where(WarehouseHandoff.id.in_(handoff_ids))).all()  # type: ignore[union-attr]
-    by_id = {row.id: row for row in rows}
-    return [by_id[i] for i in handoff_ids if i in by_id]

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import task_run
 
 from aftercare import inbox, outbox, processing, shipping, timeline
+from aftercare.db import get_many
 from aftercare.errors import AftercareError
 from aftercare.models import OutboxMessage
 from aftercare.runtime import current
@@ -256,7 +257,7 @@ def send(items: list[outbox.Claimed]) -> list[dict[str, object]]:
                 f"outbox {item.outbox_id} ({item.kind} {item.order_name}) not sent: {result.error}"
             )
         results.append(asdict(result))
-    publish_previews(outbox.get_many(rt.engine, [item.outbox_id for item in items]))
+    publish_previews(get_many(rt.engine, OutboxMessage, [item.outbox_id for item in items]))
     if failures:
         raise SendFailed(failures, done=len(results) - len(failures))
     return results

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import task_run
 
 from aftercare import warehouse
+from aftercare.db import get_many
 from aftercare.models import WarehouseHandoff
 from aftercare.runtime import current
 from tasks.receipt import BatchFailed, artifact_key, each_concurrently, refs_label
@@ -88,7 +89,7 @@ def hand_off(items: list[warehouse.ClaimedHandoff]) -> list[dict[str, object]]:
         if result.status == "failed":
             failures.append(f"hand-off {item.handoff_id} ({item.order_name} v{item.version}): {result.error}")
         results.append(asdict(result))
-    _publish(warehouse.get_many(rt.engine, [item.handoff_id for item in items]))
+    _publish(get_many(rt.engine, WarehouseHandoff, [item.handoff_id for item in items]))
     if failures:
         raise HandoffFailed(failures, done=len(results) - len(failures))
     return results
