@@ -344,6 +344,8 @@ class WarehouseHandoff(SQLModel, table=True):
     reference: str | None = Field(default=None, max_length=255)  # the warehouse's own id, on ack
     created_at: datetime = ts_field(nullable=False, default_now=True)
     sent_at: datetime | None = ts_field()
+    # When ops were told it was refused, or not acknowledged within the policy's window (0005).
+    alerted_at: datetime | None = ts_field()
 
 
 # --- Reviews: intake, drafts, decisions, the one reply (migration 0003) ------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +16,9 @@ from aftercare.errors import ConfigError
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAYS: list[str] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class _Policy(BaseModel):
@@ -143,6 +147,19 @@ class RequestsPolicy(_Policy):
     attributes: dict[str, list[str]] = Field(default_factory=dict)
     line_properties: dict[str, list[str]] = Field(default_factory=dict)
     no_values: list[str] = Field(default_factory=lambda: ["", "no", "false", "0", "いいえ", "不要"])
+    # A hand-off the warehouse has not acknowledged this long after it was prepared, or one it
+    # refused, is an ops alert: the run fails with the reason and `ops_alert_emails` are told once.
+    acknowledgement_window_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60)
+    ops_alert_emails: list[str] = Field(default_factory=list, max_length=50)
+
+    @field_validator("ops_alert_emails")
+    @classmethod
+    def _alert_emails(cls, v: list[str]) -> list[str]:
+        out = [a.strip().lower() for a in v]
+        bad = [a for a in out if not _EMAIL.match(a)]
+        if bad:
+            raise ValueError(f"ops_alert_emails: {bad!r} are not email addresses")
+        return out
 
     @field_validator("attributes")
     @classmethod

@@ -297,6 +297,10 @@ def _handoffs(handoffs: list[WarehouseHandoff]) -> list[Entry]:
                     status=h.status,
                 )
             )
+        if h.alerted_at is not None:
+            entries.append(
+                Entry(h.alerted_at, "handoff", f"ops alerted about hand-off v{h.version}", status="alerted")
+            )
     return entries
 
 

@@ -718,3 +718,62 @@ def _record(
             .values(**values)
         )
     return HandoffResult(handoff_id, status, reference, error, attempts)
+
+
+# --- Ops alerts ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unacknowledged:
+    """A hand-off ops must look at: refused by the warehouse, or not acknowledged in time."""
+
+    handoff_id: int
+    order_name: str
+    version: int
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+
+    def reason(self, window: timedelta) -> str:
+        if self.status == HandoffStatus.FAILED:
+            why = f"refused or given up: {self.last_error or 'no reason given'}"
+        else:
+            minutes = int(window.total_seconds() // 60)
+            why = f"not acknowledged within {minutes} min ({self.status} after {self.attempts} attempts"
+            why += f"; last error: {self.last_error})" if self.last_error else ")"
+        return f"hand-off {self.order_name} v{self.version}: {why}"
+
+
+def claim_alerts(engine: Engine, window: timedelta, limit: int = 100) -> list[Unacknowledged]:
+    """Hand-offs ops have not been told about yet that the warehouse refused (failed), or has not
+    acknowledged within `window` of their preparation; each is marked alerted in the same
+    compare-and-set, so concurrent sweeps tell ops once."""
+    now = utcnow()
+    due = sa.and_(
+        WarehouseHandoff.alerted_at.is_(None),  # type: ignore[union-attr]
+        sa.or_(
+            WarehouseHandoff.status == HandoffStatus.FAILED,
+            sa.and_(
+                WarehouseHandoff.status.in_((HandoffStatus.PENDING, HandoffStatus.SENDING)),  # type: ignore[attr-defined]
+                WarehouseHandoff.created_at < now - window,
+            ),
+        ),
+    )
+    columns = [
+        WarehouseHandoff.order_name,
+        WarehouseHandoff.version,
+        WarehouseHandoff.status,
+        WarehouseHandoff.attempts,
+        WarehouseHandoff.last_error,
+        WarehouseHandoff.created_at,
+    ]
+    rows = claim_rows(engine, WarehouseHandoff, columns, due, {"alerted_at": now}, limit)
+    return [Unacknowledged(*row) for row in rows]
+
+
+def release_alerts(engine: Engine, handoff_ids: list[int]) -> None:
+    """Give alerts back when telling ops failed, so the next sweep tries again."""
+    if handoff_ids:
+        with engine.begin() as conn:
+            conn.execute(_HANDOFFS.update().where(_HANDOFFS.c.id.in_(handoff_ids)).values(alerted_at=None))

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from tasks.receipt import BatchFailed, chunked, claim_inbox, claim_outbox, receive, receive_lanes, send
 from tasks.review_sweep import review_sweep
-from tasks.shipping import claim_handoffs, hand_off
+from tasks.shipping import claim_handoffs, hand_off, warehouse_alerts
 
 
 @flow(name="process-inbox", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=False)
@@ -66,6 +66,8 @@ def process_inbox(
         # The previous round is collected before more is claimed: claimed work never queues in
         # this process, where a wait past its lease would look like a dead worker's.
         settle(in_flight)
+        # Refused, or not acknowledged within the policy's window: ops are told once, the run fails.
+        failures.extend(warehouse_alerts())
         handoffs = claim_handoffs(batch_size)
         claimed = claim_outbox(batch_size * 2)
         in_flight = [(hand_off.submit(c), "handed", len(c)) for c in chunked(handoffs)]

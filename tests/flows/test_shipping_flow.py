@@ -77,6 +77,9 @@ def test_a_3pl_refusal_fails_the_run_with_its_reason(flow_rt):
     with Session(flow_rt.engine) as s:
         [handoff] = s.exec(select(WarehouseHandoff)).all()
     assert handoff.status == "failed" and len(fake.requests) == 1
+    # Ops were told, once, and the run's reason says so as well as the 3PL's words.
+    assert "hand-off #1101 v1: refused or given up" in state.message and handoff.alerted_at is not None
+    assert len(list((flow_rt.settings.outbox_dir / "staff" / "warehouse_alert").glob("*.eml"))) == 1
     art = artifact(state, "order-1101-handoff")
     assert art is not None and "status: **failed**" in art.data and "outside our delivery area" in art.data
 
