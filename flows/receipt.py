@@ -80,6 +80,7 @@ def process_inbox(
         else:
             time.sleep(0.2)
     settle(in_flight)
+    failures.extend(warehouse_alerts())  # what the last round's hand-offs left
     summary = (
         f"received {counts['received']} deliveries, sent {counts['sent']} messages, {len(failures)} failed, "
         f"{counts['handed']} handed to the warehouse"
