@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 from aftercare.db import make_engine, migrate
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import Settings
+from tests.fakes.warehouse import FakeThreePL
 from tests.shared_dir import find_shared
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -132,3 +133,10 @@ def flow_rt(prefect_server: None, rt: Runtime) -> Iterator[Runtime]:
     """A runtime the flows and tasks in this test use."""
     with use_runtime(rt):
         yield rt
+
+
+@pytest.fixture
+def three_pl() -> Iterator[FakeThreePL]:
+    """A loopback 3PL (tests/fakes/warehouse.py) for the HTTP warehouse port."""
+    with FakeThreePL() as fake:
+        yield fake

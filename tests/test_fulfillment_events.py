@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from aftercare import shipping
 from aftercare.inbox import Delivery, claim_batch, store_delivery
@@ -19,6 +19,7 @@ from aftercare.timeline import order_timeline, timeline_json, timeline_text
 from aftercare.web.app import classify_shopify
 from tests.conftest import shared_path
 from tests.factories import SHOP, body_of, deliver, fulfillment_payload, order_payload, refund_payload
+from tests.pipeline import drain, jst, process, rows
 
 TOPIC = "fulfillment_events/create"
 SHIPPED = "2026-11-24T15:00:00+09:00"  # the sample fulfillment's created_at; ヤマト運輸: 1 transit day
@@ -77,26 +78,12 @@ def receive(rt, payload, topic="orders/create", **kwargs):
         if topic == TOPIC
         else deliver(rt.engine, payload, topic=topic, **kwargs)
     )
-    assert inbox_id in [c.inbox_id for c in claim_batch(rt.engine, 10)]
-    return process_row(rt, inbox_id)
-
-
-def drain(rt):
-    return [process_row(rt, c.inbox_id) for c in claim_batch(rt.engine, 50)]
-
-
-def rows(rt, model, *where):
-    with Session(rt.engine) as s:
-        return list(s.exec(select(model).where(*where).order_by(model.id)))
+    return process(rt, inbox_id)
 
 
 def touchpoint(rt, kind):
     [tp] = rows(rt, Touchpoint, Touchpoint.kind == kind)
     return tp
-
-
-def jst(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def shipped_order(rt, sample="ja-first-gift"):

@@ -7,35 +7,18 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from aftercare import outbox as outbox_mod
 from aftercare import shipping
 from aftercare.inbox import claim_batch
 from aftercare.models import InboxEvent, InboxWait, OutboxMessage, Refund, Shipment, Touchpoint
-from aftercare.processing import process_row
 from aftercare.web.app import classify_shopify
 from tests.conftest import shared_path
 from tests.factories import body_of, deliver, fulfillment_payload, order_payload, refund_payload
+from tests.pipeline import drain, jst, receive, rows
 
 YAMATO_URL = "https://toi.kuronekoyamato.co.jp/cgi-bin/tneko?number01=432109876543"
-
-
-def receive(rt, payload, topic="orders/create", **kwargs):
-    inbox_id = deliver(rt.engine, payload, topic=topic, **kwargs)
-    claimed = claim_batch(rt.engine, 10)
-    assert inbox_id in [c.inbox_id for c in claimed]
-    return process_row(rt, inbox_id)
-
-
-def drain(rt):
-    """Process whatever the inbox holds (rows released by an order, say); returns the outcomes."""
-    return [process_row(rt, c.inbox_id) for c in claim_batch(rt.engine, 50)]
-
-
-def rows(rt, model, *where):
-    with Session(rt.engine) as s:
-        return list(s.exec(select(model).where(*where).order_by(model.id)))
 
 
 def notices(rt):
@@ -44,10 +27,6 @@ def notices(rt):
 
 def touchpoints(rt, kind):
     return rows(rt, Touchpoint, Touchpoint.kind == kind)
-
-
-def jst(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 # --- fulfillments and the shipment notice --------------------------------------------------------

@@ -14,12 +14,10 @@ import pytest
 from sqlmodel import Session, select
 
 from aftercare import warehouse
-from aftercare.inbox import claim_batch
 from aftercare.models import WarehouseHandoff, utcnow
-from aftercare.processing import process_row
 from aftercare.settings import Settings
-from tests.factories import deliver, fulfillment_payload, order_payload
-from tests.fakes.warehouse import FakeThreePL
+from tests.factories import fulfillment_payload, order_payload
+from tests.pipeline import http_port, receive, send_all
 
 JA_REQUESTS = [
     {"name": "ギフトメッセージ", "value": "お誕生日おめでとう！いつもありがとう。"},
@@ -32,12 +30,6 @@ JA_REQUESTS = [
 ]
 
 
-def receive(rt, payload, topic="orders/create"):
-    inbox_id = deliver(rt.engine, payload, topic=topic)
-    assert inbox_id in [c.inbox_id for c in claim_batch(rt.engine, 10)]
-    return process_row(rt, inbox_id)
-
-
 def handoffs(rt) -> list[WarehouseHandoff]:
     with Session(rt.engine) as s:
         return list(s.exec(select(WarehouseHandoff).order_by(WarehouseHandoff.id)))
@@ -48,13 +40,6 @@ def ja_gift_order(**overrides):
     payload = order_payload("ja-first-gift", **fields)
     payload["line_items"][1]["properties"] = [{"name": "刻印", "value": "HANAKO 2026"}]
     return payload
-
-
-def send_all(rt, port, **kwargs):
-    return [
-        warehouse.hand_off(rt.engine, c.handoff_id, port, rt.renderer, rt.policies, rt.settings, **kwargs)
-        for c in warehouse.claim_due(rt.engine, 10)
-    ]
 
 
 # --- the instruction ------------------------------------------------------------------------------
@@ -254,16 +239,6 @@ def test_packing_slip_of_a_non_gift_order_shows_prices_and_html_is_escaped(rt):
 
 
 # --- the HTTP port against a fake 3PL ----------------------------------------------------------------
-
-
-@pytest.fixture
-def three_pl():
-    with FakeThreePL() as fake:
-        yield fake
-
-
-def http_port(fake: FakeThreePL, timeout: float = 2.0) -> warehouse.HttpWarehouse:
-    return warehouse.HttpWarehouse(httpx.Client(timeout=timeout), fake.url, fake.secret)
 
 
 def test_http_port_posts_the_signed_json_with_an_idempotency_key_per_version(rt, three_pl):

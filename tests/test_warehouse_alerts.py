@@ -8,37 +8,19 @@ import email.policy
 import threading
 from datetime import timedelta
 
-import httpx
 import pytest
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
 from aftercare import warehouse
 from aftercare.errors import ConfigError
-from aftercare.inbox import claim_batch
 from aftercare.models import WarehouseHandoff, utcnow
 from aftercare.policies import RequestsPolicy, load_policy_file
-from aftercare.processing import process_row
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.timeline import order_timeline, render_markdown
 from tasks.shipping import WAREHOUSE_ALERT, warehouse_alerts
-from tests.factories import deliver, order_payload
-from tests.fakes.warehouse import FakeThreePL
-
-
-def receive(rt, payload):
-    inbox_id = deliver(rt.engine, payload)
-    assert inbox_id in [c.inbox_id for c in claim_batch(rt.engine, 10)]
-    return process_row(rt, inbox_id)
-
-
-def send_all(rt, port):
-    return [
-        warehouse.hand_off(
-            rt.engine, c.handoff_id, port, rt.renderer, rt.policies, rt.settings, inline_wait_cap_s=0
-        )
-        for c in warehouse.claim_due(rt.engine, 10)
-    ]
+from tests.factories import order_payload
+from tests.pipeline import http_port, receive, send_all
 
 
 def only_handoff(rt) -> WarehouseHandoff:
@@ -66,20 +48,10 @@ def alert_mails(rt) -> list[str]:
     return mails
 
 
-@pytest.fixture
-def three_pl():
-    with FakeThreePL() as fake:
-        yield fake
-
-
-def http_port(fake):
-    return warehouse.HttpWarehouse(httpx.Client(timeout=2), fake.url, fake.secret)
-
-
 def test_a_refusal_alerts_ops_once_with_the_warehouses_reason(rt, three_pl):
     receive(rt, order_payload("ja-first-gift"))
     three_pl.plan(422, {"error": "postcode 150-0001 is outside our delivery area"})
-    [result] = send_all(rt, http_port(three_pl))
+    [result] = send_all(rt, http_port(three_pl), inline_wait_cap_s=0)
     assert result.status == "failed"
     with use_runtime(rt):
         [reason] = warehouse_alerts()
@@ -94,7 +66,7 @@ def test_a_refusal_alerts_ops_once_with_the_warehouses_reason(rt, three_pl):
 def test_no_acknowledgement_within_the_window_alerts_ops_and_not_before(rt, three_pl):
     receive(rt, order_payload("ja-first-gift"))
     three_pl.plan(503, {"error": "maintenance"})
-    [result] = send_all(rt, http_port(three_pl))
+    [result] = send_all(rt, http_port(three_pl), inline_wait_cap_s=0)
     assert result.status == "pending"  # rescheduled: the 3PL may come back
     with use_runtime(rt):
         assert warehouse_alerts() == []  # prepared just now: still within the 30 minutes
@@ -108,7 +80,7 @@ def test_no_acknowledgement_within_the_window_alerts_ops_and_not_before(rt, thre
 
 def test_an_acknowledged_hand_off_never_alerts(rt, three_pl):
     receive(rt, order_payload("ja-first-gift"))
-    [result] = send_all(rt, http_port(three_pl))
+    [result] = send_all(rt, http_port(three_pl), inline_wait_cap_s=0)
     assert result.status == "sent"
     prepared_minutes_ago(rt, 600)
     with use_runtime(rt):

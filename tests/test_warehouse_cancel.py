@@ -7,26 +7,16 @@ import json
 import time
 from datetime import timedelta
 
-import httpx
-import pytest
 from sqlmodel import Session, select
 
 from aftercare import warehouse
-from aftercare.inbox import claim_batch
 from aftercare.models import WarehouseHandoff, utcnow
-from aftercare.processing import process_row
 from aftercare.timeline import order_timeline, timeline_json
 from tasks.shipping import handoff_markdown
-from tests.factories import deliver, fulfillment_payload, order_payload
-from tests.fakes.warehouse import FakeThreePL
+from tests.factories import fulfillment_payload, order_payload
+from tests.pipeline import http_port, receive, send_all
 
 CANCELLED_AT = "2026-11-20T12:00:00+09:00"
-
-
-def receive(rt, payload, topic="orders/create"):
-    inbox_id = deliver(rt.engine, payload, topic=topic)
-    assert inbox_id in [c.inbox_id for c in claim_batch(rt.engine, 10)]
-    return process_row(rt, inbox_id)
 
 
 def cancel(rt, topic="orders/cancelled", **fields):
@@ -39,13 +29,6 @@ def handoffs(rt) -> list[WarehouseHandoff]:
         return list(s.exec(select(WarehouseHandoff).order_by(WarehouseHandoff.version)))
 
 
-def send_all(rt, port, **kwargs):
-    return [
-        warehouse.hand_off(rt.engine, c.handoff_id, port, rt.renderer, rt.policies, rt.settings, **kwargs)
-        for c in warehouse.claim_due(rt.engine, 10)
-    ]
-
-
 def make_due(rt, handoff_id):
     with Session(rt.engine) as s:
         row = s.get(WarehouseHandoff, handoff_id)
@@ -56,16 +39,6 @@ def make_due(rt, handoff_id):
 
 def files(rt) -> warehouse.FileWarehouse:
     return warehouse.FileWarehouse(rt.settings.warehouse_dir)
-
-
-@pytest.fixture
-def three_pl():
-    with FakeThreePL() as fake:
-        yield fake
-
-
-def http_port(fake, timeout=2.0):
-    return warehouse.HttpWarehouse(httpx.Client(timeout=timeout), fake.url, fake.secret)
 
 
 # --- the instruction ---------------------------------------------------------------------------------
