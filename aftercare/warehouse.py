@@ -264,7 +264,7 @@ def plan_handoff(
     return handoff
 
 
-def may_be_held(handoff: WarehouseHandoff) -> bool:
+def may_be_held(handoff: Any) -> bool:
     """Whether the warehouse has, or may have, this ship instruction: it acknowledged it, it is being
     sent, or an attempt failed in a way that may have reached it (a timeout, a 5xx; it is retried
     later). A refused one it does not have."""
@@ -686,14 +686,11 @@ def _held_back(engine: Engine, handoff: Any) -> HandoffResult | None:
 
 
 def _reached_warehouse(row: Any) -> bool:
-    """Whether a ship version was, or may have been, taken by the warehouse: acknowledged, being
-    sent, or attempted without a clear answer (a timeout, a 5xx), even if it was superseded since.
-    A refusal (failed) means it was not."""
-    if action_of(row.instruction) != ACTION_SHIP:
-        return False
-    if row.status in (HandoffStatus.SENT, HandoffStatus.SENDING):
-        return True
-    return row.status in (HandoffStatus.PENDING, HandoffStatus.SUPERSEDED) and row.attempts > 0
+    """`may_be_held`, or attempted without a clear answer and superseded since: a ship version the
+    warehouse may have taken. A refusal (failed) means it was not."""
+    return may_be_held(row) or (
+        row.status == HandoffStatus.SUPERSEDED and row.attempts > 0 and not is_cancellation(row)
+    )
 
 
 def _record(
