@@ -88,6 +88,10 @@ class InboxEvent(SQLModel, table=True):
     claimed_at: datetime | None = ts_field()
     processed_at: datetime | None = ts_field()
     subject_ref: str | None = Field(default=None, max_length=128, index=True)
+    # A failed row waits until then before it is claimed again (backoff, migration 0006).
+    next_attempt_at: datetime | None = ts_field(index=True)
+    # When ops were told this row ran out of attempts (once; migration 0006).
+    alerted_at: datetime | None = ts_field()
 
 
 class Customer(SQLModel, table=True):
@@ -109,7 +113,8 @@ class Customer(SQLModel, table=True):
 
 class Order(SQLModel, table=True):
     __tablename__ = "orders"
-    __table_args__ = (sa.UniqueConstraint("shop_domain", "shopify_id", name="uq_order_source"),)
+    # Shopify ids are global: an order id seen under one shop is never a second order (0006).
+    __table_args__ = (sa.UniqueConstraint("shopify_id", name="uq_order_shopify_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     shop_domain: str = Field(max_length=255)
@@ -198,12 +203,16 @@ class OutboxStatus(StrEnum):
 
 
 class OutboxMessage(SQLModel, table=True):
-    """One email, unique per touchpoint: the only guard against contacting a customer twice."""
+    """One email: unique per touchpoint (a customer's) or per message key (a staff mail: one row per
+    message per recipient, migration 0006). The only guard against contacting anyone twice."""
 
     __tablename__ = "outbox"
+    __table_args__ = (sa.UniqueConstraint("message_key", name="uq_outbox_message_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    touchpoint_id: int = Field(foreign_key="touchpoints.id", unique=True)
+    touchpoint_id: int | None = Field(default=None, foreign_key="touchpoints.id", unique=True)
+    # Staff mails have no touchpoint: e.g. "approval_request:draft-12:ops@shop.example" (0006).
+    message_key: str | None = Field(default=None, max_length=255)
     order_id: int | None = Field(default=None, foreign_key="orders.id", index=True)
     order_name: str | None = Field(default=None, max_length=64)
     kind: str = Field(max_length=32)
@@ -248,7 +257,8 @@ class Shipment(SQLModel, table=True):
     """One Shopify fulfillment: what left the warehouse, with which carrier, and when it arrived."""
 
     __tablename__ = "shipments"
-    __table_args__ = (sa.UniqueConstraint("shop_domain", "shopify_id", name="uq_shipment_source"),)
+    # Shopify ids are global: a fulfillment id is one shipment whatever shop header came with it (0006).
+    __table_args__ = (sa.UniqueConstraint("shopify_id", name="uq_shipment_shopify_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     order_id: int = Field(foreign_key="orders.id", index=True)
@@ -455,6 +465,7 @@ class ReviewReply(SQLModel, table=True):
     status: str = Field(default=ReplyStatus.PENDING, max_length=16, index=True)
     platform_reply_id: str | None = Field(default=None, max_length=255)
     attempts: int = 0
+    claimed_at: datetime | None = ts_field()  # when a worker took it to publish (0006)
     last_error: str | None = None
     created_at: datetime = ts_field(nullable=False, default_now=True)
     published_at: datetime | None = ts_field()
