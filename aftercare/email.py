@@ -73,18 +73,21 @@ class FileOutboxBackend:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
 
-    def path_for(self, outbox_id: int) -> Path:
-        return self.directory / f"{outbox_id:08d}.eml"
+    def path_for(self, outbox_id: int, staff: bool = False) -> Path:
+        """Customer mail at `<dir>/<id>.eml`, staff mail at `<dir>/staff/<id>.eml`: one outbox id
+        sequence, so two messages never share a file."""
+        return (self.directory / "staff" if staff else self.directory) / f"{outbox_id:08d}.eml"
 
     def send(self, email: OutgoingEmail) -> str:
-        final = self.path_for(email.outbox_id)
+        final = self.path_for(email.outbox_id, staff="staff" in email.categories)
+        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_suffix(".tmp")
         tmp.write_bytes(bytes(to_mime(email)))
         os.replace(tmp, final)
-        return f"file:{final.name}"
+        return f"file:{final.relative_to(self.directory).as_posix()}"
 
     def was_delivered(self, outbox_id: int) -> bool | None:
-        return self.path_for(outbox_id).exists()
+        return self.path_for(outbox_id).exists() or self.path_for(outbox_id, staff=True).exists()
 
 
 def _retry_after(headers: object) -> float | None:

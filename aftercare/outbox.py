@@ -97,6 +97,57 @@ def enqueue(
     return claimed
 
 
+STAFF_CATEGORY = "staff"
+
+
+def enqueue_staff(
+    session: Session,
+    *,
+    key: str,
+    kind: str,
+    to_email: str,
+    rendered: RenderedEmail,
+    locale: str,
+    order_id: int | None = None,
+    order_name: str | None = None,
+) -> Enqueued:
+    """Insert one staff mail (an approval request, an escalation, an ops alert) for one recipient,
+    unless a row with this message key exists; return the stored row. Staff mails have no
+    touchpoint: `key` names the message and the recipient (say `approval_request:draft-12:<email>`),
+    so planning the same mail twice, or after a crash, inserts nothing. They are claimed, sent and
+    settled by the same machinery as customer mails: no retries around a send, one row per message
+    per recipient."""
+    values = {
+        "touchpoint_id": None,
+        "message_key": f"{kind}:{key}:{to_email.strip().lower()}"[:255],
+        "order_id": order_id,
+        "order_name": order_name,
+        "kind": kind,
+        "to_email": to_email.strip(),
+        "to_name": None,
+        "subject": rendered.subject,
+        "text_body": rendered.text,
+        "html_body": rendered.html,
+        "locale": locale,
+        "is_test": False,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": utcnow(),
+        "created_at": utcnow(),
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    columns = [getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS]
+    stmt = insert(OutboxMessage).values(**values).on_conflict_do_nothing(index_elements=["message_key"])
+    row = session.execute(stmt.returning(*columns)).first()
+    if row is None:
+        row = session.execute(
+            sa.select(*columns).where(OutboxMessage.message_key == values["message_key"])
+        ).first()
+    assert row is not None
+    return Enqueued(*row)
+
+
 @dataclass(frozen=True)
 class Claimed:
     outbox_id: int
@@ -150,6 +201,7 @@ def _outgoing(row: Any, settings: Settings) -> OutgoingEmail:
         text=row.text_body,
         html=row.html_body,
         is_test=row.is_test,
+        categories=(STAFF_CATEGORY,) if row.touchpoint_id is None else (),
     )
 
 
