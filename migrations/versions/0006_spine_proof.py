@@ -25,7 +25,9 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("next_attempt_at", aftercare.models.UTCDateTime(timezone=True), nullable=True)
         )
-        batch_op.add_column(sa.Column("alerted_at", aftercare.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("alerted_at", aftercare.models.UTCDateTime(timezone=True), nullable=True)
+        )
         batch_op.create_index(batch_op.f("ix_inbox_next_attempt_at"), ["next_attempt_at"], unique=False)
 
     # Staff mails (approval requests, escalations, warehouse alerts) are outbox rows without a
@@ -46,7 +48,9 @@ def upgrade() -> None:
         batch_op.create_unique_constraint("uq_shipment_shopify_id", ["shopify_id"])
 
     with op.batch_alter_table("review_replies", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("claimed_at", aftercare.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("claimed_at", aftercare.models.UTCDateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:
