@@ -14,6 +14,7 @@ import pytest
 from sqlmodel import Session, select
 
 from aftercare import warehouse
+from aftercare.errors import ConfigError
 from aftercare.models import WarehouseHandoff, utcnow
 from aftercare.settings import Settings
 from tests.factories import fulfillment_payload, order_payload
@@ -338,12 +339,14 @@ def test_connection_refused_is_transient(rt):
 def test_http_backend_needs_a_url_and_a_real_secret(tmp_path):
     with pytest.raises(ValueError, match="WAREHOUSE_URL"):
         Settings(var_dir=tmp_path, warehouse_backend="http")
-    with pytest.raises(ValueError, match="WAREHOUSE_SECRET"):
+    with pytest.raises(ConfigError, match="WAREHOUSE_SECRET"):
         Settings(var_dir=tmp_path, warehouse_backend="http", warehouse_url="https://3pl.example/api")
     ok = Settings(
         var_dir=tmp_path,
         warehouse_backend="http",
         warehouse_url="https://3pl.example/api",
         warehouse_secret="s3cret-signing-key",
+        shopify_webhook_secret="the-shops-real-secret",
+        reviews_webhook_secret="the-reviews-real-secret",
     )
     assert isinstance(warehouse.make_warehouse(ok), warehouse.HttpWarehouse)

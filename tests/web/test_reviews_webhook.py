@@ -21,6 +21,7 @@ from aftercare.models import InboxEvent, InboxStatus
 from aftercare.reviews import store
 from aftercare.reviews.publishing import OwnStorePlatform, publish_reply
 from aftercare.runtime import Runtime
+from aftercare.errors import ConfigError
 from aftercare.settings import LOCAL_DEV_SECRET, Settings
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
@@ -85,7 +86,7 @@ def test_defaults_to_the_local_dev_secret_like_shopify():
 
 
 def test_production_refuses_the_placeholder_reviews_secret():
-    with pytest.raises(ValueError, match="AFTERCARE_REVIEWS_WEBHOOK_SECRET"):
+    with pytest.raises(ConfigError, match="AFTERCARE_REVIEWS_WEBHOOK_SECRET"):
         Settings(_env_file=None, environment="production", shopify_webhook_secret="a-real-shop-secret-123")
 
 
