@@ -63,7 +63,7 @@ def test_a_real_backend_with_real_secrets_is_accepted(database_url, tmp_path, ba
 
 
 def test_production_refuses_public_secrets_with_no_backend(database_url, tmp_path):
-    with pytest.raises(ConfigError, match="AFTERCARE_SHOPIFY_WEBHOOK_SECRET.*AFTERCARE_ENVIRONMENT=production"):
+    with pytest.raises(ConfigError, match="SHOPIFY_WEBHOOK_SECRET.*AFTERCARE_ENVIRONMENT=production"):
         build(database_url, tmp_path, environment="production")
 
 

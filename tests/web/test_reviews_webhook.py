@@ -17,11 +17,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.db import make_engine
+from aftercare.errors import ConfigError
 from aftercare.models import InboxEvent, InboxStatus
 from aftercare.reviews import store
 from aftercare.reviews.publishing import OwnStorePlatform, publish_reply
 from aftercare.runtime import Runtime
-from aftercare.errors import ConfigError
 from aftercare.settings import LOCAL_DEV_SECRET, Settings
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
