@@ -17,7 +17,7 @@ from aftercare import warehouse
 from aftercare.errors import ConfigError
 from aftercare.models import WarehouseHandoff, utcnow
 from aftercare.settings import Settings
-from tests.factories import fulfillment_payload, order_payload
+from tests.factories import SHOP, fulfillment_payload, order_payload
 from tests.pipeline import http_port, receive, send_all
 
 JA_REQUESTS = [
@@ -134,7 +134,7 @@ def test_bad_requested_date_is_passed_through_verbatim_and_flagged_on_the_pickin
     assert handoff.flags == [flag] and handoff.instruction["delivery"]["requested_date"] is None
     assert handoff.instruction["delivery"]["requested_date_raw"] == raw
     [result] = send_all(rt, warehouse.FileWarehouse(rt.settings.warehouse_dir))
-    picking = (rt.settings.warehouse_dir / "1101" / "picking_list.txt").read_text()
+    picking = (rt.settings.warehouse_dir / SHOP / "820001" / "picking_list.txt").read_text()
     assert result.status == "sent" and "★要確認" in picking and f"「{raw}」" in picking
 
 
@@ -195,7 +195,7 @@ def test_cancelled_order_withdraws_the_unsent_hand_off(rt):
 def test_files_port_writes_picking_list_gift_packing_slip_without_prices_and_the_json(rt):
     receive(rt, ja_gift_order())
     [result] = send_all(rt, warehouse.FileWarehouse(rt.settings.warehouse_dir))
-    folder = rt.settings.warehouse_dir / "1101"
+    folder = rt.settings.warehouse_dir / SHOP / "820001"
     assert result.status == "sent" and result.reference == str(folder)
     data = json.loads((folder / "instruction.json").read_text())
     assert data["version"] == 1 and data["gift"]["noshi"] == "御祝"
@@ -232,7 +232,7 @@ def test_packing_slip_of_a_non_gift_order_shows_prices_and_html_is_escaped(rt):
     payload["shipping_address"]["name"] = "<b>Emma</b>"
     receive(rt, payload, topic="orders/updated")
     send_all(rt, warehouse.FileWarehouse(rt.settings.warehouse_dir))
-    folder = rt.settings.warehouse_dir / "1104"
+    folder = rt.settings.warehouse_dir / SHOP / "820004"
     slip = (folder / "packing_slip.txt").read_text()
     assert "Hinoki bath mat (Large) x 1  $89.00" in slip and "Total: $138.08" in slip
     html = (folder / "packing_slip.html").read_text()
