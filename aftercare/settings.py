@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     shopify_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
     # Signs POST /webhooks/reviews (X-Aftercare-Hmac-Sha256: base64 HMAC-SHA256 of the raw body).
     reviews_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
-    max_body_bytes: int = 1024 * 1024
+    # The hard cap on a webhook body. Shopify's orders can exceed 1 MiB (hundreds of lines, long
+    # notes); an authentic body up to the cap is stored and processed like any other, above it 413,
+    # nothing stored, and a warning with topic, shop and webhook id so ops can ask for it again.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
 
     shop_name: str = "aftercare demo shop"
     email_from: str = "shop@example.com"

@@ -185,17 +185,18 @@ def test_authentic_but_unusable_review_is_stored_invalid_with_the_reason(client,
     assert again.json() == {"status": "duplicate"}  # the same broken body is stored once
 
 
-def test_body_over_one_mib_is_refused_with_413(client, engine, waker):
+def test_body_over_the_cap_is_refused_with_413(client, engine, waker, settings):
+    cap = settings.max_body_bytes
     base = review_body(review_payload(body=""))
-    body = review_body(review_payload(body="x" * (MIB - len(base) + 1)))
-    assert len(body) == MIB + 1
+    body = review_body(review_payload(body="x" * (cap - len(base) + 1)))
+    assert len(body) == cap + 1
     resp = post(client, body)
-    assert resp.status_code == 413 and str(MIB) in resp.json()["error"]
+    assert resp.status_code == 413 and str(cap) in resp.json()["error"]
     assert rows(engine) == [] and waker.pokes == 0
 
 
-def test_chunked_body_over_one_mib_is_refused(client, engine, waker):
-    chunks = [b"y" * (64 * 1024)] * 16 + [b"z"]
+def test_chunked_body_over_the_cap_is_refused(client, engine, waker, settings):
+    chunks = [b"y" * MIB] * (settings.max_body_bytes // MIB) + [b"z"]
     body = b"".join(chunks)
     req = client.build_request(
         "POST", URL, content=iter(chunks), headers=signed_headers(body, REVIEWS_SECRET)
