@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     review_publish_timeout_s: float = 10.0
     review_publish_max_attempts: int = Field(default=5, ge=1, le=50)
     review_publish_backoff_base_s: float = 2.0
+    # A reply left `publishing` longer than this was dropped by a worker that stopped; the review sweep
+    # settles it. It must outlast one publish (attempts x (timeout + up to 60 s of backoff)).
+    review_publish_lease_s: float = Field(default=900.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_and_refuse(self) -> Settings:
