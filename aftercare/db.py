@@ -22,10 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def make_engine(settings: Settings, *, background_checkpoints: bool = False) -> Engine:
-    """An engine for the configured database. SQLite gets WAL, a busy timeout, and synchronous=FULL
-    (a commit is on disk before we acknowledge a webhook). With `background_checkpoints` its
-    connections never checkpoint on commit; call `start_checkpointer` so the WAL is folded back from
-    a background thread instead of inside a request (a checkpoint's fsync is a 100 ms stall)."""
+    """An engine for the configured database. SQLite gets WAL, a busy timeout, and synchronous=NORMAL:
+    a commit we acknowledge survives any process crash, but not a power loss just before the next
+    checkpoint; FULL (an fsync per commit, ~3 ms) would cap ingest near 300 req/s, and production
+    runs PostgreSQL (docs/architecture.md, "Durability trade-off on SQLite"). With
+    `background_checkpoints` its connections never checkpoint on commit; call `start_checkpointer`
+    so the WAL is folded back from a background thread instead of inside a request (a checkpoint's
+    fsync is a 100 ms stall)."""
     url = settings.database_url
     if url.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]

@@ -8,9 +8,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aftercare.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# The embedded default secret exists so `make up` works on a fresh clone; it is refused in production.
+# The embedded default secret exists so `make up` works on a fresh clone. It is public (it is in this
+# file), so it is refused in production and whenever a real backend is configured (`real_backends`).
 LOCAL_DEV_SECRET = "aftercare-local-dev-secret"
 _PLACEHOLDERS = {"", "changethis", "changeme", "secret", LOCAL_DEV_SECRET}
 
@@ -27,7 +30,10 @@ class Settings(BaseSettings):
     shopify_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
     # Signs POST /webhooks/reviews (X-Aftercare-Hmac-Sha256: base64 HMAC-SHA256 of the raw body).
     reviews_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
-    max_body_bytes: int = 1024 * 1024
+    # The hard cap on a webhook body. Shopify's orders can exceed 1 MiB (hundreds of lines, long
+    # notes); an authentic body up to the cap is stored and processed like any other, above it 413,
+    # nothing stored, and a warning with topic, shop and webhook id so ops can ask for it again.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
 
     shop_name: str = "aftercare demo shop"
     email_from: str = "shop@example.com"
@@ -77,6 +83,9 @@ class Settings(BaseSettings):
     review_publish_timeout_s: float = 10.0
     review_publish_max_attempts: int = Field(default=5, ge=1, le=50)
     review_publish_backoff_base_s: float = 2.0
+    # A reply left `publishing` longer than this was dropped by a worker that stopped; the review sweep
+    # settles it. It must outlast one publish (attempts x (timeout + up to 60 s of backoff)).
+    review_publish_lease_s: float = Field(default=900.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_and_refuse(self) -> Settings:
@@ -89,15 +98,47 @@ class Settings(BaseSettings):
         if self.warehouse_backend == "http" and not self.warehouse_url.startswith(("http://", "https://")):
             raise ValueError("AFTERCARE_WAREHOUSE_BACKEND=http needs AFTERCARE_WAREHOUSE_URL (http or https)")
         if self.warehouse_backend == "http" and self.warehouse_secret.get_secret_value() in _PLACEHOLDERS:
-            raise ValueError("AFTERCARE_WAREHOUSE_BACKEND=http needs AFTERCARE_WAREHOUSE_SECRET to sign with")
-        if self.environment == "production":
-            if self.shopify_webhook_secret.get_secret_value() in _PLACEHOLDERS:
-                raise ValueError("AFTERCARE_SHOPIFY_WEBHOOK_SECRET must be set to the shop's real secret")
-            if self.reviews_webhook_secret.get_secret_value() in _PLACEHOLDERS:
-                raise ValueError("AFTERCARE_REVIEWS_WEBHOOK_SECRET must be set to a real secret")
+            raise ConfigError(
+                "AFTERCARE_WAREHOUSE_BACKEND=http needs AFTERCARE_WAREHOUSE_SECRET to sign with "
+                "(a real secret, not empty or a placeholder)"
+            )
+        self._refuse_public_secrets()
         if self.email_backend == "sendgrid" and not self.sendgrid_api_key.get_secret_value():
             raise ValueError("AFTERCARE_EMAIL_BACKEND=sendgrid needs AFTERCARE_SENDGRID_API_KEY")
         return self
+
+    def real_backends(self) -> list[str]:
+        """The configured backends that reach real customers, a real warehouse or a public review
+        platform, each as the setting that chose it. With any of them, aftercare is not a demo on a
+        laptop, whatever AFTERCARE_ENVIRONMENT says. The LLM is not one: it drafts, a person approves
+        and it receives nothing, and a local model (Ollama) is the usual development setup."""
+        real = []
+        if self.email_backend == "sendgrid":
+            real.append("AFTERCARE_EMAIL_BACKEND=sendgrid")
+        if self.warehouse_backend == "http":
+            real.append("AFTERCARE_WAREHOUSE_BACKEND=http")
+        if self.google_business_token.get_secret_value():
+            real.append("AFTERCARE_GOOGLE_BUSINESS_TOKEN")
+        if self.trustpilot_token.get_secret_value():
+            real.append("AFTERCARE_TRUSTPILOT_TOKEN")
+        return real
+
+    def _refuse_public_secrets(self) -> None:
+        """Anyone can sign with a public default secret: a forged order would mail a customer, ship a
+        parcel or answer a review in the shop's name. Refused in production and with a real backend."""
+        why = ["AFTERCARE_ENVIRONMENT=production"] if self.environment == "production" else []
+        why += self.real_backends()
+        if not why:
+            return
+        for variable, secret in (
+            ("AFTERCARE_SHOPIFY_WEBHOOK_SECRET", self.shopify_webhook_secret),
+            ("AFTERCARE_REVIEWS_WEBHOOK_SECRET", self.reviews_webhook_secret),
+        ):
+            if secret.get_secret_value() in _PLACEHOLDERS:
+                raise ConfigError(
+                    f"{variable} is empty or a public placeholder; set a real secret "
+                    f"(required with {', '.join(why)})"
+                )
 
     @property
     def is_sqlite(self) -> bool:

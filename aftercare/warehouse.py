@@ -1,7 +1,8 @@
 """The warehouse hand-off: for each paid, shippable order a shipping instruction (JSON, every special
 request named through policies/requests.yaml), a picking list and a packing slip (納品書), versioned
-per order and sent through a port: files under `<var_dir>/warehouse/<order>/` by default, or a 3PL's
-HTTP API (HMAC-signed, one idempotency key per order version, retried with backoff on 5xx/timeouts).
+per order and sent through a port: files under `<var_dir>/warehouse/<shop domain>/<Shopify order id>/`
+by default, or a 3PL's HTTP API (HMAC-signed, one idempotency key per order version, retried with
+backoff on 5xx/timeouts).
 Every instruction names its action: "ship", or "cancel" for an order cancelled after the warehouse
 had (or may have had) it and before it shipped: a version of its own, sent the same way.
 
@@ -339,6 +340,10 @@ class HandoffDocuments:
     order_name: str
     version: int
     idempotency_key: str
+    # Who the order is, for a port that files it: names are neither unique nor safe ("#1001",
+    # "1001" and "注文1001" are three orders, and every shop has a #1001); these two are.
+    shop_domain: str
+    shopify_order_id: str
     instruction: dict[str, Any]
     picking_list: str
     packing_slip_text: str
@@ -370,6 +375,8 @@ def documents(handoff: Any, renderer: Renderer, policy: RequestsPolicy, shop_nam
             order_name=handoff.order_name,
             version=handoff.version,
             idempotency_key=idempotency_key(handoff),
+            shop_domain=str(data.get("shop_domain") or ""),
+            shopify_order_id=str(data["order"].get("id") or ""),
             instruction=data,
             picking_list="",
             packing_slip_text="",
@@ -382,6 +389,8 @@ def documents(handoff: Any, renderer: Renderer, policy: RequestsPolicy, shop_nam
         order_name=handoff.order_name,
         version=handoff.version,
         idempotency_key=idempotency_key(handoff),
+        shop_domain=str(data.get("shop_domain") or ""),
+        shopify_order_id=str(data["order"].get("id") or ""),
         instruction=data,
         picking_list=renderer.render("picking_list.txt", policy.warehouse_locale, context),
         packing_slip_text=renderer.render("packing_slip.txt", slip_locale, context),
@@ -401,16 +410,43 @@ class WarehousePort(Protocol):
         ...
 
 
-def order_dir_name(order_name: str) -> str:
-    """'#1101' -> '1101': a directory name without shell-unfriendly characters."""
-    return re.sub(r"[^0-9A-Za-z._-]+", "-", order_name).strip("-.") or "order"
+class UnsafeFolder(PermanentWarehouseError):
+    """An order's folder would not be inside the warehouse directory (never expected: names are
+    sanitised first; this is the last check before writing)."""
+
+
+def path_segment(value: str, fallback: str) -> str:
+    """One directory name from text a stranger controls: only [0-9A-Za-z._-], never starting with a
+    dot (so never `.`, `..` or hidden), at most 80 characters. Text that had to change gets a short
+    hash of the original, so two different values never share a folder ("a/b" and "a-b")."""
+    cleaned = re.sub(r"[^0-9A-Za-z._-]+", "-", value).strip("-.")[:80]
+    if cleaned and cleaned == value:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{cleaned or fallback}-{digest}"
+
+
+def order_folder(directory: Path, shop_domain: str, shopify_order_id: str, order_name: str = "") -> Path:
+    """`<directory>/<shop domain>/<Shopify order id>/`: one folder per order of one shop, whatever its
+    name. Domains are compared without case, as DNS does. An order without a Shopify id (never one
+    from Shopify itself) is filed under `name-<its name>`."""
+    shop = path_segment(shop_domain.strip().lower(), "shop")
+    if shopify_order_id:
+        order = path_segment(shopify_order_id, "order")
+    else:
+        order = "name-" + path_segment(order_name, "order")
+    target = directory / shop / order
+    if not target.resolve().is_relative_to(directory.resolve()):
+        raise UnsafeFolder(f"refusing to write outside {directory}: {shop_domain!r} / {shopify_order_id!r}")
+    return target
 
 
 class FileWarehouse:
-    """Writes `<dir>/<order>/` instruction.json, picking_list.txt, packing_slip.{txt,html}: the default,
-    for a shop that prints and packs itself. Rewriting a version writes the same files. A cancellation
-    adds CANCELLED.json and CANCELLED.txt beside them (upper case: listed first, hard to miss) and
-    leaves the instruction it cancels in place, so the folder tells the whole story."""
+    """Writes `<dir>/<shop domain>/<Shopify order id>/` instruction.json, picking_list.txt,
+    packing_slip.{txt,html} (the order's name is inside them): the default, for a shop that prints
+    and packs itself. Rewriting a version writes the same files. A cancellation adds CANCELLED.json
+    and CANCELLED.txt beside them (upper case: listed first, hard to miss) and leaves the
+    instruction it cancels in place, so the folder tells the whole story."""
 
     name = "files"
 
@@ -418,7 +454,7 @@ class FileWarehouse:
         self.directory = directory
 
     def submit(self, docs: HandoffDocuments) -> str:
-        target = self.directory / order_dir_name(docs.order_name)
+        target = order_folder(self.directory, docs.shop_domain, docs.shopify_order_id, docs.order_name)
         target.mkdir(parents=True, exist_ok=True)
         instruction = (
             json.dumps(

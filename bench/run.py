@@ -39,6 +39,7 @@ from tests.fakes.warehouse import FakeThreePL
 from tests.shared_dir import find_shared
 
 SECRET = "bench-webhook-secret"
+REVIEWS_SECRET = "bench-reviews-secret"  # real backends refuse the public development secrets
 API_KEY = "SG.fake-test-key"
 SCHEMA = (find_shared() or PROJECT_ROOT.parent / "shared") / "contracts" / "sendgrid" / "tsg_mail_v3.json"
 PG_ADMIN = os.environ.get("AFTERCARE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -132,6 +133,7 @@ def base_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
         AFTERCARE_DATABASE_URL=url,
         AFTERCARE_VAR_DIR=str(workdir),
         AFTERCARE_SHOPIFY_WEBHOOK_SECRET=SECRET,
+        AFTERCARE_REVIEWS_WEBHOOK_SECRET=REVIEWS_SECRET,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=str(PROJECT_ROOT),
     )
@@ -173,7 +175,13 @@ def bare_loop(sendgrid_url: str, n: int) -> dict[str, float]:
     no database, no Prefect."""
     renderer = Renderer(PROJECT_ROOT / "templates")
     policies = load_policies(PROJECT_ROOT / "policies")
-    settings = Settings(email_backend="sendgrid", sendgrid_api_key=API_KEY, sendgrid_base_url=sendgrid_url)
+    settings = Settings(
+        email_backend="sendgrid",
+        sendgrid_api_key=API_KEY,
+        sendgrid_base_url=sendgrid_url,
+        shopify_webhook_secret=SECRET,
+        reviews_webhook_secret=REVIEWS_SECRET,
+    )
     backend = SendGridBackend.from_settings(settings)
     context = {
         "shop_name": "bench shop",
@@ -295,6 +303,7 @@ def receipt_phase(
             extra_env={
                 "AFTERCARE_DATABASE_URL": url,
                 "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": SECRET,
+                "AFTERCARE_REVIEWS_WEBHOOK_SECRET": REVIEWS_SECRET,
                 "AFTERCARE_EMAIL_BACKEND": "sendgrid",
                 "AFTERCARE_SENDGRID_API_KEY": API_KEY,
                 "AFTERCARE_SENDGRID_BASE_URL": sg_url,

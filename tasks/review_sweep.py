@@ -1,5 +1,6 @@
 """What process-inbox does for reviews on every loop: start one approval run per new review that
-needs a reply, and escalate the reviews waiting past the policy's window.
+needs a reply, escalate the reviews waiting past the policy's window, and settle replies a stopped
+worker left `publishing`.
 
 Kept apart from tasks.reviews so that process-inbox, which imports this on every run, does not load
 the drafting stack (the openai SDK and the guardrails): ~1 s of CPU per run it would not use."""
@@ -7,6 +8,7 @@ the drafting stack (the openai SDK and the guardrails): ~1 s of CPU per run it w
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import sqlalchemy as sa
 from prefect.deployments import run_deployment
@@ -15,10 +17,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from aftercare.errors import AftercareError
+from aftercare.models import ReplyStatus, utcnow
 from aftercare.models import Review as ReviewRow
 from aftercare.rendering import Renderer
 from aftercare.reviews import intake, notify
 from aftercare.reviews.policy import ReviewsPolicy
+from aftercare.reviews.publishing import make_platform, publish_reply, recover_stale
 from aftercare.runtime import current
 
 log = logging.getLogger(__name__)
@@ -89,4 +93,34 @@ def review_sweep(limit: int = 20) -> dict[str, list[int]]:
     except (AftercareError, SQLAlchemyError):
         # Escalation must never hold up orders; the claim was released and the next loop retries.
         log.exception("escalating overdue reviews failed; retried next loop")
-    return {"started": started, "escalated": escalated}
+    return {"started": started, "escalated": escalated, "recovered": recover_replies()}
+
+
+def recover_replies() -> list[int]:
+    """Settle replies left `publishing` past the lease (`publishing.recover_stale`) and publish the
+    ones the platform certainly does not have. Returns the review ids settled."""
+    rt = current()
+    settings = rt.settings
+    try:
+        outcome = recover_stale(
+            rt.engine,
+            lambda platform: make_platform(settings, platform),
+            timedelta(seconds=settings.review_publish_lease_s),
+            utcnow(),
+        )
+        for review_id, status in outcome.items():
+            if status == ReplyStatus.PENDING:
+                with Session(rt.engine) as session:
+                    review = session.get(ReviewRow, review_id)
+                assert review is not None
+                publish_reply(
+                    rt.engine,
+                    review_id,
+                    make_platform(settings, review.platform),
+                    max_attempts=settings.review_publish_max_attempts,
+                    backoff_base_s=settings.review_publish_backoff_base_s,
+                )
+    except (AftercareError, SQLAlchemyError):
+        log.exception("settling replies left publishing failed; retried next loop")
+        return []
+    return sorted(outcome)

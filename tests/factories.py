@@ -51,6 +51,7 @@ def deliver(
     topic: str = "orders/create",
     webhook_id: str | None = None,
     event_id: str | None = None,
+    shop: str = SHOP,
 ) -> int | None:
     """Store a delivery as the web app would (status pending); returns the inbox id, None if duplicate."""
     inbox_id, _new = store_delivery(
@@ -60,7 +61,7 @@ def deliver(
             delivery_id=webhook_id or str(uuid.uuid4()),
             event_id=event_id,
             topic=topic,
-            shop_domain=SHOP,
+            shop_domain=shop,
             triggered_at=None,
             body=body_of(payload),
             subject_ref=payload.get("name"),

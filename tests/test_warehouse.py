@@ -14,9 +14,10 @@ import pytest
 from sqlmodel import Session, select
 
 from aftercare import warehouse
+from aftercare.errors import ConfigError
 from aftercare.models import WarehouseHandoff, utcnow
 from aftercare.settings import Settings
-from tests.factories import fulfillment_payload, order_payload
+from tests.factories import SHOP, fulfillment_payload, order_payload
 from tests.pipeline import http_port, receive, send_all
 
 JA_REQUESTS = [
@@ -133,7 +134,7 @@ def test_bad_requested_date_is_passed_through_verbatim_and_flagged_on_the_pickin
     assert handoff.flags == [flag] and handoff.instruction["delivery"]["requested_date"] is None
     assert handoff.instruction["delivery"]["requested_date_raw"] == raw
     [result] = send_all(rt, warehouse.FileWarehouse(rt.settings.warehouse_dir))
-    picking = (rt.settings.warehouse_dir / "1101" / "picking_list.txt").read_text()
+    picking = (rt.settings.warehouse_dir / SHOP / "820001" / "picking_list.txt").read_text()
     assert result.status == "sent" and "★要確認" in picking and f"「{raw}」" in picking
 
 
@@ -194,7 +195,7 @@ def test_cancelled_order_withdraws_the_unsent_hand_off(rt):
 def test_files_port_writes_picking_list_gift_packing_slip_without_prices_and_the_json(rt):
     receive(rt, ja_gift_order())
     [result] = send_all(rt, warehouse.FileWarehouse(rt.settings.warehouse_dir))
-    folder = rt.settings.warehouse_dir / "1101"
+    folder = rt.settings.warehouse_dir / SHOP / "820001"
     assert result.status == "sent" and result.reference == str(folder)
     data = json.loads((folder / "instruction.json").read_text())
     assert data["version"] == 1 and data["gift"]["noshi"] == "御祝"
@@ -231,7 +232,7 @@ def test_packing_slip_of_a_non_gift_order_shows_prices_and_html_is_escaped(rt):
     payload["shipping_address"]["name"] = "<b>Emma</b>"
     receive(rt, payload, topic="orders/updated")
     send_all(rt, warehouse.FileWarehouse(rt.settings.warehouse_dir))
-    folder = rt.settings.warehouse_dir / "1104"
+    folder = rt.settings.warehouse_dir / SHOP / "820004"
     slip = (folder / "packing_slip.txt").read_text()
     assert "Hinoki bath mat (Large) x 1  $89.00" in slip and "Total: $138.08" in slip
     html = (folder / "packing_slip.html").read_text()
@@ -338,12 +339,14 @@ def test_connection_refused_is_transient(rt):
 def test_http_backend_needs_a_url_and_a_real_secret(tmp_path):
     with pytest.raises(ValueError, match="WAREHOUSE_URL"):
         Settings(var_dir=tmp_path, warehouse_backend="http")
-    with pytest.raises(ValueError, match="WAREHOUSE_SECRET"):
+    with pytest.raises(ConfigError, match="WAREHOUSE_SECRET"):
         Settings(var_dir=tmp_path, warehouse_backend="http", warehouse_url="https://3pl.example/api")
     ok = Settings(
         var_dir=tmp_path,
         warehouse_backend="http",
         warehouse_url="https://3pl.example/api",
         warehouse_secret="s3cret-signing-key",
+        shopify_webhook_secret="the-shops-real-secret",
+        reviews_webhook_secret="the-reviews-real-secret",
     )
     assert isinstance(warehouse.make_warehouse(ok), warehouse.HttpWarehouse)

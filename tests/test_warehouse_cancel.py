@@ -13,7 +13,7 @@ from aftercare import warehouse
 from aftercare.models import WarehouseHandoff, utcnow
 from aftercare.timeline import order_timeline, timeline_json
 from tasks.shipping import handoff_markdown
-from tests.factories import fulfillment_payload, order_payload
+from tests.factories import SHOP, fulfillment_payload, order_payload
 from tests.pipeline import http_port, receive, send_all
 
 CANCELLED_AT = "2026-11-20T12:00:00+09:00"
@@ -90,7 +90,7 @@ def test_files_port_writes_a_clearly_named_cancellation_beside_the_instruction(r
     send_all(rt, files(rt))
     cancel(rt)
     [result] = send_all(rt, files(rt))
-    folder = rt.settings.warehouse_dir / "1101"
+    folder = rt.settings.warehouse_dir / SHOP / "820001"
     assert result.status == "sent" and result.reference == str(folder / "CANCELLED.json")
     data = json.loads((folder / "CANCELLED.json").read_text())
     assert (data["action"], data["order"]["name"], data["version"], data["reason"]) == (
@@ -304,7 +304,10 @@ def test_an_odd_cancel_reason_is_cut_short_and_only_ever_text(rt):
     assert v2.instruction["reason"].startswith("<script>") and len(v2.instruction["reason"]) == 64
     [result] = send_all(rt, files(rt))
     assert result.status == "sent"
-    assert "<script>alert(1)</script>" in (rt.settings.warehouse_dir / "1101" / "CANCELLED.txt").read_text()
+    assert (
+        "<script>alert(1)</script>"
+        in (rt.settings.warehouse_dir / SHOP / "820001" / "CANCELLED.txt").read_text()
+    )
 
 
 def test_cancel_without_a_reason_still_goes(rt):
@@ -315,7 +318,7 @@ def test_cancel_without_a_reason_still_goes(rt):
     [result] = send_all(rt, files(rt))
     assert (
         result.status == "sent"
-        and "■理由：記載なし" in (rt.settings.warehouse_dir / "1101" / "CANCELLED.txt").read_text()
+        and "■理由：記載なし" in (rt.settings.warehouse_dir / SHOP / "820001" / "CANCELLED.txt").read_text()
     )
 
 

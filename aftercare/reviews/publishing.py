@@ -7,12 +7,17 @@ re-run finds it claimed and posts nothing. A failure the platform reports before
 (429, 5xx, connection refused) is retried here with backoff; a refusal (other 4xx) fails with the
 platform's reason; a timeout or dropped connection after the request was sent leaves the reply
 `uncertain`: the platform may have it, so it is never re-posted automatically (ops check and decide).
+A worker killed mid-publish leaves the row `publishing`; once its claim is older than the lease,
+`recover_stale` (called by the review sweep) asks the platform whether it has our reply: published
+if it does, pending again (and published by the sweep) if it certainly does not, `uncertain` when
+the platform cannot tell (Trustpilot).
 
 Adapters:
 - `OwnStorePlatform` (default): the reply lives in our own `review_replies` table and is shown on
   the web app's public page `/reviews/<id>`; publishing it is recording it.
 - `GoogleBusinessProfile`: `accounts.locations.reviews.updateReply`,
-  `PUT {base}/v4/{accounts/*/locations/*/reviews/*}/reply` with `{"comment": text}`, bearer token.
+  `PUT {base}/v4/{accounts/*/locations/*/reviews/*}/reply` with `{"comment": text}`, bearer token;
+  read back with `accounts.locations.reviews.get` (`GET {base}/v4/{name}`, its `reviewReply`).
 - `Trustpilot`: the business reply, `POST {base}/v1/private/reviews/{reviewId}/reply` with
   `{"authorBusinessUserId": ..., "message": text}`, bearer token.
 """
@@ -23,6 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -60,13 +66,22 @@ class AmbiguousPublishError(PublishError):
     """The request was sent and no answer came: the platform may have published it."""
 
 
+class CannotTell(PublishError):
+    """The platform cannot say whether it has our reply (no read-back API, or a different reply is
+    there): a person must look before anything is posted."""
+
+
 class ReviewPlatform(Protocol):
     """Where a review's reply is published. `publish` returns the platform's id for the reply, or
-    raises a `PublishError` subclass saying whether it is safe to try again."""
+    raises a `PublishError` subclass saying whether it is safe to try again. `find_reply` returns
+    that id when the platform has our reply, None when it certainly has not, raises `CannotTell`
+    when it cannot say (or `TransientPublishError`: ask again later)."""
 
     name: str
 
     def publish(self, review: Review, reply: ReviewReply) -> str: ...
+
+    def find_reply(self, review: Review, reply: ReviewReply) -> str | None: ...
 
 
 class OwnStorePlatform:
@@ -77,6 +92,10 @@ class OwnStorePlatform:
 
     def publish(self, review: Review, reply: ReviewReply) -> str:
         return f"own:{reply.id}"
+
+    def find_reply(self, review: Review, reply: ReviewReply) -> str | None:
+        """Publishing here is recording: the approved row is the reply, whatever stopped the worker."""
+        return self.publish(review, reply)
 
 
 # --- HTTP adapters ------------------------------------------------------------------------------------
@@ -173,6 +192,32 @@ class GoogleBusinessProfile:
         )
         return f"{name}/reply"  # a review has one reply; its name is the id
 
+    def find_reply(self, review: Review, reply: ReviewReply) -> str | None:
+        """`accounts.locations.reviews.get`: the review's `reviewReply`. Ours if its comment is our
+        text; no reply at all: certainly not published; another text: someone answered meanwhile."""
+        name = self.review_name(review)
+        try:
+            response = self.client.get(
+                f"{self.base_url}/v4/{name}", headers={"Authorization": f"Bearer {self.token}"}
+            )
+        except httpx.TransportError as exc:
+            raise TransientPublishError(f"could not read the review back from google: {exc!r}") from exc
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise TransientPublishError(f"google answered {response.status_code}: {_reason(response)}")
+        if response.status_code != 200:
+            raise CannotTell(
+                f"google would not show the review ({response.status_code}): {_reason(response)}"
+            )
+        try:
+            found = response.json().get("reviewReply")
+        except (ValueError, AttributeError) as exc:
+            raise CannotTell("google's answer about the review is not the JSON we expect") from exc
+        if not found:
+            return None
+        if isinstance(found, dict) and found.get("comment") == reply.text:
+            return f"{name}/reply"
+        raise CannotTell("google shows a different reply on this review than the one approved")
+
 
 class Trustpilot:
     """Trustpilot's business reply to a service review, posted as `business_user_id`."""
@@ -199,6 +244,13 @@ class Trustpilot:
         )
         ref = data.get("id") if isinstance(data, dict) else None
         return str(ref or f"trustpilot:{review.platform_review_id}/reply")[:255]
+
+    def find_reply(self, review: Review, reply: ReviewReply) -> str | None:
+        """Not asked: the reply endpoint we use has no read-back with this token."""
+        raise CannotTell(
+            f"Trustpilot cannot be asked whether review {review.platform_review_id} has our reply; "
+            "check the review on Trustpilot"
+        )
 
 
 def make_platform(settings: Settings, platform: str, *, client: httpx.Client | None = None) -> ReviewPlatform:
@@ -239,7 +291,7 @@ def _claim(engine: Engine, review_id: int) -> bool:
         result = conn.execute(
             sa.update(_replies)
             .where(_replies.c.review_id == review_id, _replies.c.status == ReplyStatus.PENDING)
-            .values(status=ReplyStatus.PUBLISHING, attempts=_replies.c.attempts + 1)
+            .values(status=ReplyStatus.PUBLISHING, attempts=_replies.c.attempts + 1, claimed_at=utcnow())
         )
         return result.rowcount == 1
 
@@ -342,3 +394,99 @@ def publish_reply(
 def _reload(engine: Engine, review_id: int) -> ReviewReply:
     with Session(engine) as session:
         return session.exec(select(ReviewReply).where(ReviewReply.review_id == review_id)).one()
+
+
+# --- a worker that stopped mid-publish --------------------------------------------------------------
+
+
+def recover_stale(
+    engine: Engine,
+    platform_for: Callable[[str], ReviewPlatform],
+    lease: timedelta,
+    now: datetime,
+) -> dict[int, str]:
+    """Settle replies left `publishing` longer than `lease` (a worker killed mid-publish; rows
+    claimed before claims were timed count as stale), like the outbox's `recover_stale`: published
+    when the platform has our reply, pending when it certainly has not (the caller publishes it
+    again), uncertain when it cannot tell: never re-posted blindly. A platform that cannot be
+    reached now leaves the row for the next sweep. Returns {review id: status} for what changed.
+    `lease` must outlast one `publish_reply` (attempts x (timeout + backoff))."""
+    cutoff = now - lease
+    stale_rows = sa.select(_replies.c.review_id, _replies.c.claimed_at).where(
+        _replies.c.status == ReplyStatus.PUBLISHING,
+        sa.or_(_replies.c.claimed_at.is_(None), _replies.c.claimed_at < cutoff),
+    )
+    with engine.connect() as conn:
+        stale = conn.execute(stale_rows).all()
+    outcome: dict[int, str] = {}
+    for review_id, claimed_at in stale:
+        with Session(engine) as session:
+            reply = session.exec(select(ReviewReply).where(ReviewReply.review_id == review_id)).one()
+            review = session.get(Review, review_id)
+        assert review is not None
+        platform = platform_for(review.platform)
+        try:
+            found = platform.find_reply(review, reply)
+        except TransientPublishError as exc:
+            log.warning(
+                "reply to review %s: cannot ask %s yet (%s); next sweep", review_id, platform.name, exc
+            )
+            continue
+        except PublishError as exc:  # CannotTell, or a refusal to show the review
+            values: dict[str, Any] = {
+                "status": ReplyStatus.UNCERTAIN,
+                "last_error": (
+                    f"publishing stopped mid-way and {platform.name} cannot say whether it has the reply "
+                    f"({exc.reason}); check the review there before posting anything"
+                )[:2000],
+            }
+        else:
+            if found is not None:
+                values = {
+                    "status": ReplyStatus.PUBLISHED,
+                    "platform_reply_id": found[:255],
+                    "published_at": now,
+                    "last_error": f"recovered after publishing stopped mid-way: {platform.name} has it",
+                }
+            else:
+                values = {
+                    "status": ReplyStatus.PENDING,
+                    "claimed_at": None,
+                    "last_error": f"publishing stopped before {platform.name} had the reply; requeued",
+                }
+        if _settle_stale(engine, review_id, claimed_at, values):
+            if values["status"] == ReplyStatus.PUBLISHED:
+                _mark_review_published(engine, review_id, now)
+            outcome[review_id] = values["status"]
+    return outcome
+
+
+def _settle_stale(
+    engine: Engine, review_id: int, claimed_at: datetime | None, values: dict[str, Any]
+) -> bool:
+    """Compare-and-set on the claim we saw: a concurrent sweep, or a worker that came back, wins."""
+    same_claim = (
+        _replies.c.claimed_at.is_(None) if claimed_at is None else _replies.c.claimed_at == claimed_at
+    )
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(_replies)
+            .where(_replies.c.review_id == review_id, _replies.c.status == ReplyStatus.PUBLISHING, same_claim)
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+
+def _mark_review_published(engine: Engine, review_id: int, now: datetime) -> None:
+    reviews = Review.__table__  # type: ignore[attr-defined]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(reviews)
+            .where(reviews.c.id == review_id)
+            .values(
+                status=ReviewStatus.PUBLISHED,
+                published_at=sa.func.coalesce(
+                    reviews.c.published_at, sa.literal(now, reviews.c.published_at.type)
+                ),
+            )
+        )

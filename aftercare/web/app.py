@@ -27,22 +27,44 @@ log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(Exception):
-    pass
+    """More than the hard cap (`max_body_bytes`); `size` says how much, as far as we know."""
+
+    def __init__(self, size: str):
+        super().__init__(size)
+        self.size = size
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than `limit` bytes whether or not Content-Length is honest."""
+    """The raw body, refusing more than `limit` bytes whether or not Content-Length is honest.
+    Reading stops at the cap: a body that never ends costs us `limit` bytes, not more."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+        raise BodyTooLarge(f"{int(declared)} bytes (Content-Length)")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise BodyTooLarge(f"more than {limit} bytes (read so far: {size})")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def refuse_too_large(source: str, request: Request, err: BodyTooLarge, limit: int) -> JSONResponse:
+    """413, nothing stored, and a warning carrying what ops need to ask the sender for the delivery
+    again (Shopify's topic, shop and webhook id): the one case where a shop's delivery is not kept."""
+    h = request.headers
+    log.warning(
+        "%s webhook refused, body over the %s-byte cap (AFTERCARE_MAX_BODY_BYTES), nothing stored: "
+        "size %s, topic %r, shop %r, webhook id %r",
+        source,
+        limit,
+        err.size,
+        h.get("x-shopify-topic"),
+        h.get("x-shopify-shop-domain"),
+        h.get("x-shopify-webhook-id"),
+    )
+    return JSONResponse({"error": f"body larger than {limit} bytes"}, status_code=413)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -130,10 +152,8 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
     async def shopify_webhook(request: Request) -> JSONResponse:
         try:
             body = await read_limited(request, settings.max_body_bytes)
-        except BodyTooLarge:
-            return JSONResponse(
-                {"error": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413
-            )
+        except BodyTooLarge as err:
+            return refuse_too_large("shopify", request, err, settings.max_body_bytes)
         h = request.headers
         if not shopify.verify(secret, body, h.get("x-shopify-hmac-sha256")):
             return JSONResponse({"error": "invalid or missing X-Shopify-Hmac-Sha256"}, status_code=401)
@@ -164,9 +184,8 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
         X-Aftercare-Hmac-Sha256 (base64 HMAC-SHA256 of the raw body): stored, then acknowledged."""
         try:
             body = await read_limited(request, settings.max_body_bytes)
-        except BodyTooLarge:
-            too_large = {"error": f"body larger than {settings.max_body_bytes} bytes"}
-            return JSONResponse(too_large, status_code=413)
+        except BodyTooLarge as err:
+            return refuse_too_large("reviews", request, err, settings.max_body_bytes)
         if not shopify.verify(reviews_secret, body, request.headers.get(review_intake.SIGNATURE_HEADER)):
             return JSONResponse(
                 {"error": f"invalid or missing {review_intake.SIGNATURE_HEADER}"}, status_code=401

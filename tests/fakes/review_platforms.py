@@ -20,6 +20,7 @@ BUSINESS_USER_ID = "507f191e810c19729de860ea"
 
 _GOOGLE_PATH = re.compile(r"^/v4/accounts/([^/]+)/locations/([^/]+)/reviews/([^/]+)/reply$")
 _TRUSTPILOT_PATH = re.compile(r"^/v1/private/reviews/([^/]+)/reply$")
+_GOOGLE_REVIEW = re.compile(r"^/v4/(accounts/[^/]+/locations/[^/]+/reviews/[^/]+)$")  # reviews.get
 
 
 @dataclass
@@ -122,6 +123,20 @@ class FakeReviewPlatforms:
         entry: Recorded,
     ) -> _Answer:
         google, trustpilot = _GOOGLE_PATH.match(path), _TRUSTPILOT_PATH.match(path)
+        review = _GOOGLE_REVIEW.match(path)
+        if review and method == "GET":
+            if headers.get("authorization") != f"Bearer {GOOGLE_TOKEN}":
+                return _google_error(
+                    401, "Request had invalid authentication credentials.", "UNAUTHENTICATED"
+                )
+            if planned is not None and planned.status is not None:
+                return _Answer(planned.status, planned.body, planned.headers)
+            found: dict[str, Any] = {"name": review.group(1), "starRating": "ONE"}
+            with self._lock:
+                comment = self.replies.get(f"google:{review.group(1)}")
+            if comment is not None:
+                found["reviewReply"] = {"comment": comment, "updateTime": "2026-11-29T01:00:00Z"}
+            return _Answer(200, found)
         if google:
             expected_method, token = "PUT", GOOGLE_TOKEN
         elif trustpilot:

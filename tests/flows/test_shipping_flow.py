@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from aftercare import warehouse
 from aftercare.models import InboxEvent, OutboxMessage, Touchpoint, WarehouseHandoff
 from flows.receipt import process_inbox
-from tests.factories import deliver, fulfillment_payload, order_payload
+from tests.factories import SHOP, deliver, fulfillment_payload, order_payload
 from tests.fakes.warehouse import FakeThreePL
 
 
@@ -53,7 +53,8 @@ def test_fulfillment_first_then_order_one_run_hands_off_and_sends_confirmation_a
     assert [(m.kind, m.status) for m in msgs] == [("order_confirmation", "sent"), ("shipment_notice", "sent")]
     assert {r.status for r in rows} == {"done"} and {r.subject_ref for r in rows} == {"#1101"}
     assert (
-        handoff.status == "sent" and (flow_rt.settings.warehouse_dir / "1101" / "picking_list.txt").exists()
+        handoff.status == "sent"
+        and (flow_rt.settings.warehouse_dir / SHOP / "820001" / "picking_list.txt").exists()
     )
     art = artifact(state, "order-1101-handoff")
     assert art is not None and "status: **sent**" in art.data and "TOWEL-GIFT-W" in art.data

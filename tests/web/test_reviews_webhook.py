@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.db import make_engine
+from aftercare.errors import ConfigError
 from aftercare.models import InboxEvent, InboxStatus
 from aftercare.reviews import store
 from aftercare.reviews.publishing import OwnStorePlatform, publish_reply
@@ -85,7 +86,7 @@ def test_defaults_to_the_local_dev_secret_like_shopify():
 
 
 def test_production_refuses_the_placeholder_reviews_secret():
-    with pytest.raises(ValueError, match="AFTERCARE_REVIEWS_WEBHOOK_SECRET"):
+    with pytest.raises(ConfigError, match="AFTERCARE_REVIEWS_WEBHOOK_SECRET"):
         Settings(_env_file=None, environment="production", shopify_webhook_secret="a-real-shop-secret-123")
 
 
@@ -184,17 +185,18 @@ def test_authentic_but_unusable_review_is_stored_invalid_with_the_reason(client,
     assert again.json() == {"status": "duplicate"}  # the same broken body is stored once
 
 
-def test_body_over_one_mib_is_refused_with_413(client, engine, waker):
+def test_body_over_the_cap_is_refused_with_413(client, engine, waker, settings):
+    cap = settings.max_body_bytes
     base = review_body(review_payload(body=""))
-    body = review_body(review_payload(body="x" * (MIB - len(base) + 1)))
-    assert len(body) == MIB + 1
+    body = review_body(review_payload(body="x" * (cap - len(base) + 1)))
+    assert len(body) == cap + 1
     resp = post(client, body)
-    assert resp.status_code == 413 and str(MIB) in resp.json()["error"]
+    assert resp.status_code == 413 and str(cap) in resp.json()["error"]
     assert rows(engine) == [] and waker.pokes == 0
 
 
-def test_chunked_body_over_one_mib_is_refused(client, engine, waker):
-    chunks = [b"y" * (64 * 1024)] * 16 + [b"z"]
+def test_chunked_body_over_the_cap_is_refused(client, engine, waker, settings):
+    chunks = [b"y" * MIB] * (settings.max_body_bytes // MIB) + [b"z"]
     body = b"".join(chunks)
     req = client.build_request(
         "POST", URL, content=iter(chunks), headers=signed_headers(body, REVIEWS_SECRET)

@@ -18,12 +18,13 @@ from sqlmodel import Session, select
 
 from aftercare import shopify
 from aftercare.db import make_engine
-from aftercare.models import InboxEvent, InboxStatus
+from aftercare.models import InboxEvent, InboxStatus, Order, OrderLine
 from aftercare.settings import Settings
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tests.conftest import TEST_SECRET
 from tests.factories import SHOP, body_of, fulfillment_payload, order_payload, refund_payload, webhook_headers
+from tests.pipeline import drain
 
 URL = "/webhooks/shopify"
 MIB = 1024 * 1024
@@ -335,34 +336,67 @@ def test_missing_topic_header_is_stored_invalid(client, engine, waker):
 # --- size limit ----------------------------------------------------------------------------------
 
 
-def test_body_over_the_limit_with_content_length_is_refused(client, engine, waker, settings):
-    assert settings.max_body_bytes == MIB
-    body = b"x" * (MIB + 1)
-    headers = webhook_headers(body, secret=TEST_SECRET)  # authentic: only the size is wrong
+CAP = 8 * MIB  # the default hard cap (AFTERCARE_MAX_BODY_BYTES)
+
+
+def big_order(size: int) -> bytes:
+    """An order of about `size` bytes the way Shopify makes one large: hundreds of lines, a long note."""
+    lines = [
+        {**line, "id": 7000000 + n, "title": f"今治タオル {n}", "sku": f"TOWEL-{n:04d}"}
+        for n, line in enumerate(order_payload()["line_items"] * 300)
+    ]
+    payload = order_payload(line_items=lines, note="")
+    payload["note"] = "配達前にお電話ください。" * ((size - len(body_of(payload))) // 36 + 1)
+    body = body_of(payload)
+    assert size <= len(body) < size + 64
+    return body
+
+
+def assert_refused_too_large(resp: Any, engine: Engine, waker: NoWaker, caplog: Any, size: str) -> None:
+    assert resp.status_code == 413 and str(CAP) in resp.json()["error"]
+    assert inbox_rows(engine) == [] and waker.pokes == 0
+    [warning] = [r.getMessage() for r in caplog.records if "over the" in r.getMessage()]
+    assert size in warning and "nothing stored" in warning
+    assert "'orders/create'" in warning and repr(SHOP) in warning and "'w-huge'" in warning
+
+
+def test_a_signed_order_over_one_mib_is_stored_and_processed(client, engine, waker, rt):
+    """Nothing a shop sends is lost: a 2 MiB order is authentic Shopify, not an attack."""
+    body = big_order(2 * MIB)
+    resp = client.post(URL, content=body, headers=webhook_headers(body, secret=TEST_SECRET))
+    assert resp.status_code == 200 and resp.json()["status"] == "pending"
+    assert only_row(engine).body == body and waker.pokes == 1
+
+    [outcome] = drain(rt)
+    assert outcome.status == "done"
+    with Session(engine) as s:
+        [order] = s.exec(select(Order)).all()
+        assert order.name == "#1101" and order.note == json.loads(body)["note"]
+        assert len(s.exec(select(OrderLine)).all()) == len(json.loads(body)["line_items"])
+
+
+def test_a_forged_body_over_one_mib_is_401_and_nothing_stored(client, engine, waker):
+    body = big_order(2 * MIB)
+    headers = webhook_headers(body, secret="not-the-shops-secret")
+    assert_refused_unauthenticated(client.post(URL, content=body, headers=headers), engine, waker)
+
+
+def test_body_over_the_cap_with_content_length_is_413_and_logged(client, engine, waker, settings, caplog):
+    assert settings.max_body_bytes == CAP
+    body = b"x" * (CAP + 1)
+    headers = webhook_headers(body, secret=TEST_SECRET, webhook_id="w-huge")  # authentic: only too big
     req = client.build_request("POST", URL, content=body, headers=headers)
-    assert req.headers["content-length"] == str(MIB + 1)
-
-    resp = client.send(req)
-    assert resp.status_code == 413
-    assert str(MIB) in resp.json()["error"]
-    assert inbox_rows(engine) == []
-    assert waker.pokes == 0
+    assert req.headers["content-length"] == str(CAP + 1)
+    assert_refused_too_large(client.send(req), engine, waker, caplog, f"{CAP + 1} bytes")
 
 
-def test_chunked_body_over_the_limit_without_content_length_is_refused(client, engine, waker):
-    chunk = b"y" * (64 * 1024)
-    chunks = [chunk] * 16 + [b"z"]  # 1 MiB + 1 byte
+def test_chunked_body_over_the_cap_without_content_length_is_413_and_logged(client, engine, waker, caplog):
+    chunks = [b"y" * MIB] * 8 + [b"z"]  # the cap + 1 byte
     body = b"".join(chunks)
-    assert len(body) == MIB + 1
-    headers = webhook_headers(body, secret=TEST_SECRET)
+    headers = webhook_headers(body, secret=TEST_SECRET, webhook_id="w-huge")
     req = client.build_request("POST", URL, content=iter(chunks), headers=headers)
-    assert "content-length" not in req.headers
-    assert req.headers["transfer-encoding"] == "chunked"
-
-    resp = client.send(req)
-    assert resp.status_code == 413
-    assert inbox_rows(engine) == []
-    assert waker.pokes == 0
+    assert "content-length" not in req.headers and req.headers["transfer-encoding"] == "chunked"
+    assert_refused_too_large(client.send(req), engine, waker, caplog, f"more than {CAP} bytes")
 
 
 def test_chunked_body_under_the_limit_is_accepted(client, engine, waker):
