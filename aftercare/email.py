@@ -33,6 +33,7 @@ class OutgoingEmail:
     html: str
     is_test: bool = False
     categories: tuple[str, ...] = field(default=())
+    staff: bool = False  # a staff mail from the outbox (no touchpoint): kept apart from customer mail
 
 
 class EmailBackend(Protocol):
@@ -79,7 +80,7 @@ class FileOutboxBackend:
         return (self.directory / "staff" if staff else self.directory) / f"{outbox_id:08d}.eml"
 
     def send(self, email: OutgoingEmail) -> str:
-        final = self.path_for(email.outbox_id, staff="staff" in email.categories)
+        final = self.path_for(email.outbox_id, staff=email.staff)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_suffix(".tmp")
         tmp.write_bytes(bytes(to_mime(email)))

@@ -202,6 +202,7 @@ def _outgoing(row: Any, settings: Settings) -> OutgoingEmail:
         html=row.html_body,
         is_test=row.is_test,
         categories=(STAFF_CATEGORY,) if row.touchpoint_id is None else (),
+        staff=row.touchpoint_id is None,
     )
 
 
