@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,6 +84,13 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _amount(value: Decimal) -> str:
+    """A money amount written the same however the order was read (12100 from the webhook, 12100.0000
+    back from the database), like `placed_at` in UTC: planning from a reloaded order (a refund) must
+    not see a new version where nothing changed."""
+    return format(Decimal(value).normalize(), "f")
+
+
 def build_instruction(
     order: Order,
     lines: list[OrderLine],
@@ -131,7 +139,7 @@ def build_instruction(
                 "title": line.title,
                 "variant": line.variant_title,
                 "quantity": quantity,
-                "unit_price": str(line.price),
+                "unit_price": _amount(line.price),
                 "engraving": named.get("engraving", []),
                 "gift_wrap": None if "gift_wrap" not in named else not policy.says_no(named["gift_wrap"][0]),
                 "requests": named,
@@ -148,10 +156,10 @@ def build_instruction(
             "id": order.shopify_id,
             "name": order.name,
             "number": order.number,
-            "placed_at": order.placed_at.isoformat(),
+            "placed_at": order.placed_at.astimezone(UTC).isoformat(),
             "locale": order.locale,
             "currency": order.currency,
-            "total": str(order.total),
+            "total": _amount(order.total),
         },
         "ship_to": {
             k: address.get(k)
