@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from aftercare import inbox, receipt, shipping, warehouse
 from aftercare.errors import InvalidPayload
@@ -111,23 +111,52 @@ def _process_order(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
     # Fulfillments and refunds that came first are queued again now that their order exists.
     out.released = shipping.release_waiting(session, row.shop_domain, parsed.id)
     lines = receipt.lines_of(session, order)
+    _apply_waiting_refunds(session, order, lines, out.released)
     flags = receipt.check_order(order, lines, rt.inventory)
     if result.applied:
         order.flags = flags
         session.add(order)
     out.flags = flags
 
-    if order.cancelled_at is None and lines:
+    refunded_in_full = shipping.is_fully_refunded(session, order, lines)
+    if order.cancelled_at is None and lines and not refunded_in_full:
         touchpoint = receipt.plan_confirmation(session, order, rt.policies)
         message = _write_confirmation(rt, session, order, lines, touchpoint, flags, out)
         if message is not None:
             out.outbox_id, out.outbox_status = message.id, message.status
     if order.cancelled_at is not None:
         out.cancelled = [t.id for t in shipping.cancel_order(session, order) if t.id is not None]
+    elif result.applied and order.financial_status in shipping.NOTHING_PAID:
+        # Refunded or voided in Shopify, maybe with no refund delivery naming the lines.
+        why = f"financial status {order.financial_status}"
+        out.cancelled = [t.id for t in shipping.take_back(session, order, lines, why) if t.id is not None]
     handoff = warehouse.plan_handoff(session, order, lines, rt.policies)
     out.handoff_id = handoff.id if handoff else None
     inbox.finish(session, row, InboxStatus.DONE, result.reason)
     return out
+
+
+def _apply_waiting_refunds(
+    session: Session, order: Order, lines: list[receipt.OrderLine], released: list[int]
+) -> None:
+    """Refunds that came before their order are recorded in the order's own transaction, before its
+    hand-off is planned: the warehouse never sees a version with units refunded already (the released
+    rows find them recorded). One that cannot be parsed is left for its own row to mark invalid."""
+    if not released:
+        return
+    waiting = session.exec(
+        select(InboxEvent).where(
+            InboxEvent.id.in_(released),  # type: ignore[union-attr]
+            InboxEvent.topic.in_(REFUND_TOPICS),  # type: ignore[union-attr]
+        )
+    )
+    for row in waiting:
+        try:
+            parsed = parse_refund(row.body)
+        except InvalidPayload:
+            continue
+        if parsed.order_id == order.shopify_id:
+            shipping.apply_refund(session, order=order, parsed=parsed, lines=lines)
 
 
 def _order_for(session: Session, row: InboxEvent, order_shopify_id: int, out: Outcome) -> Order | None:
@@ -152,6 +181,7 @@ def _process_fulfillment(rt: Runtime, session: Session, row: InboxEvent) -> Outc
     result = shipping.upsert_shipment(session, order=order, parsed=parsed, policy=rt.policies.delivery)
     shipment = result.shipment
     out.reason, out.shipment_id = result.reason, shipment.id
+    lines = receipt.lines_of(session, order)
     if result.applied:
         notices = [
             t
@@ -162,10 +192,10 @@ def _process_fulfillment(rt: Runtime, session: Session, row: InboxEvent) -> Outc
             reason = f"fulfillment {parsed.id} is {shipment.status}"
             out.cancelled = [t.id for t in shipping.cancel_touchpoints(session, notices, reason) if t.id]
         elif order.cancelled_at is None and shipping.has_left(shipment, rt.policies.delivery):
-            message = _write_notice(rt, session, order, shipment, out)
+            message = _write_notice(rt, session, order, lines, shipment, out)
             if message is not None:
                 out.outbox_id, out.outbox_status = message.id, message.status
-        shipping.plan_after_delivery(session, order, rt.policies, receipt.lines_of(session, order))
+        shipping.plan_after_delivery(session, order, rt.policies, lines)
     # Carrier events that came before their fulfillment are queued again now that it is recorded.
     out.released = shipping.release_fulfillment_waiting(session, row.shop_domain, parsed.id)
     inbox.finish(session, row, InboxStatus.DONE, result.reason)
@@ -213,6 +243,9 @@ def _process_refund(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
     out.cancelled = [t.id for t in result.cancelled if t.id is not None]
     if not result.created:
         out.reason = f"refund {parsed.id} was already recorded"
+    # Fewer units to ship: a new version of the instruction, or the order called back from the warehouse.
+    handoff = warehouse.plan_handoff(session, order, lines, rt.policies)
+    out.handoff_id = handoff.id if handoff else None
     inbox.finish(session, row, InboxStatus.DONE, out.reason)
     return out
 
@@ -240,10 +273,17 @@ def _process_review(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
 
 
 def _write_notice(
-    rt: Runtime, session: Session, order: Order, shipment: Shipment, out: Outcome
+    rt: Runtime,
+    session: Session,
+    order: Order,
+    lines: list[receipt.OrderLine],
+    shipment: Shipment,
+    out: Outcome,
 ) -> Enqueued | None:
     """The one shipment notice for this fulfillment: its touchpoint's seq is the shipment's own id,
-    so a re-delivered or updated fulfillment finds the same touchpoint and outbox row."""
+    so a re-delivered or updated fulfillment finds the same touchpoint and outbox row. Whether it is
+    owed is decided here, before it is written: not when none of the units it carries is still the
+    customer's (refunded, or the whole order refunded or voided). One written already is left alone."""
     assert shipment.id is not None
     touchpoint = shipping.ensure_touchpoint(
         session,
@@ -256,6 +296,13 @@ def _write_notice(
     if touchpoint.status not in (TouchpointStatus.PLANNED, TouchpointStatus.SKIPPED):
         assert touchpoint.id is not None
         return find_message(session, touchpoint.id)
+    shippable = shipping.shippable_quantities(session, order, lines)
+    if shipping.nothing_left_in(shipment, shippable):
+        whole = shipping.nothing_left(lines, shippable)
+        touchpoint.status = TouchpointStatus.PLANNED  # so that its unclaimed message goes too
+        reason = "order fully refunded" if whole else "every line of this shipment was refunded"
+        shipping.cancel_touchpoints(session, [touchpoint], f"{reason} before the notice was written")
+        return None
     if not order.email:
         touchpoint.status, touchpoint.reason = TouchpointStatus.SKIPPED, "no customer email on the order"
         session.add(touchpoint)

@@ -430,6 +430,11 @@ def order_delivery(session: Session, order: Order, policy: DeliveryPolicy) -> Or
 
 # --- Refunds ---------------------------------------------------------------------------------------
 
+# Shopify's word for an order the customer pays nothing for any more: every unit given back, or the
+# authorisation voided. Nothing of it is left to ship, whether or not a refund delivery ever names the
+# lines (`orders/updated` may be all we hear).
+NOTHING_PAID = frozenset({"refunded", "voided"})
+
 
 @dataclass
 class RefundResult:
@@ -448,27 +453,62 @@ def refunded_quantities(session: Session, order: Order) -> dict[int, int]:
     return dict(totals)
 
 
-def fully_refunded_lines(session: Session, order: Order, lines: list[OrderLine]) -> set[int]:
+def shippable_quantities(session: Session, order: Order, lines: list[OrderLine]) -> dict[int, int]:
+    """Shopify line id -> units the customer still has: ordered minus refunded (never below 0), none
+    at all once Shopify calls the order refunded or voided. The one measure of what a refund took
+    back: it sets the warehouse instruction's quantities, decides whether the order is called back
+    from the warehouse, and whether a shipment notice (or anything after delivery) is still owed."""
+    if (order.financial_status or "") in NOTHING_PAID:
+        return {line.shopify_id: 0 for line in lines}
     refunded = refunded_quantities(session, order)
-    return {
-        line.shopify_id
-        for line in lines
-        if line.quantity > 0 and refunded.get(line.shopify_id, 0) >= line.quantity
-    }
+    return {line.shopify_id: max(0, line.quantity - refunded.get(line.shopify_id, 0)) for line in lines}
+
+
+def nothing_left(lines: list[OrderLine], shippable: dict[int, int]) -> bool:
+    """The order had units and the customer keeps none of them: refunded in full (or voided)."""
+    return any(line.quantity > 0 for line in lines) and not any(shippable.values())
+
+
+def nothing_left_in(shipment: Shipment, shippable: dict[int, int]) -> bool:
+    """None of the lines this shipment carries is still the customer's: its notice is not owed. A line
+    the order does not know counts as the customer's (we cannot tell it was refunded)."""
+    ids = [int(li["line_id"]) for li in shipment.lines]
+    return bool(ids) and all(shippable.get(line_id, 1) == 0 for line_id in ids)
+
+
+def fully_refunded_lines(session: Session, order: Order, lines: list[OrderLine]) -> set[int]:
+    shippable = shippable_quantities(session, order, lines)
+    return {line.shopify_id for line in lines if line.quantity > 0 and shippable[line.shopify_id] == 0}
 
 
 def is_fully_refunded(session: Session, order: Order, lines: list[OrderLine]) -> bool:
-    return bool(lines) and fully_refunded_lines(session, order, lines) == {
-        line.shopify_id for line in lines if line.quantity > 0
-    }
+    return nothing_left(lines, shippable_quantities(session, order, lines))
+
+
+def take_back(session: Session, order: Order, lines: list[OrderLine], why: str) -> list[Touchpoint]:
+    """Cancel what refunds took back and is not sent yet (with its unclaimed outbox message): the
+    notice of a shipment none of whose units the customer still has, and, once nothing of the order
+    is left, everything still planned (no survey, no review request for an order they no longer
+    have). `why` names the cause for the reasons: a refund, or the order's financial status."""
+    shippable = shippable_quantities(session, order, lines)
+    cancelled: list[Touchpoint] = []
+    notices = {t.seq: t for t in touchpoints_of(session, order, (SHIPMENT_NOTICE,))}
+    for shipment in shipments_of(session, order):
+        if shipment.id in notices and nothing_left_in(shipment, shippable):
+            cancelled += cancel_touchpoints(
+                session, [notices[shipment.id]], f"every line of this shipment was refunded ({why})"
+            )
+    if nothing_left(lines, shippable):
+        cancelled += cancel_touchpoints(
+            session, touchpoints_of(session, order), f"order fully refunded ({why})"
+        )
+    return cancelled
 
 
 def apply_refund(
     session: Session, *, order: Order, parsed: ShopifyRefund, lines: list[OrderLine]
 ) -> RefundResult:
-    """Record a refund (once), then cancel what it takes back: a shipment notice whose every line is
-    refunded, and, once the whole order is refunded, everything still planned (no survey, no review
-    request for an order the customer no longer has)."""
+    """Record a refund (once), then cancel what it takes back (`take_back`)."""
     assert order.id is not None
     refund = session.exec(
         select(Refund).where(Refund.shop_domain == order.shop_domain, Refund.shopify_id == parsed.id)
@@ -486,23 +526,8 @@ def apply_refund(
         )
         session.add(refund)
         session.flush()
-    refunded = fully_refunded_lines(session, order, lines)
-    cancelled: list[Touchpoint] = []
-    notices = {t.seq: t for t in touchpoints_of(session, order, (SHIPMENT_NOTICE,))}
-    for shipment in shipments_of(session, order):
-        shipped_ids = {int(li["line_id"]) for li in shipment.lines}
-        if shipment.id in notices and shipped_ids and shipped_ids <= refunded:
-            cancelled += cancel_touchpoints(
-                session,
-                [notices[shipment.id]],
-                f"every line of this shipment was refunded (refund {parsed.id})",
-            )
-    full = is_fully_refunded(session, order, lines)
-    if full:
-        cancelled += cancel_touchpoints(
-            session, touchpoints_of(session, order), f"order fully refunded (refund {parsed.id})"
-        )
-    return RefundResult(refund, created, cancelled, full)
+    cancelled = take_back(session, order, lines, f"refund {parsed.id}")
+    return RefundResult(refund, created, cancelled, is_fully_refunded(session, order, lines))
 
 
 # --- What is planned once the parcel has arrived ---------------------------------------------------
@@ -567,13 +592,15 @@ def notice_vars(
 ) -> dict[str, Any]:
     """Everything the shipment notice templates use."""
     lines = list(session.exec(select(OrderLine).where(OrderLine.order_id == order.id)))
+    shippable = shippable_quantities(session, order, lines)  # a refunded unit is not "to come"
     shipped: dict[int, int] = defaultdict(int)
     for other in shipments_of(session, order):
         if other.status not in VOID_STATUSES:
             for li in other.lines:
                 shipped[int(li["line_id"])] += int(li["quantity"])
     remaining = any(
-        line.requires_shipping and shipped.get(line.shopify_id, 0) < line.quantity for line in lines
+        line.requires_shipping and shipped.get(line.shopify_id, 0) < shippable[line.shopify_id]
+        for line in lines
     )
     tz = policies.shipping.tz
     estimate = shipment.delivered_at or shipment.estimated_delivery_at

@@ -20,6 +20,7 @@ from aftercare.models import (
     InboxEvent,
     InboxWait,
     Order,
+    OrderLine,
     OutboxMessage,
     Refund,
     Shipment,
@@ -29,8 +30,15 @@ from aftercare.models import (
     utcnow,
 )
 from aftercare.policies import DeliveryPolicy
-from aftercare.shipping import VOID_STATUSES, OrderDelivery, events_of, order_delivery, shipments_of
-from aftercare.warehouse import is_cancellation
+from aftercare.shipping import (
+    VOID_STATUSES,
+    OrderDelivery,
+    events_of,
+    order_delivery,
+    shipments_of,
+    shippable_quantities,
+)
+from aftercare.warehouse import call_back, is_cancellation
 
 
 class OrderNotFound(AftercareError):
@@ -120,6 +128,8 @@ def order_timeline(
         if order.cancelled_at is not None:
             history.append(Entry(order.cancelled_at, "cancellation", "order cancelled in Shopify"))
             history += _cancelled_after_shipping(order, shipments, handoffs)
+        else:
+            history += _refunded_in_full(session, order, shipments, handoffs)
         history += _handoffs(handoffs)
         now = utcnow()
         history += _carrier_events(session, shipments)
@@ -259,6 +269,29 @@ def _cancelled_after_shipping(
     else:
         summary = f"cancelled after it shipped ({names}): no cancellation sent to the warehouse"
     return [Entry(order.cancelled_at, "cancellation", summary, status="after_shipping")]
+
+
+def _refunded_in_full(
+    session: Session, order: Order, shipments: list[Shipment], handoffs: list[WarehouseHandoff]
+) -> list[Entry]:
+    """An order refunded in full (or voided) is called back from the warehouse like a cancellation:
+    say what the warehouse was told, or why it was not."""
+    lines = list(session.exec(select(OrderLine).where(OrderLine.order_id == order.id)))
+    called = call_back(session, order, lines, shippable_quantities(session, order, lines))
+    if called is None:
+        return []
+    what = "voided" if called.code == "voided" else "refunded in full"
+    cancel = next((h for h in handoffs if is_cancellation(h)), None)
+    left = [s.name or str(s.shopify_id) for s in shipments if s.status not in VOID_STATUSES]
+    if cancel is not None:
+        summary = f"{what}: cancel sent to the warehouse (cancellation v{cancel.version}, {cancel.status})"
+    elif left:
+        summary = f"{what} after it shipped ({', '.join(left)}): no cancellation sent to the warehouse"
+    elif any(h.status == "superseded" for h in handoffs):
+        summary = f"{what}: withdrawn from the warehouse before it had the order"
+    else:
+        summary = f"{what}: the warehouse never accepted the order, nothing to cancel"
+    return [Entry(called.at, "refund", summary, status="called_back")]
 
 
 def _handoffs(handoffs: list[WarehouseHandoff]) -> list[Entry]:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,11 +31,12 @@ from sqlmodel import Session, select
 
 from aftercare.db import claim_rows
 from aftercare.errors import PermanentWarehouseError, TransientWarehouseError
-from aftercare.models import HandoffStatus, Order, OrderLine, Shipment, WarehouseHandoff, utcnow
+from aftercare.models import HandoffStatus, Order, OrderLine, Refund, Shipment, WarehouseHandoff, utcnow
 from aftercare.policies import Policies, RequestsPolicy
 from aftercare.receipt import FLAG_MISSING_ADDRESS, payment_state
 from aftercare.rendering import Renderer
 from aftercare.settings import Settings
+from aftercare.shipping import shippable_quantities
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,24 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _amount(value: Decimal) -> str:
+    """A money amount written the same however the order was read (12100 from the webhook, 12100.0000
+    back from the database), like `placed_at` in UTC: planning from a reloaded order (a refund) must
+    not see a new version where nothing changed."""
+    return format(Decimal(value).normalize(), "f")
+
+
 def build_instruction(
-    order: Order, lines: list[OrderLine], policy: RequestsPolicy, today: date
+    order: Order,
+    lines: list[OrderLine],
+    policy: RequestsPolicy,
+    today: date,
+    shippable: dict[int, int] | None = None,
 ) -> dict[str, Any]:
     """The shipping instruction for the warehouse, from the order as we hold it. Special requests are
-    named by the shop's policy; every note attribute and line property is also passed verbatim."""
+    named by the shop's policy; every note attribute and line property is also passed verbatim.
+    `shippable` (line id -> units, `shipping.shippable_quantities`) leaves refunded units out: the
+    warehouse is never asked to ship one."""
     attributes = [
         {"name": _text(a.get("name")), "value": a.get("value")}
         for a in (order.raw or {}).get("note_attributes") or []
@@ -109,7 +124,8 @@ def build_instruction(
     wrap_raw = requests.get("gift_wrap")
     ship_lines = []
     for line in lines:
-        if not line.requires_shipping or line.quantity <= 0:
+        quantity = line.quantity if shippable is None else shippable.get(line.shopify_id, line.quantity)
+        if not line.requires_shipping or quantity <= 0:
             continue
         props = [{"name": _text(p.get("name")), "value": p.get("value")} for p in line.properties]
         named: dict[str, list[str]] = {}
@@ -123,8 +139,8 @@ def build_instruction(
                 "sku": line.sku,
                 "title": line.title,
                 "variant": line.variant_title,
-                "quantity": line.quantity,
-                "unit_price": str(line.price),
+                "quantity": quantity,
+                "unit_price": _amount(line.price),
                 "engraving": named.get("engraving", []),
                 "gift_wrap": None if "gift_wrap" not in named else not policy.says_no(named["gift_wrap"][0]),
                 "requests": named,
@@ -141,10 +157,10 @@ def build_instruction(
             "id": order.shopify_id,
             "name": order.name,
             "number": order.number,
-            "placed_at": order.placed_at.isoformat(),
+            "placed_at": order.placed_at.astimezone(UTC).isoformat(),
             "locale": order.locale,
             "currency": order.currency,
-            "total": str(order.total),
+            "total": _amount(order.total),
         },
         "ship_to": {
             k: address.get(k)
@@ -205,15 +221,49 @@ def digest(instruction: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(instruction, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def why_not_ready(order: Order, lines: list[OrderLine], shipped: bool) -> str | None:
-    """Why this order is not handed to the warehouse (now), or None when it should be."""
+@dataclass(frozen=True)
+class CallBack:
+    """Why the warehouse must not ship an order any more: its unsent versions are withdrawn and one it
+    has (or may have) is cancelled. `code` and `at` go into the cancellation instruction."""
+
+    why: str  # for people: "order cancelled", "order refunded in full", "order voided"
+    code: str  # for the 3PL: Shopify's cancel_reason, or "refunded" / "voided"
+    at: datetime
+
+
+def call_back(
+    session: Session, order: Order, lines: list[OrderLine], shippable: dict[int, int]
+) -> CallBack | None:
+    """The order was cancelled, or none of the units it would ship is still the customer's (refunds
+    for every one, or Shopify's financial status `refunded` / `voided`, with or without a refund
+    delivery): a refund in full is treated like a cancellation. None when the order still ships."""
+    if order.cancelled_at is not None:
+        code = (order.raw or {}).get("cancel_reason") or "cancelled"
+        return CallBack("order cancelled", code, order.cancelled_at)
+    ordered = [line for line in lines if line.requires_shipping and line.quantity > 0]
+    if not ordered or any(shippable.get(line.shopify_id, 0) > 0 for line in ordered):
+        return None
+    if order.financial_status == "voided":
+        return CallBack("order voided", "voided", order.source_updated_at)
+    last_refund = session.exec(
+        select(Refund.refunded_at).where(Refund.order_id == order.id).order_by(Refund.refunded_at.desc())  # type: ignore[attr-defined]
+    ).first()
+    return CallBack("order refunded in full", "refunded", last_refund or order.source_updated_at)
+
+
+def why_not_ready(
+    order: Order, lines: list[OrderLine], shipped: bool, shippable: dict[int, int] | None = None
+) -> str | None:
+    """Why this order is not handed to the warehouse (now), or None when it should be. `shippable`
+    (line id -> units not refunded) defaults to the lines as ordered."""
+    units = {line.shopify_id: line.quantity for line in lines} if shippable is None else shippable
     if order.cancelled_at is not None:
         return "order cancelled"
     if order.is_test:
         return "test order: nothing ships"
     if payment_state(order) != "paid":
         return f"not paid ({order.financial_status})"
-    if not any(line.requires_shipping and line.quantity > 0 for line in lines):
+    if not any(line.requires_shipping and units.get(line.shopify_id, 0) > 0 for line in lines):
         return "nothing to ship"
     if FLAG_MISSING_ADDRESS in (order.flags or []):
         return "no usable shipping address"
@@ -226,11 +276,12 @@ def plan_handoff(
     session: Session, order: Order, lines: list[OrderLine], policies: Policies, *, today: date | None = None
 ) -> WarehouseHandoff | None:
     """The hand-off for the order as it is now: a new version when its instruction changed (before it
-    ships), else the one we have. A cancelled order's unsent versions are withdrawn, and when the
-    warehouse has one already, a cancellation version tells it (see `_plan_cancellation`)."""
+    ships), else the one we have. The instruction carries the units not refunded, so a partial
+    refund before shipping is a new version. An order called back (cancelled, refunded in full,
+    voided: `call_back`) has its unsent versions withdrawn, and when the warehouse has one already, a
+    cancellation version tells it (see `_plan_cancellation`). Once called back, nothing re-opens it."""
     assert order.id is not None
     shipped = session.exec(select(Shipment.id).where(Shipment.order_id == order.id)).first() is not None
-    reason = why_not_ready(order, lines, shipped)
     versions = list(
         session.exec(
             select(WarehouseHandoff)
@@ -238,13 +289,18 @@ def plan_handoff(
             .order_by(WarehouseHandoff.version)
         )
     )
-    if reason is not None:
-        if order.cancelled_at is not None:
-            shipping = shipped or order.fulfillment_status in ("fulfilled", "partial")
-            return _plan_cancellation(session, order, versions, shipping, policies.requests.version)
+    cancellation = next((v for v in versions if is_cancellation(v)), None)
+    if cancellation is not None:
+        return cancellation
+    shippable = shippable_quantities(session, order, lines)
+    called_back = call_back(session, order, lines, shippable)
+    if called_back is not None:
+        shipping = shipped or order.fulfillment_status in ("fulfilled", "partial")
+        return _plan_cancellation(session, order, versions, shipping, policies.requests.version, called_back)
+    if why_not_ready(order, lines, shipped, shippable) is not None:
         return None
     today = today or utcnow().astimezone(policies.shipping.tz).date()
-    instruction = build_instruction(order, lines, policies.requests, today)
+    instruction = build_instruction(order, lines, policies.requests, today, shippable)
     content = digest(instruction)
     latest = versions[-1] if versions else None
     if latest is not None and latest.digest == content:
@@ -275,10 +331,17 @@ def may_be_held(handoff: Any) -> bool:
     )
 
 
-def build_cancellation(order: Order, cancels: WarehouseHandoff, policy_version: str) -> dict[str, Any]:
+def build_cancellation(
+    order: Order, cancels: WarehouseHandoff, policy_version: str, called_back: CallBack | None = None
+) -> dict[str, Any]:
     """The instruction that calls a hand-off back: the order's reference, the version (and the
-    warehouse's own reference for it) it cancels, and why. No lines: nothing is to be picked."""
-    assert order.cancelled_at is not None
+    warehouse's own reference for it) it cancels, and why (Shopify's cancel reason, or "refunded" /
+    "voided"). No lines: nothing is to be picked. Without `called_back`, the order's cancellation."""
+    if called_back is None:
+        assert order.cancelled_at is not None
+        called_back = CallBack(
+            "order cancelled", (order.raw or {}).get("cancel_reason") or "cancelled", order.cancelled_at
+        )
     return {
         "schema": SCHEMA,
         "action": ACTION_CANCEL,
@@ -286,27 +349,30 @@ def build_cancellation(order: Order, cancels: WarehouseHandoff, policy_version: 
         "order": {"id": order.shopify_id, "name": order.name, "number": order.number},
         "cancels_version": cancels.version,
         "cancels_reference": cancels.reference,
-        "reason": (order.raw or {}).get("cancel_reason") or "cancelled",
-        "cancelled_at": order.cancelled_at.astimezone(UTC).isoformat(),
+        "reason": called_back.code,
+        "cancelled_at": called_back.at.astimezone(UTC).isoformat(),
         "flags": [],
         "policy_version": policy_version,
     }
 
 
 def _plan_cancellation(
-    session: Session, order: Order, versions: list[WarehouseHandoff], shipped: bool, policy_version: str
+    session: Session,
+    order: Order,
+    versions: list[WarehouseHandoff],
+    shipped: bool,
+    policy_version: str,
+    called_back: CallBack,
 ) -> WarehouseHandoff | None:
-    """A cancelled order. Versions not sent yet are withdrawn. When the warehouse has (or may have)
-    one and nothing has shipped, one cancellation version is planned; cancelling again finds it.
-    Once a shipment exists no cancellation is sent: the parcel has left (the timeline says so)."""
-    cancellation = next((v for v in versions if is_cancellation(v)), None)
-    if cancellation is not None:
-        return cancellation
+    """A called-back order without a cancellation yet. Versions not sent yet are withdrawn. When the
+    warehouse has (or may have) one and nothing has shipped, one cancellation version is planned
+    (planning again finds it, in `plan_handoff`). Once a shipment exists no cancellation is sent: the
+    parcel has left (the timeline says so)."""
     held = [v for v in versions if may_be_held(v)]
-    _withdraw(session, versions, "order cancelled before the warehouse had it")
+    _withdraw(session, versions, f"{called_back.why} before the warehouse had it")
     if not held or shipped:
         return None
-    instruction = build_cancellation(order, held[-1], policy_version)
+    instruction = build_cancellation(order, held[-1], policy_version, called_back)
     assert order.id is not None
     cancellation = WarehouseHandoff(
         order_id=order.id,
