@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare import samples, shopify
+from aftercare import inbox, samples, shopify
 from aftercare.db import make_engine, migrate
 from aftercare.errors import AftercareError
 from aftercare.models import InboxEvent, InboxStatus, OutboxMessage, OutboxStatus, utcnow
@@ -78,6 +78,8 @@ def inbox_rows(settings: Settings, status: str | None, limit: int) -> list[dict[
             "status": r.status,
             "reason": r.reason,
             "attempts": r.attempts,
+            "next_attempt_at": _iso(r.next_attempt_at) if r.status == InboxStatus.FAILED else None,
+            "alerted_at": _iso(r.alerted_at),
             "received_at": _iso(r.received_at),
             "processed_at": _iso(r.processed_at),
             "bytes": len(r.body),
@@ -135,7 +137,22 @@ def cmd_inbox_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print(json.dumps(rows, ensure_ascii=False, indent=2))
     else:
-        _print(_table(rows, ["id", "status", "topic", "ref", "delivery_id", "reason"]))
+        _print(
+            _table(
+                rows, ["id", "status", "attempts", "next_attempt_at", "topic", "ref", "delivery_id", "reason"]
+            )
+        )
+    return 0
+
+
+def cmd_inbox_retry(args: argparse.Namespace, settings: Settings) -> int:
+    """A person fixed the cause: process a failed delivery again, with every attempt back."""
+    engine = make_engine(settings)
+    try:
+        inbox.retry_by_hand(engine, args.id)
+    finally:
+        engine.dispose()
+    _print(f"inbox row {args.id} requeued; the next sweep processes it")
     return 0
 
 
@@ -343,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
             resend = group.add_parser("resend", help="requeue a failed or uncertain message")
             resend.add_argument("id", type=int)
             resend.set_defaults(func=cmd_outbox_resend)
+        else:
+            retry = group.add_parser("retry", help="process a failed delivery again, attempts reset")
+            retry.add_argument("id", type=int)
+            retry.set_defaults(func=cmd_inbox_retry)
     return parser
 
 

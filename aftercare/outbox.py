@@ -306,11 +306,21 @@ def _record(
     return DeliveryResult(outbox_id, status, provider_id, error, attempts)
 
 
-def recover_stale(engine: Engine, backend: EmailBackend, lease: timedelta) -> dict[int, str]:
+def recover_stale(
+    engine: Engine,
+    backend: EmailBackend,
+    lease: timedelta,
+    *,
+    max_attempts: int = 5,
+    now: datetime | None = None,
+) -> dict[int, str]:
     """Settle rows left in `sending` longer than the lease by a worker that died: sent if the
-    backend has the message, pending if it certainly does not, uncertain when it cannot tell."""
+    backend has the message, pending if it certainly does not, uncertain when it cannot tell.
+    The death is an attempt: a message whose sending kills its worker every time is failed after
+    `max_attempts` (with the touchpoint), not requeued forever."""
     outcome: dict[int, str] = {}
-    cutoff = utcnow() - lease
+    now = now or utcnow()
+    cutoff = now - lease
     with Session(engine) as session:
         stale = session.exec(
             select(OutboxMessage).where(
@@ -321,11 +331,26 @@ def recover_stale(engine: Engine, backend: EmailBackend, lease: timedelta) -> di
             assert row.id is not None
             known = backend.was_delivered(row.id)
             if known is True:
-                row.status, row.sent_at, row.provider = OutboxStatus.SENT, utcnow(), backend.name
+                row.status, row.sent_at, row.provider = OutboxStatus.SENT, now, backend.name
                 row.last_error = "recovered after a worker stopped mid-send: the provider has it"
             elif known is False:
-                row.status, row.claimed_by, row.claimed_at = OutboxStatus.PENDING, None, None
-                row.last_error = "worker stopped before the provider had it; requeued"
+                row.attempts += 1
+                row.claimed_by, row.claimed_at = None, None
+                if row.attempts >= max_attempts:
+                    row.status = OutboxStatus.FAILED
+                    row.last_error = (
+                        f"gave up after {row.attempts} attempts: the worker stopped mid-send "
+                        "before the provider had it"
+                    )
+                    if row.touchpoint_id is not None:
+                        session.execute(
+                            _TOUCHPOINTS.update()
+                            .where(_TOUCHPOINTS.c.id == row.touchpoint_id)
+                            .values(status=TouchpointStatus.FAILED, reason=row.last_error)
+                        )
+                else:
+                    row.status = OutboxStatus.PENDING
+                    row.last_error = "worker stopped before the provider had it; requeued"
             else:
                 row.status = OutboxStatus.UNCERTAIN
                 row.last_error = (

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     wake_deployment: str = "process-inbox/process-inbox"
 
     batch_size: int = Field(default=50, ge=1, le=1000)
+    # A delivery whose processing failed is tried again after base * 2^(attempts-1) seconds, capped
+    # (30 s, 1 min, 2 min, ... up to 4 h: ten attempts span about four hours), then ops are told. A claim
+    # older than the lease with no outcome is a worker that died on it: that counts as an attempt.
+    inbox_max_attempts: int = Field(default=10, ge=1, le=50)
+    inbox_retry_base_s: float = Field(default=30.0, gt=0)
+    inbox_retry_cap_s: float = Field(default=4 * 3600.0, gt=0)
+    inbox_lease_s: float = Field(default=300.0, gt=0)
 
     # Where shipping instructions go: files under <var_dir>/warehouse/ (default) or a 3PL's HTTP API.
     warehouse_backend: Literal["files", "http"] = "files"

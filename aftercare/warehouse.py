@@ -643,23 +643,58 @@ class ClaimedHandoff:
     version: int
 
 
-def _claimable(now: datetime, lease: timedelta) -> sa.ColumnElement[bool]:
-    return sa.or_(
-        sa.and_(WarehouseHandoff.status == HandoffStatus.PENDING, WarehouseHandoff.next_attempt_at <= now),
-        # A worker that died mid-send: safe to send again, the idempotency key makes it the same request.
-        sa.and_(WarehouseHandoff.status == HandoffStatus.SENDING, WarehouseHandoff.claimed_at < now - lease),
+def _abandoned(now: datetime, lease: timedelta) -> sa.ColumnElement[bool]:
+    """In `sending` longer than the lease: the worker died mid-send (its attempt was not recorded)."""
+    return sa.and_(
+        WarehouseHandoff.status == HandoffStatus.SENDING, WarehouseHandoff.claimed_at < now - lease
     )
 
 
-def claim_due(engine: Engine, limit: int, lease: timedelta = timedelta(minutes=5)) -> list[ClaimedHandoff]:
-    """Move up to `limit` due hand-offs to `sending` (a compare-and-set; SKIP LOCKED on PostgreSQL)."""
-    now = utcnow()
+def _claimable(now: datetime, lease: timedelta, max_attempts: int) -> sa.ColumnElement[bool]:
+    return sa.or_(
+        sa.and_(WarehouseHandoff.status == HandoffStatus.PENDING, WarehouseHandoff.next_attempt_at <= now),
+        # A worker that died mid-send: safe to send again, the idempotency key makes it the same request.
+        # Its death counts as an attempt (added by the claim), so at least one attempt must be left.
+        sa.and_(_abandoned(now, lease), WarehouseHandoff.attempts + 1 < max_attempts),
+    )
+
+
+def claim_due(
+    engine: Engine,
+    limit: int,
+    lease: timedelta = timedelta(minutes=5),
+    *,
+    max_attempts: int = 6,
+    now: datetime | None = None,
+) -> list[ClaimedHandoff]:
+    """Move up to `limit` due hand-offs to `sending` (a compare-and-set; SKIP LOCKED on PostgreSQL).
+    A takeover of a dead worker's hand-off counts its attempt; one that has none left is failed
+    instead (the ops alert picks it up), so a hand-off that kills its worker is not sent forever."""
+    now = now or utcnow()
+    claim_rows(
+        engine,
+        WarehouseHandoff,
+        [],
+        sa.and_(_abandoned(now, lease), WarehouseHandoff.attempts + 1 >= max_attempts),
+        {
+            "status": HandoffStatus.FAILED,
+            "attempts": WarehouseHandoff.attempts + 1,
+            "last_error": f"gave up: the worker died while sending it (no answer recorded within the "
+            f"{int(lease.total_seconds())} s lease) and no attempt was left of {max_attempts}",
+        },
+        1000,
+    )
+    taken_over = sa.case((WarehouseHandoff.status == HandoffStatus.SENDING, 1), else_=0)
     rows = claim_rows(
         engine,
         WarehouseHandoff,
         [WarehouseHandoff.order_name, WarehouseHandoff.version],
-        _claimable(now, lease),
-        {"status": HandoffStatus.SENDING, "claimed_at": now},
+        _claimable(now, lease, max_attempts),
+        {
+            "status": HandoffStatus.SENDING,
+            "claimed_at": now,
+            "attempts": WarehouseHandoff.attempts + taken_over,
+        },
         limit,
     )
     return [ClaimedHandoff(handoff_id, order_name, version) for handoff_id, order_name, version in rows]

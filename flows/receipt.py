@@ -12,7 +12,16 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from tasks.receipt import BatchFailed, chunked, claim_inbox, claim_outbox, receive, receive_lanes, send
+from tasks.receipt import (
+    BatchFailed,
+    chunked,
+    claim_inbox,
+    claim_outbox,
+    inbox_alerts,
+    receive,
+    receive_lanes,
+    send,
+)
 from tasks.review_sweep import review_sweep
 from tasks.shipping import claim_handoffs, hand_off, warehouse_alerts
 
@@ -68,6 +77,8 @@ def process_inbox(
         settle(in_flight)
         # Refused, or not acknowledged within the policy's window: ops are told once, the run fails.
         failures.extend(warehouse_alerts())
+        # Deliveries out of attempts: ops are told once (the mail is in the outbox, sent just below).
+        failures.extend(inbox_alerts())
         handoffs = claim_handoffs(batch_size)
         claimed = claim_outbox(batch_size * 2)
         in_flight = [(hand_off.submit(c), "handed", len(c)) for c in chunked(handoffs)]

@@ -15,9 +15,10 @@ from typing import TypeVar
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import task_run
+from sqlalchemy.exc import SQLAlchemyError
 
 from aftercare import inbox, outbox, processing, shipping, timeline
-from aftercare.db import get_many
+from aftercare.db import get_many, session_scope
 from aftercare.errors import AftercareError
 from aftercare.models import OutboxMessage
 from aftercare.runtime import current
@@ -120,7 +121,7 @@ def claim_inbox(batch_size: int) -> list[inbox.ClaimedRow]:
     engine = current().engine
     # Rows that waited for an order which has arrived since (guards the arrive-while-parking race).
     shipping.release_ready(engine)
-    return inbox.claim_batch(engine, batch_size)
+    return inbox.claim_batch(engine, batch_size, inbox.Retry.from_settings(current().settings))
 
 
 def chunked(items: list[T], *, max_size: int = 25, target_tasks: int = 4) -> list[list[T]]:
@@ -195,9 +196,11 @@ def _receive_run_name() -> str:
 @task(name="receive", task_run_name=_receive_run_name)
 def receive(rows: list[inbox.ClaimedRow]) -> list[processing.Outcome]:
     """Turn deliveries into order state and what it calls for (written to the outbox, not sent). A
-    row that raises is marked failed and retried by later runs (up to its attempt limit); the others
-    are not held back by it. No Prefect retries: they would repeat the rows that succeeded."""
+    row that raises is marked failed and tried again after its backoff (up to its attempt limit,
+    then ops are told: see inbox_alerts); the others are not held back by it. No Prefect retries:
+    they would repeat the rows that succeeded, at once, where the backoff waits."""
     rt = current()
+    retry = inbox.Retry.from_settings(rt.settings)
     outcomes: list[processing.Outcome] = []
     failures: list[str] = []
     for row in rows:
@@ -205,8 +208,14 @@ def receive(rows: list[inbox.ClaimedRow]) -> list[processing.Outcome]:
             outcome = processing.process_row(rt, row.inbox_id)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            inbox.mark_failed(rt.engine, row.inbox_id, reason)
-            failures.append(f"{row.topic} {row.ref} (inbox {row.inbox_id}): {reason}")
+            try:
+                again = inbox.mark_failed(rt.engine, row.inbox_id, reason, retry)
+                then = f"; tried again after {again:%H:%M:%S} UTC" if again else ""
+            except SQLAlchemyError as record_exc:
+                # The database is away (the blip that failed the row, say): the row stays claimed
+                # and is taken over when its lease runs out, which counts as an attempt too.
+                then = f"; not recorded ({type(record_exc).__name__}), taken over after the lease"
+            failures.append(f"{row.topic} {row.ref} (inbox {row.inbox_id}): {reason}{then}")
             continue
         outcomes.append(outcome)
         if outcome.order_name and outcome.status == "done" and outcome.topic in TIMELINE_TOPICS:
@@ -222,9 +231,61 @@ def receive(rows: list[inbox.ClaimedRow]) -> list[processing.Outcome]:
     return outcomes
 
 
+INBOX_ALERT = "inbox_alert"
+
+
+def inbox_alerts() -> list[str]:
+    """Deliveries that used every attempt: each is told to ops once and returned as a reason, which
+    fails the run so it shows red in the UI. The mail (one per sweep listing them all, to each of the
+    policy's `ops_alert_emails`, in the warehouse's language) is an outbox row written in the same
+    transaction as the claim on `inbox.alerted_at`: never lost, never sent twice; this run's send
+    stage sends it. A plain call, not a task: it runs every round and is one indexed query when
+    there is nothing to tell."""
+    rt = current()
+    policy = rt.policies.requests
+    with session_scope(rt.engine) as session:
+        exhausted = inbox.claim_alerts(session, inbox.Retry.from_settings(rt.settings))
+        if not exhausted:
+            return []
+        tz = rt.policies.shipping.tz
+        rendered = rt.renderer.render_email(
+            INBOX_ALERT,
+            policy.warehouse_locale,
+            {
+                "shop_name": rt.settings.shop_name,
+                "rows": [
+                    {
+                        "id": e.inbox_id,
+                        "topic": e.topic,
+                        "ref": e.ref or "",
+                        "attempts": e.attempts,
+                        "received": e.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z"),
+                        "reason": e.reason or "",
+                    }
+                    for e in exhausted
+                ],
+            },
+        )
+        for to in policy.ops_alert_emails:
+            outbox.enqueue_staff(
+                session,
+                key=f"inbox-{exhausted[0].inbox_id}",  # each row is claimed once: the first names the sweep
+                kind=INBOX_ALERT,
+                to_email=to,
+                rendered=rendered,
+                locale=policy.warehouse_locale,
+            )
+    return [e.describe() for e in exhausted]
+
+
 def claim_outbox(limit: int) -> list[outbox.Claimed]:
     rt = current()
-    recovered = outbox.recover_stale(rt.engine, rt.backend, timedelta(seconds=rt.settings.send_lease_s))
+    recovered = outbox.recover_stale(
+        rt.engine,
+        rt.backend,
+        timedelta(seconds=rt.settings.send_lease_s),
+        max_attempts=rt.settings.send_max_attempts,
+    )
     if recovered:
         get_run_logger().warning("settled messages left mid-send by a stopped worker: %s", recovered)
     return outbox.claim_due(rt.engine, limit, worker=socket.gethostname()[:40])

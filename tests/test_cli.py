@@ -221,6 +221,49 @@ def test_inbox_list_json_shows_an_invalid_row_with_its_reason(env, rt, capsys):
     assert code == 0 and "order id is not an integer" in out and "bad-delivery-1" in out
 
 
+def test_inbox_retry_requeues_a_failed_row_and_refuses_a_missing_or_unfailed_one(env, rt, capsys):
+    from aftercare.inbox import Retry, mark_failed
+
+    failed_id = deliver_webhook(rt.engine, order_payload("ja-first-gift"))
+    done_id = deliver_webhook(rt.engine, order_payload("en-first"))
+    assert failed_id is not None and done_id is not None
+    claimed = {c.inbox_id for c in claim_batch(rt.engine, 10)}
+    assert claimed == {failed_id, done_id}
+    assert process_row(rt, done_id).status == "done"
+    # Out of attempts (a limit of one here): it waits for a person.
+    assert mark_failed(rt.engine, failed_id, "OperationalError: the database went away", Retry(1)) is None
+
+    code, out, _ = run(capsys, "inbox", "list", "--json", "--status", "failed")
+    assert code == 0
+    [row] = json.loads(out)
+    assert (row["id"], row["attempts"], row["next_attempt_at"]) == (failed_id, 1, None)
+    assert row["reason"] == "gave up after 1 attempts: OperationalError: the database went away"
+    code, out, _ = run(capsys, "inbox", "list")
+    assert code == 0 and "attempts" in out.splitlines()[0] and "next_attempt_at" in out.splitlines()[0]
+
+    code, out, err = run(capsys, "inbox", "retry", "999999")
+    assert code == 1 and out == "" and "no inbox row 999999" in err
+    code, out, err = run(capsys, "inbox", "retry", str(done_id))
+    assert code == 1 and f"inbox row {done_id} is done; only failed rows are retried" in err
+
+    code, out, err = run(capsys, "inbox", "retry", str(failed_id))
+    assert code == 0 and err == "" and f"inbox row {failed_id} requeued" in out
+    with Session(rt.engine) as s:
+        again = s.get(InboxEvent, failed_id)
+        assert again is not None
+        assert (again.status, again.attempts, again.next_attempt_at, again.alerted_at) == (
+            "pending",
+            0,
+            None,
+            None,
+        )
+        assert again.reason.startswith("retried by hand at ") and "database went away" in again.reason
+    assert [c.inbox_id for c in claim_batch(rt.engine, 10)] == [failed_id]
+    assert process_row(rt, failed_id).status == "done"
+    code, out, err = run(capsys, "inbox", "retry", str(failed_id))
+    assert code == 1 and "is done" in err  # retried once is enough
+
+
 # --- outbox resend -----------------------------------------------------------------------------
 
 
