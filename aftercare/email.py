@@ -85,10 +85,15 @@ class FileOutboxBackend:
 
     def send(self, email: OutgoingEmail) -> str:
         final = self.path_for(email.outbox_id, staff=email.staff)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_suffix(".tmp")
-        tmp.write_bytes(bytes(to_mime(email)))
-        os.replace(tmp, final)
+        data = bytes(to_mime(email))
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, final)
+        except OSError as err:
+            # Disk full, a permission being fixed: nothing was written in its place, so worth a retry.
+            raise TransientSendError(f"could not write {final.name}: {err}") from err
         return f"file:{final.relative_to(self.directory).as_posix()}"
 
     def was_delivered(self, outbox_id: int) -> bool | None:
