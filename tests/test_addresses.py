@@ -38,7 +38,7 @@ from tasks.receipt import preview_markdown
 from tests.conftest import TEST_SECRET, shared_path
 from tests.factories import body_of, deliver, fulfillment_payload, order_payload, webhook_headers
 from tests.fakes.sendgrid import INVALID_ADDRESS, FakeSendGrid, serve
-from tests.pipeline import receive, rows
+from tests.pipeline import receive, rows, send_all
 
 URL = "/webhooks/shopify"
 LEGACY = ["taro..yamada@docomo.ne.jp", "taro.@ezweb.ne.jp"]
@@ -311,3 +311,18 @@ def test_a_hand_off_the_file_port_cannot_write_is_retried_with_attempts_counted(
     assert result.error is not None and "could not write the hand-off" in result.error
     [row] = rows(rt, WarehouseHandoff)
     assert row.status == HandoffStatus.PENDING and row.attempts == 1
+
+
+def test_packing_slip_names_are_cleaned_like_every_name(rt):
+    payload = order_payload("ja-first-gift")
+    payload["shipping_address"]["name"] = "山田\u2028花子\r\nBcc: evil@example.com"
+    assert receive(rt, payload).handoff_id is not None
+
+    [result] = send_all(rt, warehouse.FileWarehouse(rt.settings.warehouse_dir))
+
+    assert result.status == HandoffStatus.SENT, result.error
+    folder = rt.settings.warehouse_dir / warehouse.order_dir_name(payload["name"])
+    for name in ("packing_slip.txt", "packing_slip.html"):
+        slip = (folder / name).read_text(encoding="utf-8")
+        assert "\u2028" not in slip and "\r" not in slip
+        assert "山田 花子 Bcc: evil@example.com" in slip
