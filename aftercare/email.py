@@ -3,6 +3,7 @@ OutgoingEmail and return the provider's message id, or raise a Transient/Permane
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -16,6 +17,7 @@ from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Category, Content, CustomArg, From, Mail, Personalization, To
 
+from aftercare.addresses import clean_name
 from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
 from aftercare.settings import Settings
 
@@ -49,10 +51,12 @@ class EmailBackend(Protocol):
 
 
 def to_mime(email: OutgoingEmail) -> EmailMessage:
-    """The message as RFC 5322 (multipart/alternative: text and HTML)."""
+    """The message as RFC 5322 (multipart/alternative: text and HTML). Names are cleaned of control
+    characters; an address or subject the email library refuses raises ValueError (the outbox fails
+    that message with it)."""
     msg = EmailMessage()
-    msg["From"] = formataddr((email.from_name or "", email.from_email))
-    msg["To"] = formataddr((email.to_name or "", email.to_email))
+    msg["From"] = formataddr((clean_name(email.from_name) or "", email.from_email))
+    msg["To"] = formataddr((clean_name(email.to_name) or "", email.to_email))
     msg["Subject"] = email.subject
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(idstring=f"aftercare-{email.outbox_id}")
@@ -81,10 +85,15 @@ class FileOutboxBackend:
 
     def send(self, email: OutgoingEmail) -> str:
         final = self.path_for(email.outbox_id, staff=email.staff)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_suffix(".tmp")
-        tmp.write_bytes(bytes(to_mime(email)))
-        os.replace(tmp, final)
+        data = bytes(to_mime(email))
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, final)
+        except OSError as err:
+            # Disk full, a permission being fixed: nothing was written in its place, so worth a retry.
+            raise TransientSendError(f"could not write {final.name}: {err}") from err
         return f"file:{final.relative_to(self.directory).as_posix()}"
 
     def was_delivered(self, outbox_id: int) -> bool | None:
@@ -143,10 +152,10 @@ class SendGridBackend:
 
     def build(self, email: OutgoingEmail) -> Mail:
         mail = Mail()
-        mail.from_email = From(email.from_email, email.from_name)
+        mail.from_email = From(email.from_email, clean_name(email.from_name))
         mail.subject = email.subject
         personalization = Personalization()
-        personalization.add_to(To(email.to_email, email.to_name))
+        personalization.add_to(To(email.to_email, clean_name(email.to_name)))
         personalization.add_custom_arg(CustomArg("outbox_id", str(email.outbox_id)))
         personalization.add_custom_arg(CustomArg("kind", email.kind))
         if email.is_test:
@@ -172,8 +181,8 @@ class SendGridBackend:
         except urllib.error.URLError as err:
             # urllib wraps failures while connecting and writing the request: nothing was accepted.
             raise TransientSendError(f"SendGrid unreachable: {err.reason}") from err
-        except (TimeoutError, ConnectionError) as err:
-            # Raised while waiting for the answer: SendGrid may have accepted the message.
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+            # Raised while waiting for or reading the answer: SendGrid may have accepted the message.
             raise AmbiguousSendError(
                 f"SendGrid did not answer after receiving the request ({err!r})"
             ) from err

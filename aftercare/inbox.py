@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from aftercare import addresses
 from aftercare.db import claim_rows
 from aftercare.errors import AftercareError
 from aftercare.models import InboxEvent, InboxStatus, utcnow
@@ -182,8 +183,9 @@ def give_up_abandoned(
 
 def customer_keys(engine: Engine, inbox_ids: list[int]) -> dict[int, str]:
     """The customer each of these order deliveries is for ('email:<address>'), read from the stored
-    bodies; rows without a usable email are left out. Lets callers keep one customer's orders in
-    order while receiving different customers' at the same time."""
+    bodies the way receiving reads them (aftercare.addresses.customer_key); rows without an address a
+    customer is recognised by are left out. Lets callers keep one customer's orders in order while
+    receiving different customers' at the same time."""
     if not inbox_ids:
         return {}
     table = InboxEvent.__table__  # type: ignore[attr-defined]
@@ -193,12 +195,16 @@ def customer_keys(engine: Engine, inbox_ids: list[int]) -> dict[int, str]:
     for row_id, body in rows:
         try:
             data = json.loads(body)
+            if isinstance(data.get("order"), dict):
+                data = data["order"]
             customer = data.get("customer") if isinstance(data.get("customer"), dict) else {}
-            email = data.get("email") or data.get("contact_email") or customer.get("email")
+            fields = (data.get("email"), data.get("contact_email"), customer.get("email"))
         except (ValueError, AttributeError):
             continue
-        if isinstance(email, str) and email.strip():
-            keys[row_id] = "email:" + email.strip().lower()
+        email = next((e for e in map(addresses.as_written, fields) if e), None)
+        key = addresses.customer_key(email)
+        if key is not None:
+            keys[row_id] = "email:" + key
     return keys
 
 

@@ -222,8 +222,9 @@ def deliver(
 ) -> DeliveryResult:
     """Send one claimed row. Transient failures are retried here with backoff (honouring the
     provider's Retry-After) while the wait is short; a longer wait reschedules the row for the
-    sweep. Permanent failures mark it failed with the provider's reason. Core statements, no ORM:
-    this runs once per message, and each statement is a round trip on PostgreSQL."""
+    sweep. Permanent failures mark it failed with the provider's reason, and so does any other error
+    (its type and message): a claimed row never stays `sending` because of what it holds. Core
+    statements, no ORM: this runs once per message, and each statement is a round trip on PostgreSQL."""
     with engine.connect() as conn:
         row = conn.execute(_LOAD, {"id": outbox_id}).first()
     if row is None or row.status != OutboxStatus.SENDING:
@@ -260,6 +261,11 @@ def deliver(
                 error=f"{err.reason}. Not resent automatically: check the provider for custom_args "
                 f"outbox_id={outbox_id}, then `aftercare outbox resend {outbox_id}` if it is not there",
             )
+        except Exception as err:
+            # A message that cannot be built or sent (an address the email library refuses, a bug):
+            # sending it again would fail the same way. Left `sending`, recovery would requeue it for
+            # ever with no attempt counted; it fails now with its reason instead.
+            return record(OutboxStatus.FAILED, error=f"not sendable: {type(err).__name__}: {err}"[:2000])
         return record(OutboxStatus.SENT, provider_id=provider_id, backend=backend)
 
 

@@ -303,10 +303,12 @@ def _write_notice(
         reason = "order fully refunded" if whole else "every line of this shipment was refunded"
         shipping.cancel_touchpoints(session, [touchpoint], f"{reason} before the notice was written")
         return None
-    if not order.email:
-        touchpoint.status, touchpoint.reason = TouchpointStatus.SKIPPED, "no customer email on the order"
+    skip = receipt.why_not_mailed(order)
+    if skip is not None:
+        touchpoint.status, touchpoint.reason = TouchpointStatus.SKIPPED, skip
         session.add(touchpoint)
         return None
+    assert order.email is not None
     name = receipt.customer_display_name(shipping.customer_of(session, order), order)
     context = shipping.notice_vars(session, order, shipment, rt.policies, rt.settings.shop_name, name)
     rendered = shipping.render_notice(rt.renderer, order.locale, context)
@@ -338,10 +340,12 @@ def _write_confirmation(
     if touchpoint.status not in (TouchpointStatus.PLANNED, TouchpointStatus.SKIPPED):
         assert touchpoint.id is not None
         return find_message(session, touchpoint.id)
-    if not order.email:
-        touchpoint.status, touchpoint.reason = TouchpointStatus.SKIPPED, "no customer email on the order"
+    skip = receipt.why_not_mailed(order)
+    if skip is not None:
+        touchpoint.status, touchpoint.reason = TouchpointStatus.SKIPPED, skip
         session.add(touchpoint)
         return None
+    assert order.email is not None
     customer = session.get(Customer, order.customer_id) if order.customer_id else None
     ctx = receipt.ConfirmationContext(
         order=order,

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
+from aftercare import addresses
 from aftercare.inventory import InventoryPort, StockRequest
 from aftercare.models import Customer, Order, OrderLine, Touchpoint, TouchpointStatus, utcnow
 from aftercare.policies import MessagesPolicy, Policies
@@ -24,6 +25,8 @@ FLAG_MISSING_ADDRESS = "missing_shipping_address"
 FLAG_PAYMENT_PENDING = "payment_pending"
 FLAG_NO_LINES = "no_line_items"
 FLAG_STOCK_SHORT = "stock_short"
+FLAG_EMAIL_UNUSUAL = addresses.FLAG_EMAIL_UNUSUAL  # kept as written, mailed; the provider judges it
+FLAG_EMAIL_NOT_ADDRESS = addresses.FLAG_EMAIL_NOT_ADDRESS  # kept, never mailed (see aftercare.addresses)
 
 PAID_STATUSES = {"paid", "partially_paid", "partially_refunded"}
 PENDING_STATUSES = {"pending", "authorized"}
@@ -35,10 +38,6 @@ class UpsertResult:
     created: bool
     applied: bool  # False when the delivery was older than what we hold
     reason: str | None = None
-
-
-def _email_key(email: str) -> str:
-    return email.strip().lower()
 
 
 def _gift(parsed: ShopifyOrder, policy: MessagesPolicy) -> tuple[bool, str | None]:
@@ -59,10 +58,12 @@ def _gift(parsed: ShopifyOrder, policy: MessagesPolicy) -> tuple[bool, str | Non
 def _upsert_customer(
     session: Session, shop_domain: str, parsed: ShopifyOrder, locale: str
 ) -> Customer | None:
+    """The customer of this order, recognised across orders by the lower-cased address; none when
+    the order has no address a mail could be attempted to."""
     email = parsed.customer_email
-    if not email:
+    key = addresses.customer_key(email)
+    if email is None or key is None:
         return None
-    key = _email_key(email)
     customer = session.exec(
         select(Customer).where(Customer.shop_domain == shop_domain, Customer.email_key == key)
     ).first()
@@ -135,7 +136,7 @@ def upsert_order(
     order.name = parsed.name
     order.number = parsed.order_number
     order.customer_id = customer.id if customer else None
-    order.email = parsed.customer_email
+    order.email = addresses.stored(parsed.customer_email)
     order.locale = locale
     order.currency = parsed.currency.upper()
     order.subtotal = parsed.subtotal_price
@@ -206,6 +207,8 @@ def check_order(order: Order, lines: list[OrderLine], inventory: InventoryPort) 
     flags: list[str] = []
     if not order.email:
         flags.append(FLAG_MISSING_EMAIL)
+    elif (flag := addresses.judge(order.email).flag) is not None:
+        flags.append(flag)
     if not lines:
         flags.append(FLAG_NO_LINES)
     if any(line.requires_shipping for line in lines) and not _address_usable(order.shipping_address):
@@ -264,7 +267,7 @@ class ConfirmationContext:
 
     def as_template_vars(self, shop_name: str) -> dict[str, Any]:
         o = self.order
-        address = o.shipping_address or {}
+        address = addresses.with_clean_names(o.shipping_address)
         return {
             "shop_name": shop_name,
             "order_name": o.name,
@@ -301,11 +304,24 @@ class ConfirmationContext:
 
 
 def _display_name(customer: Customer | None, address: dict[str, Any], locale: str) -> str | None:
-    """The customer's name in the reader's order: family name first in Japanese."""
+    """The customer's name in the reader's order: family name first in Japanese. Cleaned of control
+    characters: it goes into the To header and the templates."""
     first = (customer.first_name if customer else None) or address.get("first_name")
     last = (customer.last_name if customer else None) or address.get("last_name")
     parts = (last, first) if locale == "ja" else (first, last)
-    return " ".join(p for p in parts if p) or address.get("name") or None
+    name = " ".join(p for p in map(addresses.clean_name, parts) if p)
+    return name or addresses.clean_name(address.get("name"))
+
+
+def why_not_mailed(order: Order) -> str | None:
+    """Why no message can be attempted to this order's customer (the touchpoint's skip reason), or
+    None when one can: an unusual address is attempted and left to the provider."""
+    if not order.email:
+        return "no customer email on the order"
+    verdict = addresses.judge(order.email)
+    if not verdict.sendable:
+        return f"the customer's email {order.email[:80]!r} is not an address ({verdict.reason}): nothing sent"
+    return None
 
 
 def customer_display_name(customer: Customer | None, order: Order) -> str | None:

@@ -12,6 +12,7 @@ from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, UndefinedError, select_autoescape
 
+from aftercare.addresses import clean_name
 from aftercare.errors import TemplateMissingVariable
 
 # Babel locales used for formatting each language we have templates for.
@@ -64,6 +65,7 @@ class Renderer:
         self.env.filters["money"] = money
         self.env.filters["long_date"] = long_date
         self.env.filters["ordinal"] = ordinal
+        self.env.filters["person"] = clean_name  # a person's name, without control characters
         self.env.filters["long_datetime"] = lambda v, loc: format_datetime(
             v, "medium", locale=BABEL_LOCALES.get(loc, loc)
         )

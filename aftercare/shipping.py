@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from aftercare import addresses
 from aftercare.models import (
     Customer,
     InboxEvent,
@@ -607,7 +608,6 @@ def notice_vars(
     return {
         "shop_name": shop_name,
         "order_name": order.name,
-        "customer_name": customer_name,
         "carrier": shipment.carrier,
         "tracking": tracking_entries(shipment),
         "lines": [
@@ -621,7 +621,8 @@ def notice_vars(
         "shipped_on": shipment.shipped_at.astimezone(tz).date(),
         "estimated_delivery_on": estimate.astimezone(tz).date() if estimate else None,
         "more_to_come": remaining,
-        "address": order.shipping_address,
+        "address": addresses.with_clean_names(order.shipping_address) or None,
+        "customer_name": addresses.clean_name(customer_name),
         "is_test": order.is_test,
     }
 

@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aftercare import addresses
 from aftercare.errors import InvalidPayload
 
 ORDER_TOPICS = frozenset({"orders/create", "orders/paid", "orders/updated", "orders/cancelled"})
@@ -100,6 +101,11 @@ class ShopifyCustomer(_Lenient):
     orders_count: int | None = None
     locale: str | None = None
 
+    @field_validator("email", mode="before")
+    @classmethod
+    def _email_as_written(cls, v: Any) -> Any:
+        return addresses.as_written(v)
+
 
 class ShopifyOrder(_Lenient):
     """The fields of Shopify's REST order resource that aftercare uses."""
@@ -107,8 +113,10 @@ class ShopifyOrder(_Lenient):
     id: ShopifyId
     name: str = Field(min_length=1, max_length=64)
     order_number: int | None = None
-    email: EmailStr | None = None
-    contact_email: EmailStr | None = None
+    # Kept as written (trimmed): an address's syntax never drops an order. aftercare.addresses judges
+    # it later (flagged, attempted or not).
+    email: str | None = None
+    contact_email: str | None = None
     created_at: datetime
     updated_at: datetime
     processed_at: datetime | None = None
@@ -138,8 +146,8 @@ class ShopifyOrder(_Lenient):
 
     @field_validator("email", "contact_email", mode="before")
     @classmethod
-    def _blank_email_is_none(cls, v: Any) -> Any:
-        return v or None
+    def _email_as_written(cls, v: Any) -> Any:
+        return addresses.as_written(v)
 
     @field_validator("cancel_reason", mode="before")
     @classmethod

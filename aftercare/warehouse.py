@@ -734,12 +734,12 @@ def hand_off(
     held_back = _held_back(engine, handoff)
     if held_back is not None:
         return held_back
-    docs = documents(handoff, renderer, policies.requests, settings.shop_name)
     attempts = handoff.attempts
     while True:
         attempts += 1
         try:
-            reference = port.submit(docs)
+            docs = documents(handoff, renderer, policies.requests, settings.shop_name)
+            reference = _submit(port, docs)
         except TransientWarehouseError as err:
             if attempts >= settings.warehouse_max_attempts:
                 return _record(
@@ -771,7 +771,22 @@ def hand_off(
             continue
         except PermanentWarehouseError as err:
             return _record(engine, handoff_id, HandoffStatus.FAILED, attempts, error=err.reason)
+        except Exception as err:
+            # A version that cannot be rendered or handed over (a template error, a port bug): it
+            # would fail the same way every time. Left `sending`, the lease would hand it out again
+            # for ever with no attempt counted; it fails now, with its reason, for a person (alerted).
+            error = f"not sendable: {type(err).__name__}: {err}"[:2000]
+            return _record(engine, handoff_id, HandoffStatus.FAILED, attempts, error=error)
         return _record(engine, handoff_id, HandoffStatus.SENT, attempts, reference=reference)
+
+
+def _submit(port: WarehousePort, docs: HandoffDocuments) -> str:
+    """`port.submit`, with an OSError (the file port: a full disk, a permission being fixed) taken as
+    worth retrying: rewriting a version writes the same files."""
+    try:
+        return port.submit(docs)
+    except OSError as err:
+        raise TransientWarehouseError(f"could not write the hand-off: {type(err).__name__}: {err}") from err
 
 
 def _held_back(engine: Engine, handoff: Any) -> HandoffResult | None:

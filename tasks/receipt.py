@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import task_run
 from sqlalchemy.exc import SQLAlchemyError
 
-from aftercare import inbox, outbox, processing, shipping, timeline
+from aftercare import addresses, inbox, outbox, processing, shipping, timeline
 from aftercare.db import get_many, session_scope
 from aftercare.errors import AftercareError
 from aftercare.models import OutboxMessage
@@ -75,6 +75,12 @@ def artifact_key(order_name: str, kind: str) -> str:
     return f"order-{slug}-{kind.replace('_', '-')}"
 
 
+def _address_note(address: str) -> str:
+    """The flag of an address that is attempted but unusual (the provider may refuse it)."""
+    verdict = addresses.judge(address)
+    return f" (**{verdict.flag}**: {verdict.reason})" if verdict.flag else ""
+
+
 def preview_markdown(message: OutboxMessage) -> str:
     """What ops see in the UI: status, the provider's reason when it failed, and the text sent."""
     fence = "`" * 3
@@ -84,7 +90,7 @@ def preview_markdown(message: OutboxMessage) -> str:
         f"# {message.order_name}: {message.kind}",
         "",
         f"- status: **{message.status}**{provider}",
-        f"- to: {message.to_email}",
+        f"- to: {message.to_email}" + _address_note(message.to_email),
         f"- subject: {message.subject}",
         f"- outbox id: {message.id}, attempts: {message.attempts}"
         + (", TEST order" if message.is_test else ""),

@@ -3,7 +3,9 @@
 Every request body is validated against the requestBody schema of `POST /v3/mail/send` in SendGrid's
 official OpenAPI document (../shared/contracts/sendgrid/tsg_mail_v3.json). A body that breaks the
 contract answers 400 in SendGrid's error shape and is kept in `violations`, which a test asserts is
-empty. Responses can be scripted: `plan(429, headers={"Retry-After": "3"})`, `plan(500)`,
+empty. An address SendGrid itself refuses (`sendgrid_refuses`) answers 400 "Does not contain a valid
+address." naming the field, as SendGrid does; that is not a violation. Responses can be scripted:
+`plan(429, headers={"Retry-After": "3"})`, `plan(500)`,
 `plan(400, errors=[...])`, `plan_delay(5)`.
 
 In a test:
@@ -275,6 +277,10 @@ class FakeSendGrid:
             return _Answer(
                 400, {"errors": [{"message": e.message, "field": _field_of(e), "help": None} for e in errors]}
             )
+        refused = _refused_addresses(body)
+        if refused:
+            # Not a contract violation: the body is well-formed, SendGrid judges the address itself.
+            return _Answer(400, {"errors": refused})
         if planned is not None and planned.status is not None:
             default = _DEFAULT_MESSAGES.get(planned.status) or _REASONS.get(planned.status, "error")
             errors_out = planned.errors if planned.errors is not None else error_body(default)["errors"]
@@ -297,6 +303,43 @@ class FakeSendGrid:
         with self._lock:
             self.stats["violations"] += 1
             self.violations.append(Violation(path, errors, body))
+
+
+INVALID_ADDRESS = "Does not contain a valid address."
+_ADDRESS_HELP = (
+    "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message.personalizations.to"
+)
+
+
+def sendgrid_refuses(address: str) -> bool:
+    """Whether SendGrid answers 400 for this address: it sends to any RFC-conforming address, and
+    refuses the rest, such as the legacy Japanese carrier addresses with a leading, trailing or
+    doubled dot in an unquoted local part (`taro..yamada@docomo.ne.jp`, `taro.@ezweb.ne.jp`), and a
+    bracketed IP address as the domain."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in address):
+        return True
+    quoted = len(local) >= 2 and local.startswith('"') and local.endswith('"')
+    if not quoted and (local.startswith(".") or local.endswith(".") or ".." in local):
+        return True
+    return domain.startswith("[") or "." not in domain or any(not label for label in domain.split("."))
+
+
+def _refused_addresses(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """SendGrid's errors for every address in the request it would not send to."""
+    found: list[tuple[str, Any]] = []
+    for n, personalization in enumerate(body.get("personalizations") or []):
+        for kind in ("to", "cc", "bcc"):
+            for m, entry in enumerate(personalization.get(kind) or []):
+                found.append((f"personalizations.{n}.{kind}.{m}.email", entry.get("email")))
+    for kind in ("from", "reply_to"):
+        if isinstance(body.get(kind), dict):
+            found.append((f"{kind}.email", body[kind].get("email")))
+    return [
+        {"message": INVALID_ADDRESS, "field": name, "help": _ADDRESS_HELP}
+        for name, email in found
+        if isinstance(email, str) and sendgrid_refuses(email)
+    ]
 
 
 def _field_of(error: Any) -> str | None:
