@@ -36,7 +36,7 @@ from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tasks.receipt import preview_markdown
 from tests.conftest import TEST_SECRET, shared_path
-from tests.factories import body_of, deliver, fulfillment_payload, order_payload, webhook_headers
+from tests.factories import SHOP, body_of, deliver, fulfillment_payload, order_payload, webhook_headers
 from tests.fakes.sendgrid import INVALID_ADDRESS, FakeSendGrid, serve
 from tests.pipeline import receive, rows, send_all
 
@@ -321,7 +321,7 @@ def test_packing_slip_names_are_cleaned_like_every_name(rt):
     [result] = send_all(rt, warehouse.FileWarehouse(rt.settings.warehouse_dir))
 
     assert result.status == HandoffStatus.SENT, result.error
-    folder = rt.settings.warehouse_dir / warehouse.order_dir_name(payload["name"])
+    folder = warehouse.order_folder(rt.settings.warehouse_dir, SHOP, str(payload["id"]))
     for name in ("packing_slip.txt", "packing_slip.html"):
         slip = (folder / name).read_text(encoding="utf-8")
         assert "\u2028" not in slip and "\r" not in slip
