@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     send_max_attempts: int = 5
     send_backoff_base_s: float = 2.0
     send_lease_s: float = 120.0
+    # How long a claimed inbox row / warehouse hand-off belongs to its worker before another may take
+    # it over (a worker that died); the fault suite makes these short so takeovers happen in its run.
+    inbox_lease_s: float = 300.0
+    handoff_lease_s: float = 300.0
     # Messages of one batch sent at once: the provider's latency overlaps instead of adding up.
     send_concurrency: int = Field(default=4, ge=1, le=32)
 

@@ -68,7 +68,8 @@ def handoff_markdown(handoff: WarehouseHandoff) -> str:
 
 
 def claim_handoffs(limit: int) -> list[warehouse.ClaimedHandoff]:
-    return warehouse.claim_due(current().engine, limit)
+    rt = current()
+    return warehouse.claim_due(rt.engine, limit, timedelta(seconds=rt.settings.handoff_lease_s))
 
 
 def _hand_off_run_name() -> str:
