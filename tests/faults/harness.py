@@ -72,6 +72,10 @@ class Config:
     # bad signature but counts it as acknowledged; "no-drain" checks before the system has drained.
     break_mode: str | None = None
     keep_dir: bool = False
+    # Prefect's deployment-concurrency lease (PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION):
+    # None runs Prefect's default (300 s), what a shop gets; a number runs the stack with that
+    # lease instead, to see past the stall a SIGKILLed flow run causes (reported in the table).
+    prefect_lease_s: float | None = None
 
     @classmethod
     def short(cls, **kw: Any) -> Config:
@@ -125,6 +129,7 @@ class Report:
             f"fault suite on {c.db}: {c.orders} orders, every delivery x{c.copies} shuffled, "
             f"fault window {c.fault_seconds:.0f} s, seed {c.seed}"
             + (f", BROKEN ON PURPOSE ({c.break_mode})" if c.break_mode else "")
+            + (f", Prefect deployment lease {c.prefect_lease_s:g} s" if c.prefect_lease_s else "")
         )
         w1 = max(len(r.check) for r in self.rows)
         w2 = max(len(str(r.figure)) for r in self.rows)
@@ -137,9 +142,9 @@ class Report:
         lines.append("RESULT: " + ("PASS" if self.ok else f"FAIL ({len(self.failures)} checks)"))
         for r in self.failures:
             for d in r.detail[:8]:
-                lines.append(f"  {r.check}: {d}")
+                lines.append(f"  {r.check.strip()}: {d}")
             if len(r.detail) > 8:
-                lines.append(f"  {r.check}: ... {len(r.detail) - 8} more")
+                lines.append(f"  {r.check.strip()}: ... {len(r.detail) - 8} more")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -237,9 +242,16 @@ class Topology:
         raise NotImplementedError
 
 
-def harness_env(db_url: str, sg_url: str, three_pl: FakeThreePL, secrets: dict[str, str]) -> dict[str, str]:
+def harness_env(
+    db_url: str, sg_url: str, three_pl: FakeThreePL, secrets: dict[str, str], prefect_lease_s: float | None
+) -> dict[str, str]:
     """Short timeouts, short leases: a worker killed mid-claim is taken over within the run."""
-    return {
+    lease = (
+        {}
+        if prefect_lease_s is None
+        else {"PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION": f"{prefect_lease_s:g}"}
+    )
+    return lease | {
         "AFTERCARE_DATABASE_URL": db_url,
         "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": secrets["shopify"],
         "AFTERCARE_REVIEWS_WEBHOOK_SECRET": secrets["reviews"],
@@ -545,7 +557,8 @@ def run(cfg: Config) -> Report:
     posted = Posted()
     workdir = Path(tempfile.mkdtemp(prefix=f"aftercare-faults-{cfg.db}-"))
     say(
-        f"== fault suite on {cfg.db}: {cfg.orders} orders, {len(work.deliveries)} deliveries; logs in {workdir}"
+        f"== fault suite on {cfg.db}: {cfg.orders} orders, {len(work.deliveries)} deliveries; "
+        f"logs in {workdir}"
     )
     sendgrid = FakeSendGrid(SCHEMA, api_key=API_KEY, record=False)
     three_pl = FakeThreePL(secret=f"faults-3pl-{rng.getrandbits(64):x}")
@@ -556,9 +569,13 @@ def run(cfg: Config) -> Report:
             if cfg.db == "sqlite":
                 url = f"sqlite:///{workdir / 'aftercare.db'}"
                 migrate(Settings(database_url=url))
-                topo = Embedded(workdir, harness_env(url, sendgrid.url, three_pl, secrets))
+                topo = Embedded(
+                    workdir, harness_env(url, sendgrid.url, three_pl, secrets, cfg.prefect_lease_s)
+                )
             else:
-                topo = PoolTopology(workdir, lambda u: harness_env(u, sendgrid.url, three_pl, secrets))
+                topo = PoolTopology(
+                    workdir, lambda u: harness_env(u, sendgrid.url, three_pl, secrets, cfg.prefect_lease_s)
+                )
             t_start = time.monotonic()
             topo.start()
             say(f"  stack up in {time.monotonic() - t_start:.0f} s")
@@ -1001,10 +1018,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--break", dest="break_mode", choices=["unsigned", "no-drain"])
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--prefect-lease", type=float, help="Prefect deployment-concurrency lease, s")
     args = parser.parse_args(argv)
     reports = []
     for db in [d.strip() for d in args.db.split(",") if d.strip()]:
-        kw: dict[str, Any] = {"db": db, "break_mode": args.break_mode, "keep_dir": args.keep}
+        kw: dict[str, Any] = {
+            "db": db,
+            "break_mode": args.break_mode,
+            "keep_dir": args.keep,
+            "prefect_lease_s": args.prefect_lease,
+        }
         if db == "postgres":
             kw["pg_restart"] = True
         for name, value in (
