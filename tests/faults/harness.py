@@ -133,7 +133,7 @@ class Report:
             + (f", Prefect deployment lease {c.prefect_lease_s:g} s" if c.prefect_lease_s else "")
         )
         w1 = max(len(r.check) for r in self.rows)
-        w2 = max(len(str(r.figure)) for r in self.rows)
+        w2 = min(24, max(len(str(r.figure)) for r in self.rows))
         w3 = max(len(r.expected) for r in self.rows)
         lines = [head, "-" * (w1 + w2 + w3 + 14)]
         for r in self.rows:
@@ -1007,17 +1007,25 @@ def flow_runs_row(report: Report, api_url: str) -> None:
     zombies = [
         r
         for r in runs
-        if r["state_type"] == "RUNNING"
-        and r.get("start_time")
-        and (now - datetime.fromisoformat(r["start_time"].replace("Z", "+00:00"))).total_seconds() > 120
+        if r["state_type"] in ("RUNNING", "PENDING")
+        and (r.get("start_time") or r.get("expected_start_time"))
+        and (
+            now
+            - datetime.fromisoformat((r.get("start_time") or r["expected_start_time"]).replace("Z", "+00:00"))
+        ).total_seconds()
+        > 120
     ]
     report.add("flow runs by state (last 200)", dict(states), "", None)
     report.add(
-        "  runs left Running > 2 min (killed, never marked crashed)",
+        "  runs left Running/Submitting > 2 min (killed, never crashed)",
         len(zombies),
         "0",
         not zombies,
-        [f"{r['name']} ({r['id']}) started {r['start_time']}" for r in zombies]
+        [
+            f"{r['name']} ({r['id']}) {r['state_name']} since "
+            + str(r.get("start_time") or r["expected_start_time"])
+            for r in zombies
+        ]
         + [f"{states.get('AwaitingConcurrencySlot', 0)} runs waiting for the deployment's concurrency slot"],
     )
 
