@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install up test test-fast bench lint migrate demo clean
+.PHONY: install up test test-fast bench faults lint migrate demo clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: install
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.reviews
+
+# The fault suite (issue 8): the full run on SQLite, then PostgreSQL (a cluster of its own, the
+# production topology: prefect.yaml on a process work pool, two workers). Prints one table per run;
+# fails when any check does. `make test` includes the short SQLite run (tests/faults/test_fault_suite.py).
+faults: install
+	$(BIN)/python -m tests.faults --db sqlite,postgres $(FAULTS_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     send_max_attempts: int = 5
     send_backoff_base_s: float = 2.0
     send_lease_s: float = 120.0
+    # How long a claimed warehouse hand-off belongs to its worker before another may take it over (a
+    # worker that died); the fault suite makes leases short so takeovers happen within its run.
+    handoff_lease_s: float = Field(default=300.0, gt=0)
     # Messages of one batch sent at once: the provider's latency overlaps instead of adding up.
     send_concurrency: int = Field(default=4, ge=1, le=32)
 

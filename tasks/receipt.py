@@ -124,10 +124,10 @@ def publish_previews(messages: list[OutboxMessage]) -> None:
 # costs the Prefect server ~50 ms of CPU (measured) for a query that takes one. A claim that raises
 # fails the run; the rows stay claimable and the next run (wake or sweep) takes them.
 def claim_inbox(batch_size: int) -> list[inbox.ClaimedRow]:
-    engine = current().engine
+    rt = current()
     # Rows that waited for an order which has arrived since (guards the arrive-while-parking race).
-    shipping.release_ready(engine)
-    return inbox.claim_batch(engine, batch_size, inbox.Retry.from_settings(current().settings))
+    shipping.release_ready(rt.engine)
+    return inbox.claim_batch(rt.engine, batch_size, inbox.Retry.from_settings(rt.settings))
 
 
 def chunked(items: list[T], *, max_size: int = 25, target_tasks: int = 4) -> list[list[T]]:

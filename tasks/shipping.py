@@ -69,7 +69,12 @@ def handoff_markdown(handoff: WarehouseHandoff) -> str:
 
 def claim_handoffs(limit: int) -> list[warehouse.ClaimedHandoff]:
     rt = current()
-    return warehouse.claim_due(rt.engine, limit, max_attempts=rt.settings.warehouse_max_attempts)
+    return warehouse.claim_due(
+        rt.engine,
+        limit,
+        timedelta(seconds=rt.settings.handoff_lease_s),
+        max_attempts=rt.settings.warehouse_max_attempts,
+    )
 
 
 def _hand_off_run_name() -> str:

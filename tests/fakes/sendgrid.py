@@ -6,7 +6,11 @@ contract answers 400 in SendGrid's error shape and is kept in `violations`, whic
 empty. An address SendGrid itself refuses (`sendgrid_refuses`) answers 400 "Does not contain a valid
 address." naming the field, as SendGrid does; that is not a violation. Responses can be scripted:
 `plan(429, headers={"Retry-After": "3"})`, `plan(500)`,
-`plan(400, errors=[...])`, `plan_delay(5)`.
+`plan(400, errors=[...])`, `plan_delay(5)`. For outages that last (the fault suite), a fault mode
+answers every valid Mail Send request the same way until it is switched off: `set_fault("429",
+retry_after=5)`, `set_fault("500")`, `set_fault("hang", hang_s=30)` (the message is accepted, so it
+counts as delivered, then the connection is held unanswered until the client times out: the
+"timeout after receiving" a real provider produces), `set_fault(None)`. Over HTTP: POST /_fake/fault.
 
 In a test:
 
@@ -120,6 +124,9 @@ class RecordedRequest:
     message_id: str | None = None
 
 
+FAULT_MODES = ("429", "500", "hang")
+
+
 @dataclass
 class Violation:
     """A request body that breaks SendGrid's published contract."""
@@ -153,6 +160,7 @@ class FakeSendGrid:
         self.stats: Counter[str] = Counter()
         self._outbox_ids: Counter[str] = Counter()
         self._plans: deque[Planned] = deque()
+        self._fault: tuple[str, float, float] | None = None  # (mode, retry_after, hang_s)
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._server = _Server((host, port), _Handler)
@@ -184,8 +192,22 @@ class FakeSendGrid:
         with self._lock:
             self._plans.append(Planned(status, {}, None, seconds))
 
+    def set_fault(self, mode: str | None, *, retry_after: float = 5.0, hang_s: float = 30.0) -> None:
+        """Answer every valid Mail Send request with this fault until called again with None:
+        "429" (with Retry-After), "500", or "hang" (accept the message, then never answer)."""
+        if mode is not None and mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; one of {FAULT_MODES}")
+        with self._lock:
+            self._fault = None if mode is None else (mode, retry_after, hang_s)
+
+    def accepted_outbox_ids(self) -> Counter[str]:
+        """How many times each outbox id (personalization custom_args) was accepted for delivery."""
+        with self._lock:
+            return Counter(self._outbox_ids)
+
     def reset(self) -> None:
         with self._lock:
+            self._fault = None
             self._plans.clear()
             self.messages.clear()
             self.message_ids.clear()
@@ -248,6 +270,9 @@ class FakeSendGrid:
         entry.status = answer.status
         with self._lock:
             self.stats[f"status_{answer.status}"] += 1
+        if answer.hang_s:
+            self._closing.wait(answer.hang_s)
+            return None  # accepted, never answered: the client times out
         return answer
 
     def _answer(
@@ -281,6 +306,16 @@ class FakeSendGrid:
         if refused:
             # Not a contract violation: the body is well-formed, SendGrid judges the address itself.
             return _Answer(400, {"errors": refused})
+        with self._lock:
+            fault = self._fault
+        if fault is not None and planned is None:
+            mode, retry_after, hang_s = fault
+            with self._lock:
+                self.stats[f"fault_{mode}"] += 1
+            if mode == "429":
+                return _Answer(429, error_body(_DEFAULT_MESSAGES[429]), {"Retry-After": f"{retry_after:g}"})
+            if mode == "500":
+                return _Answer(500, error_body(_DEFAULT_MESSAGES[500]))
         if planned is not None and planned.status is not None:
             default = _DEFAULT_MESSAGES.get(planned.status) or _REASONS.get(planned.status, "error")
             errors_out = planned.errors if planned.errors is not None else error_body(default)["errors"]
@@ -296,6 +331,8 @@ class FakeSendGrid:
             if self.record:
                 self.messages.append(body)
                 self.message_ids.append(message_id)
+        if fault is not None and planned is None and fault[0] == "hang":
+            return _Answer(202, None, {"X-Message-Id": message_id}, hang_s=fault[2])
         return _Answer(202, None, {"X-Message-Id": message_id})
 
     def _violate(self, path: str, errors: list[str], body: Any) -> None:
@@ -358,6 +395,7 @@ class _Answer:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    hang_s: float = 0.0  # accepted, then held this long unanswered (fault mode "hang")
 
 
 class _Server(ThreadingHTTPServer):
@@ -403,7 +441,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _control(self, fake: FakeSendGrid, raw: bytes) -> _Answer:
         """Remote scripting for the standalone server: POST /_fake/plan {status, headers, errors,
-        delay_s}; POST /_fake/reset."""
+        delay_s}; POST /_fake/fault {mode: "429"|"500"|"hang"|null, retry_after, hang_s};
+        POST /_fake/reset."""
+        if self.path == "/_fake/fault":
+            spec = json.loads(raw or b"{}")
+            fake.set_fault(
+                spec.get("mode"),
+                retry_after=float(spec.get("retry_after", 5.0)),
+                hang_s=float(spec.get("hang_s", 30.0)),
+            )
+            return _Answer(200, {"ok": True})
         if self.path == "/_fake/reset":
             fake.reset()
             return _Answer(200, {"ok": True})

@@ -6,7 +6,11 @@ in `bad_signatures`), answers the same reference for a repeated idempotency key,
 
 Like a real 3PL it knows the orders it accepted (`orders`: Shopify order id -> reference) and takes
 `"action": "cancel"` for them (`cancelled`); a cancel for an order it never accepted answers 404, and
-one for an order it has dispatched (`dispatch(order_id)`) answers 409 "already dispatched"."""
+one for an order it has dispatched (`dispatch(order_id)`) answers 409 "already dispatched".
+
+For outages (the fault suite), `go_down()` closes its listening socket, so connections are refused as
+from a 3PL that is down, and `come_up()` listens again on the same port. `log` keeps every accepted
+instruction in the order it was accepted (a resent idempotency key included)."""
 
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ class FakeThreePL:
     dispatched: set[int] = field(default_factory=set)  # orders that left: too late to cancel
     _plans: deque[tuple[int, dict[str, Any] | None, float]] = field(default_factory=deque)
     latency_s: float = 0.0  # every unplanned answer takes this long (the benchmark's 50 ms 3PL)
+    log: list[tuple[str, Any]] = field(default_factory=list)  # (idempotency key, instruction) accepted
+    down_seconds: float = 0.0  # how long it has been down, over every go_down/come_up
+    _down_since: float | None = None
 
     def plan(self, status: int, body: dict[str, Any] | None = None, *, delay: float = 0.0) -> None:
         self._plans.append((status, body, delay))
@@ -66,6 +73,7 @@ class FakeThreePL:
 
     def _accept(self, key: str, instruction: Any) -> str:
         reference = self.accepted.setdefault(key, f"3PL-{len(self.accepted) + 1:05d}")
+        self.log.append((key, instruction))
         if isinstance(instruction, dict) and isinstance(instruction.get("order"), dict):
             book = self.cancelled if instruction.get("action") == "cancel" else self.orders
             book.setdefault(instruction["order"].get("id"), reference)
@@ -76,7 +84,29 @@ class FakeThreePL:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/v1/shipping-instructions"
 
+    @property
+    def is_down(self) -> bool:
+        return self._down_since is not None
+
+    def go_down(self) -> None:
+        """Stop listening: every connection is refused until `come_up()`."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._server.shutdown()
+            self._server.server_close()
+
+    def come_up(self) -> None:
+        """Listen again, on the same port, with everything it knew."""
+        if self._down_since is not None:
+            self.down_seconds += time.monotonic() - self._down_since
+            self._down_since = None
+            self._listen(self._server.server_address[1])
+
     def __enter__(self) -> FakeThreePL:
+        self._listen(0)
+        return self
+
+    def _listen(self, port: int) -> None:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -117,12 +147,15 @@ class FakeThreePL:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to answer
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
-        return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._down_since is None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,5 @@
+import sys
+
+from tests.faults.harness import main
+
+sys.exit(main())
