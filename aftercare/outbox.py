@@ -184,7 +184,25 @@ class DeliveryResult:
 _OUTBOX: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 _TOUCHPOINTS: sa.Table = Touchpoint.__table__  # type: ignore[attr-defined]
 # Built once: constructing a statement costs more than executing it at Black-Friday rates.
-_LOAD = sa.select(_OUTBOX).where(_OUTBOX.c.id == sa.bindparam("id"))
+# The row, and whether its touchpoint was cancelled since it was claimed (one round trip).
+_LOAD = (
+    sa.select(_OUTBOX, _TOUCHPOINTS.c.status.label("tp_status"), _TOUCHPOINTS.c.reason.label("tp_reason"))
+    .select_from(_OUTBOX.outerjoin(_TOUCHPOINTS, _TOUCHPOINTS.c.id == _OUTBOX.c.touchpoint_id))
+    .where(_OUTBOX.c.id == sa.bindparam("id"))
+)
+_TOUCHPOINT_CANCELLED = sa.select(_TOUCHPOINTS.c.reason).where(
+    _TOUCHPOINTS.c.id == sa.bindparam("tp"), _TOUCHPOINTS.c.status == TouchpointStatus.CANCELLED
+)
+
+
+def _called_back(engine: Engine, touchpoint_id: int | None) -> str | None:
+    """Why this message's touchpoint was cancelled after the row was claimed (an order refunded or
+    cancelled meanwhile), or None when it still stands. Staff mail has no touchpoint."""
+    if touchpoint_id is None:
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(_TOUCHPOINT_CANCELLED, {"tp": touchpoint_id}).first()
+    return None if row is None else (row.reason or "its touchpoint was cancelled")
 
 
 def _outgoing(row: Any, settings: Settings) -> OutgoingEmail:
@@ -237,7 +255,15 @@ def deliver(
     def record(status: OutboxStatus, **kwargs: object) -> DeliveryResult:
         return _record(engine, outbox_id, touchpoint_id, status, attempts, **kwargs)  # type: ignore[arg-type]
 
+    called_back = (row.tp_reason or "its touchpoint was cancelled") if row.tp_status == "cancelled" else None
     while True:
+        # Claimed earlier (a batch, a retry's wait): the order may have been refunded or cancelled
+        # since. A claimed row is never called back by cancel_touchpoints, so it is checked here,
+        # before every attempt, and ends `cancelled` instead of reaching the customer.
+        if attempts > row.attempts:
+            called_back = _called_back(engine, touchpoint_id)
+        if called_back is not None:
+            return record(OutboxStatus.CANCELLED, error=f"not sent: {called_back}")
         attempts += 1
         try:
             provider_id = backend.send(email)

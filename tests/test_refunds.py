@@ -8,6 +8,7 @@ import pytest
 from sqlmodel import Session, select
 
 from aftercare import outbox, warehouse
+from aftercare.errors import TransientSendError
 from aftercare.models import InboxEvent, OutboxMessage, Refund, Touchpoint, WarehouseHandoff
 from aftercare.timeline import order_timeline
 from tests.factories import deliver, fulfillment_payload, order_payload, refund_payload
@@ -234,6 +235,39 @@ def test_refunded_while_its_notice_waits_unclaimed_cancels_the_notice(rt):
     [tp] = notice_touchpoints(rt)
     assert msg.status == "cancelled" and tp.status == "cancelled" and tp.id in out.cancelled
     assert outbox.claim_due(rt.engine, 10, worker="w") == []
+
+
+@pytest.mark.parametrize("when", ["claimed", "between two attempts"])
+def test_refunded_after_its_notice_was_claimed_the_notice_is_never_sent(rt, when):
+    """A claimed row is with a worker (a batch, a retry's wait) when the refund lands: the worker
+    checks the touchpoint before each attempt, so the customer is not told about goods refunded."""
+    receive(rt, ORDER)
+    receive(rt, fulfillment_payload(ORDER, lines=[MUG]), topic="fulfillments/create")
+    [pending] = notices(rt)
+    [claimed] = outbox.claim_due(rt.engine, 10, worker="w", ids=[pending.id])
+    sent: list[str] = []
+
+    class Backend:
+        name = "recording"
+
+        def send(self, email):
+            sent.append(email.subject)
+            if when == "between two attempts" and len(sent) == 1:
+                receive(rt, updated("refunded"), topic="orders/updated")  # lands during the retry wait
+                raise TransientSendError("SendGrid 503", retry_after=0)
+            return "id-1"
+
+        def was_delivered(self, outbox_id):
+            return None
+
+    if when == "claimed":
+        receive(rt, updated("refunded"), topic="orders/updated")
+    result = outbox.deliver(rt.engine, claimed.outbox_id, Backend(), rt.settings, sleep=lambda _s: None)
+    [msg] = notices(rt)
+    [tp] = notice_touchpoints(rt)
+    assert (result.status, msg.status, tp.status) == ("cancelled", "cancelled", "cancelled")
+    assert len(sent) == (0 if when == "claimed" else 1)  # the one attempt the provider refused
+    assert msg.last_error.startswith("not sent:")
 
 
 def test_a_notice_already_sent_is_not_reconsidered(rt):
