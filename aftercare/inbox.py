@@ -117,7 +117,7 @@ def customer_keys(engine: Engine, inbox_ids: list[int]) -> dict[int, str]:
             data = json.loads(body)
             customer = data.get("customer") if isinstance(data.get("customer"), dict) else {}
             email = data.get("email") or data.get("contact_email") or customer.get("email")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             continue
         if isinstance(email, str) and email.strip():
             keys[row_id] = "email:" + email.strip().lower()

@@ -181,11 +181,14 @@ def _describe(err: ValidationError) -> str:
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a webhook body, or raise InvalidPayload saying why."""
+    """Decode a webhook body, or raise InvalidPayload saying why. Nesting deeper than Python's
+    recursion limit is refused here too: it is valid JSON, but no webhook of ours is shaped so."""
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidPayload(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidPayload("body is JSON nested too deeply to read") from exc
 
 
 def _without_nul(value: Any) -> Any:
