@@ -238,3 +238,44 @@ def test_a_fulfillment_id_another_shop_holds_is_invalid_naming_the_id_not_failed
     with Session(rt.engine) as s:
         [shipment] = s.exec(select(Shipment)).all()
     assert shipment.shop_domain == SHOP
+
+
+def test_a_body_nested_within_the_parser_but_past_what_we_walk_is_stored_invalid_not_a_500(client, rt):
+    """Found by fuzzing: 600 levels parse, but cleaning the order of NUL recursed two frames per level
+    and raised RecursionError: a 500 on every retry."""
+    body = b'{"a":' * 600 + b"1" + b"}" * 600
+    resp = client.post("/webhooks/shopify", content=body, headers=webhook_headers(body, secret=TEST_SECRET))
+
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] == InboxStatus.INVALID
+    assert resp.json()["reason"] == "body is JSON nested too deeply to read (over 64 levels)"
+    assert [r.status for r in inbox_rows(rt)] == [InboxStatus.INVALID]
+
+
+def _with_line_quantity(quantity: int) -> dict:
+    payload = order_payload()
+    payload["line_items"][0]["quantity"] = quantity
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (order_payload(total_tax=2**63 - 1), "total_tax"),
+        (order_payload(subtotal_price="-1e20"), "subtotal_price"),
+        (order_payload(order_number=2**40), "order_number"),
+        (_with_line_quantity(2**40), "line_items.0.quantity"),
+    ],
+    ids=["huge-tax", "huge-negative-subtotal", "huge-order-number", "huge-quantity"],
+)
+def test_an_amount_or_count_beyond_its_column_is_invalid_naming_the_field(client, rt, payload, field):
+    """Found by fuzzing on PostgreSQL: such an order was acknowledged pending, then its insert failed
+    (numeric field overflow / integer out of range) on every retry and the row ended `failed`."""
+    body = body_of(payload)
+    resp = client.post("/webhooks/shopify", content=body, headers=webhook_headers(body, secret=TEST_SECRET))
+
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] == InboxStatus.INVALID
+    assert resp.json()["reason"].startswith(f"order payload is missing or has bad fields: {field}: ")
+    with Session(rt.engine) as s:
+        assert s.exec(select(Order)).all() == []
