@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from aftercare.inbox import Delivery, claim_batch, store_delivery
 from aftercare.models import InboxEvent, InboxStatus, Order, Shipment
 from aftercare.processing import process_row
-from aftercare.reviews.intake import SIGNATURE_HEADER, import_reviews
+from aftercare.reviews.intake import SIGNATURE_HEADER, import_reviews, review_delivery
 from aftercare.reviews.policy import load_reviews_policy
 from aftercare.reviews.triage import run_triage_jsonl
 from aftercare.runtime import Runtime
@@ -279,3 +279,28 @@ def test_an_amount_or_count_beyond_its_column_is_invalid_naming_the_field(client
     assert resp.json()["reason"].startswith(f"order payload is missing or has bad fields: {field}: ")
     with Session(rt.engine) as s:
         assert s.exec(select(Order)).all() == []
+
+
+@pytest.mark.parametrize("order_ref", ["99999999999999999999999", "²"])
+def test_a_review_whose_order_ref_no_order_id_can_be_is_stored_without_an_order(rt, order_ref):
+    """The review's order_ref went to the order lookup as a Shopify id: a number beyond BIGINT failed
+    the query (OverflowError on SQLite, DataError on PostgreSQL), and '²' passed isdigit() but not
+    int(); the row failed on every retry instead of storing the review unlinked."""
+    body = json.dumps(
+        {
+            "platform": "own",
+            "review_id": "r-odd-ref",
+            "order_ref": order_ref,
+            "rating": 2,
+            "body": "late",
+            "author": "A",
+            "created_at": "2026-11-28T20:12:00+09:00",
+        }
+    ).encode()
+    inbox_id, _ = store_delivery(rt.engine, review_delivery(body))
+
+    assert _process(rt) == {inbox_id: InboxStatus.DONE}
+    [row] = inbox_rows(rt)
+    assert row.reason == f"no order {order_ref!r}: give the order name (#1001) or its Shopify id; " + (
+        "review stored without an order"
+    )
