@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+from aftercare.db import migrate
 from aftercare.inbox import Delivery, claim_batch, store_delivery
 from aftercare.models import InboxEvent, InboxStatus, Order, Shipment
 from aftercare.processing import process_row
@@ -68,8 +69,6 @@ def test_the_same_seed_sends_the_same_requests(tmp_path):
             shopify_webhook_secret=TEST_SECRET,
             wake_prefect=False,
         )
-        from aftercare.db import migrate
-
         migrate(settings)
         report = run_fuzz(settings, 40, seed=7)
         counts.append((report.answers, report.stored_as, report.rows, report.replays))
