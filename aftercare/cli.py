@@ -367,10 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_LIMIT = 1_000_000
+MAX_ID = 2**63 - 1  # ids are BIGINT: a larger one is not a row we could have, and the driver refuses it
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "limit", 1) < 1:
-        sys.stderr.write("aftercare: --limit must be at least 1\n")
+    if not 1 <= getattr(args, "limit", 1) <= MAX_LIMIT:
+        sys.stderr.write(f"aftercare: --limit must be at least 1 and at most {MAX_LIMIT}\n")
+        return 2
+    if not 1 <= getattr(args, "id", 1) <= MAX_ID:
+        sys.stderr.write(f"aftercare: {args.id} is not an outbox message id (1 to {MAX_ID})\n")
         return 2
     try:
         settings = Settings()

@@ -199,7 +199,7 @@ def customer_keys(engine: Engine, inbox_ids: list[int]) -> dict[int, str]:
                 data = data["order"]
             customer = data.get("customer") if isinstance(data.get("customer"), dict) else {}
             fields = (data.get("email"), data.get("contact_email"), customer.get("email"))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             continue
         email = next((e for e in map(addresses.as_written, fields) if e), None)
         key = addresses.customer_key(email)

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from aftercare import addresses
+from aftercare.errors import InvalidPayload
 from aftercare.inventory import InventoryPort, StockRequest
 from aftercare.models import Customer, Order, OrderLine, Touchpoint, TouchpointStatus, utcnow
 from aftercare.policies import MessagesPolicy, Policies
@@ -99,6 +100,16 @@ def _purchase_seq(session: Session, order: Order, parsed: ShopifyOrder) -> int:
     return max(seen, shopify_count, 1)
 
 
+def refuse_other_shops(session: Session, model: Any, shopify_id: int, shop_domain: str, what: str) -> None:
+    """Shopify ids are unique across shops (and so is our column): a delivery from one shop naming an
+    id another shop's record holds is forged or misrouted, an invalid payload, not a retryable clash."""
+    other = session.exec(select(model.shop_domain).where(model.shopify_id == shopify_id)).first()
+    if other is not None:
+        raise InvalidPayload(
+            f"id: {what} {shopify_id} belongs to shop {other[:100]!r}, not to {shop_domain[:100]!r}"
+        )
+
+
 def upsert_order(
     session: Session, *, shop_domain: str, parsed: ShopifyOrder, policies: Policies
 ) -> UpsertResult:
@@ -108,6 +119,8 @@ def upsert_order(
         select(Order).where(Order.shop_domain == shop_domain, Order.shopify_id == parsed.id)
     ).first()
     created = order is None
+    if order is None:
+        refuse_other_shops(session, Order, parsed.id, shop_domain, "order")
     if order is not None and parsed.updated_at < order.source_updated_at:
         return UpsertResult(
             order,

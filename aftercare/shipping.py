@@ -35,6 +35,7 @@ from aftercare.models import (
     utcnow,
 )
 from aftercare.policies import DeliveryPolicy, Policies
+from aftercare.receipt import refuse_other_shops
 from aftercare.rendering import RenderedEmail, Renderer
 from aftercare.shopify import ShopifyFulfillment, ShopifyFulfillmentEvent, ShopifyRefund
 
@@ -263,6 +264,8 @@ def upsert_shipment(
         select(Shipment).where(Shipment.shop_domain == order.shop_domain, Shipment.shopify_id == parsed.id)
     ).first()
     created = shipment is None
+    if shipment is None:
+        refuse_other_shops(session, Shipment, parsed.id, order.shop_domain, "fulfillment")
     if shipment is not None and parsed.updated_at < shipment.source_updated_at:
         return ShipmentResult(
             shipment,

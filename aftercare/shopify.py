@@ -40,6 +40,12 @@ _BIGINT = 2**63  # ids are stored as PostgreSQL BIGINT
 # A Shopify id: positive and within BIGINT, so an absurd one is refused as invalid with the field named
 # instead of failing the database insert (and being retried) later.
 ShopifyId = Annotated[int, Field(gt=0, lt=_BIGINT)]
+# Counts we store in INTEGER columns (quantities, order numbers): within 32 bits, for the same reason.
+Count = Annotated[int, Field(ge=0, lt=2**31)]
+# Money is stored as NUMERIC(18, 4): an amount beyond it (or NaN, Infinity) is refused here, naming the
+# field, instead of failing the insert on every retry.
+_MONEY_LIMIT = Decimal(10**13)
+Money = Annotated[Decimal, Field(gt=-_MONEY_LIMIT, lt=_MONEY_LIMIT, allow_inf_nan=False)]
 
 
 class _Lenient(BaseModel):
@@ -72,8 +78,8 @@ class ShopifyLineItem(_Lenient):
     title: str
     variant_title: str | None = None
     sku: str | None = None
-    quantity: int = Field(ge=0)
-    price: Decimal
+    quantity: Count
+    price: Money
     requires_shipping: bool = True
     properties: list[ShopifyProperty] = Field(default_factory=list)
 
@@ -85,12 +91,12 @@ class ShopifyLineItem(_Lenient):
 
 class ShopifyShippingLine(_Lenient):
     title: str | None = None
-    price: Decimal = Decimal("0")
+    price: Money = Decimal("0")
 
 
 class ShopifyDiscountCode(_Lenient):
     code: str | None = None
-    amount: Decimal | None = None
+    amount: Money | None = None
 
 
 class ShopifyCustomer(_Lenient):
@@ -98,7 +104,7 @@ class ShopifyCustomer(_Lenient):
     email: str | None = None
     first_name: str | None = None
     last_name: str | None = None
-    orders_count: int | None = None
+    orders_count: Count | None = None
     locale: str | None = None
 
     @field_validator("email", mode="before")
@@ -112,7 +118,7 @@ class ShopifyOrder(_Lenient):
 
     id: ShopifyId
     name: str = Field(min_length=1, max_length=64)
-    order_number: int | None = None
+    order_number: Count | None = None
     # Kept as written (trimmed): an address's syntax never drops an order. aftercare.addresses judges
     # it later (flagged, attempted or not).
     email: str | None = None
@@ -124,10 +130,10 @@ class ShopifyOrder(_Lenient):
     # customer, fraud, inventory, declined, staff, other: told to the warehouse with a cancellation.
     cancel_reason: str | None = None
     currency: str = Field(min_length=3, max_length=3)
-    subtotal_price: Decimal = Decimal("0")
-    total_discounts: Decimal = Decimal("0")
-    total_tax: Decimal = Decimal("0")
-    total_price: Decimal
+    subtotal_price: Money = Decimal("0")
+    total_discounts: Money = Decimal("0")
+    total_tax: Money = Decimal("0")
+    total_price: Money
     taxes_included: bool = False
     financial_status: str | None = None
     fulfillment_status: str | None = None
@@ -174,9 +180,12 @@ class ShopifyOrder(_Lenient):
     @property
     def total_shipping(self) -> Decimal:
         try:
-            return Decimal(str(self.total_shipping_price_set["shop_money"]["amount"]))  # type: ignore[index]
+            amount = Decimal(str(self.total_shipping_price_set["shop_money"]["amount"]))  # type: ignore[index]
+            if amount.is_finite() and abs(amount) < _MONEY_LIMIT:
+                return amount
         except (TypeError, KeyError, ArithmeticError):
-            return sum((line.price for line in self.shipping_lines), Decimal("0"))
+            pass
+        return sum((line.price for line in self.shipping_lines), Decimal("0"))
 
 
 def _describe(err: ValidationError) -> str:
@@ -188,12 +197,36 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+MAX_DEPTH = 64  # Shopify's resources nest a few levels; a deeper body would only exhaust recursion later
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether JSON data nests lists and objects more than `limit` levels (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_json(body: bytes) -> Any:
-    """Decode a webhook body, or raise InvalidPayload saying why."""
+    """Decode a webhook body, or raise InvalidPayload saying why. Nesting deeper than MAX_DEPTH is
+    refused too: it is valid JSON, but no webhook is shaped so, and walking it (cleaning, validating,
+    storing) would exhaust Python's recursion limit."""
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidPayload(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidPayload("body is JSON nested too deeply to read") from exc
+    if _deeper_than(data, MAX_DEPTH):
+        raise InvalidPayload(f"body is JSON nested too deeply to read (over {MAX_DEPTH} levels)")
+    return data
 
 
 def _without_nul(value: Any) -> Any:

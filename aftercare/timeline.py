@@ -81,8 +81,10 @@ def find_order(session: Session, ref: str, shop_domain: str | None = None) -> Or
     ref = ref.strip()
     names = {ref, ref if ref.startswith("#") else f"#{ref}"}
     condition = Order.name.in_(names)  # type: ignore[attr-defined]
-    if ref.lstrip("#").isdigit():
-        condition = sa.or_(condition, Order.shopify_id == int(ref.lstrip("#")))
+    digits = ref.lstrip("#")
+    # Only an id a BIGINT can hold: a longer number (or '²', which isdigit() accepts) is just a name.
+    if digits.isascii() and digits.isdigit() and len(digits) <= 19 and 0 < int(digits) < 2**63:
+        condition = sa.or_(condition, Order.shopify_id == int(digits))
     query = select(Order).where(condition)
     if shop_domain:
         query = query.where(Order.shop_domain == shop_domain)

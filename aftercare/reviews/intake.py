@@ -49,6 +49,7 @@ from aftercare.models import InboxEvent, InboxStatus, Order, Review, ReviewStatu
 from aftercare.reviews.models import Review as ReviewText
 from aftercare.reviews.policy import ReviewsPolicy, load_reviews_policy
 from aftercare.reviews.triage import Analyser, Triager
+from aftercare.shopify import parse_json
 from aftercare.timeline import OrderNotFound, find_order
 
 SOURCE = "reviews"
@@ -144,11 +145,7 @@ def parse_review(data: Any) -> ReviewPayload:
 
 def parse_review_body(body: bytes) -> ReviewPayload:
     """Decode and validate a review delivery's raw body, or raise InvalidPayload."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidPayload(f"body is not JSON: {exc}") from exc
-    return parse_review(data)
+    return parse_review(parse_json(body))
 
 
 def review_delivery(body: bytes, *, triggered_at: datetime | None = None) -> Delivery:
@@ -340,6 +337,8 @@ def _jsonl_records(raw: bytes) -> Iterator[tuple[int, bytes | None, Any, str | N
             yield n, None, None, "line is not UTF-8"
         except json.JSONDecodeError as exc:
             yield n, None, None, f"not JSON: {exc.msg} at column {exc.colno}"
+        except RecursionError:
+            yield n, None, None, "JSON nested too deeply to read"
 
 
 def _csv_records(raw: bytes) -> Iterator[tuple[int, bytes | None, Any, str | None]]:

@@ -223,6 +223,8 @@ def run_triage_jsonl(
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             out = _line_error(line_no, f"not JSON: {exc.msg} at column {exc.colno}")
+        except RecursionError:
+            out = _line_error(line_no, "JSON nested too deeply to read")
         else:
             if not isinstance(data, dict):
                 out = _line_error(line_no, f"expected a JSON object, got {type(data).__name__}")

@@ -78,13 +78,20 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
 
 
+def header_text(value: str | None, limit: int) -> str | None:
+    """A header value as text a column can hold: cut to its length, and NUL (which PostgreSQL text
+    cannot hold; an HTTP server refuses it, but not every proxy does) shown as U+FFFD, so the
+    delivery is stored with what it said instead of failing the insert with a 500."""
+    return value.replace("\x00", "\ufffd")[:limit] if value is not None else None
+
+
 def classify_shopify(topic: str | None, body: bytes) -> tuple[str, str | None, str | None]:
     """(status, reason, order name) for an authentic delivery, decided before it is stored so that
     ops see unusable payloads at once and the flows never retry them."""
     if not topic:
         return InboxStatus.INVALID, "missing X-Shopify-Topic header", None
     if topic not in shopify.KNOWN_TOPICS:
-        return InboxStatus.IGNORED, f"topic {topic!r} is not handled", None
+        return InboxStatus.IGNORED, f"topic {topic[:64]!r} is not handled", None
     try:
         ref = shopify.subject_ref(topic, body)
     except InvalidPayload as exc:
@@ -166,10 +173,10 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
         )
         delivery = inbox.Delivery(
             source="shopify",
-            delivery_id=delivery_id[:128],
-            event_id=event_id[:128] if event_id else None,
-            topic=(topic or "")[:64],
-            shop_domain=(h.get("x-shopify-shop-domain") or "")[:255],
+            delivery_id=header_text(delivery_id, 128) or "",
+            event_id=header_text(event_id, 128) or None,
+            topic=header_text(topic, 64) or "",
+            shop_domain=header_text(h.get("x-shopify-shop-domain"), 255) or "",
             triggered_at=_parse_time(h.get("x-shopify-triggered-at")),
             body=body,
             status=status,
