@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from aftercare.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # The embedded default secret exists so `make up` works on a fresh clone; it is refused in production.
 LOCAL_DEV_SECRET = "aftercare-local-dev-secret"
 _PLACEHOLDERS = {"", "changethis", "changeme", "secret", LOCAL_DEV_SECRET}
+# The shop `aftercare demo` posts as; the one shop an installation serves until told otherwise.
+DEMO_SHOP_DOMAIN = "aftercare-demo.myshopify.com"
 
 
 class Settings(BaseSettings):
@@ -25,6 +29,9 @@ class Settings(BaseSettings):
     database_url: str = ""
 
     shopify_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
+    # The shops this installation serves (comma-separated *.myshopify.com domains). The shop header
+    # is not covered by the HMAC: a delivery naming any other shop is refused.
+    shopify_shops: Annotated[list[str], NoDecode] = [DEMO_SHOP_DOMAIN]
     # Signs POST /webhooks/reviews (X-Aftercare-Hmac-Sha256: base64 HMAC-SHA256 of the raw body).
     reviews_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
     max_body_bytes: int = 1024 * 1024
@@ -78,6 +85,19 @@ class Settings(BaseSettings):
     review_publish_max_attempts: int = Field(default=5, ge=1, le=50)
     review_publish_backoff_base_s: float = 2.0
 
+    @field_validator("shopify_shops", mode="before")
+    @classmethod
+    def _shop_list(cls, value: Any) -> list[str]:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        shops = list(dict.fromkeys(normalise_shop(str(item)) for item in items))
+        shops = [shop for shop in shops if shop]
+        if not shops:
+            raise ConfigError(
+                "AFTERCARE_SHOPIFY_SHOPS is empty: name the shop domains this installation serves "
+                "(comma-separated, e.g. my-shop.myshopify.com)"
+            )
+        return shops
+
     @model_validator(mode="after")
     def _fill_and_refuse(self) -> Settings:
         if not self.database_url:
@@ -99,6 +119,15 @@ class Settings(BaseSettings):
             raise ValueError("AFTERCARE_EMAIL_BACKEND=sendgrid needs AFTERCARE_SENDGRID_API_KEY")
         return self
 
+    def serves_shop(self, shop_domain: str | None) -> bool:
+        """Whether a delivery naming this shop is one of ours (the header is not signed)."""
+        return bool(shop_domain) and normalise_shop(shop_domain or "") in self.shopify_shops
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def normalise_shop(domain: str) -> str:
+    """A shop domain as we compare and store it: trimmed, lower-case (DNS names are not case-sensitive)."""
+    return domain.strip().lower()
