@@ -102,7 +102,9 @@ def release_waiting(session: Session, order_shopify_id: int) -> list[int]:
 def release_fulfillment_waiting(session: Session, fulfillment_shopify_id: int) -> list[int]:
     """Put the carrier events waiting for this fulfillment back in the queue (inside the transaction
     that recorded its shipment)."""
-    return _release(session, select(InboxWait).where(InboxWait.fulfillment_shopify_id == fulfillment_shopify_id))
+    return _release(
+        session, select(InboxWait).where(InboxWait.fulfillment_shopify_id == fulfillment_shopify_id)
+    )
 
 
 def _release(session: Session, waiting: Any) -> list[int]:
