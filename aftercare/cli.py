@@ -204,7 +204,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     failures = 0
     for what, topic, payload in deliveries:
         try:
-            status, text = post_webhook(url, secret, topic, payload, args.shop)
+            status, text = post_webhook(url, secret, topic, payload, args.shop or settings.shopify_shops[0])
         except OSError as exc:
             raise AftercareError(f"cannot reach {url} ({exc}); is `make up` running?") from exc
         failures += status != 200
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="sign and post the sample orders to the running web app")
     demo.add_argument("--url", help="web app base URL (default: AFTERCARE_WEB_BASE_URL)")
-    demo.add_argument("--shop", default="aftercare-demo.myshopify.com")
+    demo.add_argument("--shop", help="shop domain to post as (default: the first of AFTERCARE_SHOPIFY_SHOPS)")
     demo.add_argument(
         "--wait", type=float, default=0, help="seconds to wait until every confirmation is sent"
     )

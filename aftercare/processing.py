@@ -109,7 +109,7 @@ def _process_order(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
     order = result.order
     out = Outcome(row.id, row.topic, InboxStatus.DONE, result.reason, order.id, order.name)
     # Fulfillments and refunds that came first are queued again now that their order exists.
-    out.released = shipping.release_waiting(session, row.shop_domain, parsed.id)
+    out.released = shipping.release_waiting(session, parsed.id)
     lines = receipt.lines_of(session, order)
     _apply_waiting_refunds(session, order, lines, out.released)
     flags = receipt.check_order(order, lines, rt.inventory)
@@ -160,8 +160,9 @@ def _apply_waiting_refunds(
 
 
 def _order_for(session: Session, row: InboxEvent, order_shopify_id: int, out: Outcome) -> Order | None:
-    """The order a fulfillment or refund belongs to; when it has not arrived, the row waits for it."""
-    order = shipping.find_order(session, row.shop_domain, order_shopify_id)
+    """The order a fulfillment or refund belongs to, locked for this transaction (whatever configured
+    shop's header the row came with: ids are global); when it has not arrived, the row waits for it."""
+    order = receipt.lock_order(session, order_shopify_id)
     if order is None:
         shipping.park(session, row, order_shopify_id)
         out.status, out.reason = InboxStatus.WAITING, row.reason
@@ -197,7 +198,7 @@ def _process_fulfillment(rt: Runtime, session: Session, row: InboxEvent) -> Outc
                 out.outbox_id, out.outbox_status = message.id, message.status
         shipping.plan_after_delivery(session, order, rt.policies, lines)
     # Carrier events that came before their fulfillment are queued again now that it is recorded.
-    out.released = shipping.release_fulfillment_waiting(session, row.shop_domain, parsed.id)
+    out.released = shipping.release_fulfillment_waiting(session, parsed.id)
     inbox.finish(session, row, InboxStatus.DONE, result.reason)
     return out
 
@@ -209,16 +210,17 @@ def _process_fulfillment_event(rt: Runtime, session: Session, row: InboxEvent) -
     parsed = parse_fulfillment_event(row.body)
     assert row.id is not None
     out = Outcome(row.id, row.topic, InboxStatus.DONE)
-    shipment = shipping.find_shipment(session, row.shop_domain, parsed.fulfillment_id)
+    order = receipt.lock_order(session, parsed.order_id)
+    shipment = shipping.find_shipment(session, parsed.fulfillment_id)
     if shipment is None:
         shipping.park(session, row, parsed.order_id, fulfillment_shopify_id=parsed.fulfillment_id)
         out.status, out.reason = InboxStatus.WAITING, row.reason
         return out
-    order = session.get(Order, shipment.order_id)
-    assert order is not None
-    if order.shopify_id != parsed.order_id:
+    if order is None or order.id != shipment.order_id:
+        owner = session.get(Order, shipment.order_id)
+        assert owner is not None
         raise InvalidPayload(
-            f"fulfillment {parsed.fulfillment_id} belongs to order {order.shopify_id}, "
+            f"fulfillment {parsed.fulfillment_id} belongs to order {owner.shopify_id}, "
             f"not to order {parsed.order_id} as the event says"
         )
     out.order_id, out.order_name, out.shipment_id = order.id, order.name, shipment.id

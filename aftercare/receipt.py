@@ -12,7 +12,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from aftercare import addresses
-from aftercare.errors import InvalidPayload
 from aftercare.inventory import InventoryPort, StockRequest
 from aftercare.models import Customer, Order, OrderLine, Touchpoint, TouchpointStatus, utcnow
 from aftercare.policies import MessagesPolicy, Policies
@@ -100,27 +99,40 @@ def _purchase_seq(session: Session, order: Order, parsed: ShopifyOrder) -> int:
     return max(seen, shopify_count, 1)
 
 
-def refuse_other_shops(session: Session, model: Any, shopify_id: int, shop_domain: str, what: str) -> None:
-    """Shopify ids are unique across shops (and so is our column): a delivery from one shop naming an
-    id another shop's record holds is forged or misrouted, an invalid payload, not a retryable clash."""
-    other = session.exec(select(model.shop_domain).where(model.shopify_id == shopify_id)).first()
-    if other is not None:
-        raise InvalidPayload(
-            f"id: {what} {shopify_id} belongs to shop {other[:100]!r}, not to {shop_domain[:100]!r}"
+def lock_order(session: Session, order_shopify_id: int) -> Order | None:
+    """The order with this Shopify id (ids are global: whatever shop header a delivery came with),
+    held by this transaction until it ends. Every handler that decides from an order's state (is this
+    delivery older than what we hold, is the order cancelled, what is planned) takes it first, so two
+    workers (the deployment and `aftercare process` beside it) give the result one would: the second
+    waits here, then reads what the first committed.
+
+    PostgreSQL: SELECT ... FOR UPDATE. An order not there yet cannot be locked: of two first inserts
+    one loses on `uq_order_shopify_id` and `process_row` runs it again, finding the winner's row.
+    SQLite: a write statement comes first, so the transaction holds the database's write lock before
+    it reads (pysqlite begins a transaction only at the first write: a read before it may be stale by
+    the time we write, when another process shares the file)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            sa.update(Order)
+            .where(Order.shopify_id == order_shopify_id)  # type: ignore[arg-type]
+            .values(shopify_id=Order.shopify_id)
+            .execution_options(synchronize_session=False)
         )
+    query = select(Order).where(Order.shopify_id == order_shopify_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.exec(query.execution_options(populate_existing=True)).first()
 
 
 def upsert_order(
     session: Session, *, shop_domain: str, parsed: ShopifyOrder, policies: Policies
 ) -> UpsertResult:
-    """Create or update the order from a delivery. A delivery whose `updated_at` is older than the
-    state we hold changes nothing (webhooks arrive out of order)."""
-    order = session.exec(
-        select(Order).where(Order.shop_domain == shop_domain, Order.shopify_id == parsed.id)
-    ).first()
+    """Create or update the order from a delivery, under the order's lock (`lock_order`). A delivery
+    whose `updated_at` is older than the state we hold changes nothing (webhooks arrive out of order).
+    Shopify ids are global: a delivery of a known order under another (configured) shop's header
+    updates that order, which keeps its own shop; `shop_domain` names the shop of a new order."""
+    order = lock_order(session, parsed.id)
     created = order is None
-    if order is None:
-        refuse_other_shops(session, Order, parsed.id, shop_domain, "order")
     if order is not None and parsed.updated_at < order.source_updated_at:
         return UpsertResult(
             order,
@@ -135,7 +147,7 @@ def upsert_order(
         parsed.customer.locale if parsed.customer else None,
         country_code=address.country_code if address else None,
     )
-    customer = _upsert_customer(session, shop_domain, parsed, locale)
+    customer = _upsert_customer(session, order.shop_domain if order else shop_domain, parsed, locale)
     is_gift, gift_message = _gift(parsed, policies.messages)
     if order is None:
         order = Order(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aftercare.errors import ConfigError
 
@@ -16,6 +16,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # file), so it is refused in production and whenever a real backend is configured (`real_backends`).
 LOCAL_DEV_SECRET = "aftercare-local-dev-secret"
 _PLACEHOLDERS = {"", "changethis", "changeme", "secret", LOCAL_DEV_SECRET}
+# The shop `aftercare demo` posts as; the one shop an installation serves until told otherwise.
+DEMO_SHOP_DOMAIN = "aftercare-demo.myshopify.com"
 
 
 class Settings(BaseSettings):
@@ -28,6 +30,9 @@ class Settings(BaseSettings):
     database_url: str = ""
 
     shopify_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
+    # The shops this installation serves (comma-separated *.myshopify.com domains). The shop header
+    # is not covered by the HMAC: a delivery naming any other shop is refused.
+    shopify_shops: Annotated[list[str], NoDecode] = [DEMO_SHOP_DOMAIN]
     # Signs POST /webhooks/reviews (X-Aftercare-Hmac-Sha256: base64 HMAC-SHA256 of the raw body).
     reviews_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
     # The hard cap on a webhook body. Shopify's orders can exceed 1 MiB (hundreds of lines, long
@@ -97,6 +102,19 @@ class Settings(BaseSettings):
     # settles it. It must outlast one publish (attempts x (timeout + up to 60 s of backoff)).
     review_publish_lease_s: float = Field(default=900.0, gt=0)
 
+    @field_validator("shopify_shops", mode="before")
+    @classmethod
+    def _shop_list(cls, value: Any) -> list[str]:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        shops = list(dict.fromkeys(normalise_shop(str(item)) for item in items))
+        shops = [shop for shop in shops if shop]
+        if not shops:
+            raise ConfigError(
+                "AFTERCARE_SHOPIFY_SHOPS is empty: name the shop domains this installation serves "
+                "(comma-separated, e.g. my-shop.myshopify.com)"
+            )
+        return shops
+
     @model_validator(mode="after")
     def _fill_and_refuse(self) -> Settings:
         if not self.database_url:
@@ -150,6 +168,15 @@ class Settings(BaseSettings):
                     f"(required with {', '.join(why)})"
                 )
 
+    def serves_shop(self, shop_domain: str | None) -> bool:
+        """Whether a delivery naming this shop is one of ours (the header is not signed)."""
+        return bool(shop_domain) and normalise_shop(shop_domain or "") in self.shopify_shops
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def normalise_shop(domain: str) -> str:
+    """A shop domain as we compare and store it: trimmed, lower-case (DNS names are not case-sensitive)."""
+    return domain.strip().lower()

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare import addresses
+from aftercare.errors import InvalidPayload
 from aftercare.models import (
     Customer,
     InboxEvent,
@@ -35,7 +36,6 @@ from aftercare.models import (
     utcnow,
 )
 from aftercare.policies import DeliveryPolicy, Policies
-from aftercare.receipt import refuse_other_shops
 from aftercare.rendering import RenderedEmail, Renderer
 from aftercare.shopify import ShopifyFulfillment, ShopifyFulfillmentEvent, ShopifyRefund
 
@@ -55,10 +55,10 @@ VOID_STATUSES = frozenset({"cancelled", "error", "failure"})
 # --- Orders, by their Shopify id --------------------------------------------------------------------
 
 
-def find_order(session: Session, shop_domain: str, order_shopify_id: int) -> Order | None:
-    return session.exec(
-        select(Order).where(Order.shop_domain == shop_domain, Order.shopify_id == order_shopify_id)
-    ).first()
+def find_order(session: Session, order_shopify_id: int) -> Order | None:
+    """The order with this Shopify id. Ids are global: one order, whatever shop header a delivery
+    names (a read only; a handler that acts on the order takes `receipt.lock_order`)."""
+    return session.exec(select(Order).where(Order.shopify_id == order_shopify_id)).first()
 
 
 # --- Waiting inbox rows: a fulfillment or refund before its order, a carrier event before its fulfillment
@@ -87,27 +87,24 @@ def park(
     session.add(wait)
 
 
-def release_waiting(session: Session, shop_domain: str, order_shopify_id: int) -> list[int]:
-    """Put the rows waiting for this order back in the queue (inside the order's own transaction).
-    Carrier events waiting for a fulfillment stay: the order alone does not let them apply."""
+def release_waiting(session: Session, order_shopify_id: int) -> list[int]:
+    """Put the rows waiting for this order back in the queue (inside the order's own transaction),
+    whichever configured shop's header they came with. Carrier events waiting for a fulfillment stay:
+    the order alone does not let them apply."""
     return _release(
         session,
         select(InboxWait).where(
-            InboxWait.shop_domain == shop_domain,
             InboxWait.order_shopify_id == order_shopify_id,
             InboxWait.fulfillment_shopify_id.is_(None),  # type: ignore[union-attr]
         ),
     )
 
 
-def release_fulfillment_waiting(session: Session, shop_domain: str, fulfillment_shopify_id: int) -> list[int]:
+def release_fulfillment_waiting(session: Session, fulfillment_shopify_id: int) -> list[int]:
     """Put the carrier events waiting for this fulfillment back in the queue (inside the transaction
     that recorded its shipment)."""
     return _release(
-        session,
-        select(InboxWait).where(
-            InboxWait.shop_domain == shop_domain, InboxWait.fulfillment_shopify_id == fulfillment_shopify_id
-        ),
+        session, select(InboxWait).where(InboxWait.fulfillment_shopify_id == fulfillment_shopify_id)
     )
 
 
@@ -129,12 +126,8 @@ def release_ready(engine: Engine) -> list[int]:
     """Release waiting rows whose order (or, for a carrier event, whose fulfillment) exists by now: the
     sweep's guard against the race where it committed between a row's lookup and its parking. One
     query when nothing is ready: this runs on every claim of the inbox."""
-    order_arrived = sa.exists().where(
-        Order.shop_domain == InboxWait.shop_domain, Order.shopify_id == InboxWait.order_shopify_id
-    )
-    fulfillment_arrived = sa.exists().where(
-        Shipment.shop_domain == InboxWait.shop_domain, Shipment.shopify_id == InboxWait.fulfillment_shopify_id
-    )
+    order_arrived = sa.exists().where(Order.shopify_id == InboxWait.order_shopify_id)
+    fulfillment_arrived = sa.exists().where(Shipment.shopify_id == InboxWait.fulfillment_shopify_id)
     with Session(engine) as session:
         released = _release(
             session,
@@ -260,12 +253,10 @@ def upsert_shipment(
     we hold changes nothing. Delivery is estimated from the carrier's transit days until a real
     `delivered` event sets it."""
     assert order.id is not None
-    shipment = session.exec(
-        select(Shipment).where(Shipment.shop_domain == order.shop_domain, Shipment.shopify_id == parsed.id)
-    ).first()
+    shipment = session.exec(select(Shipment).where(Shipment.shopify_id == parsed.id)).first()
+    if shipment is not None and shipment.order_id != order.id:
+        raise InvalidPayload(f"fulfillment {parsed.id} belongs to another order than {parsed.order_id}")
     created = shipment is None
-    if shipment is None:
-        refuse_other_shops(session, Shipment, parsed.id, order.shop_domain, "fulfillment")
     if shipment is not None and parsed.updated_at < shipment.source_updated_at:
         return ShipmentResult(
             shipment,
@@ -318,12 +309,9 @@ def upsert_shipment(
     return ShipmentResult(shipment, created=created, applied=True)
 
 
-def find_shipment(session: Session, shop_domain: str, fulfillment_shopify_id: int) -> Shipment | None:
-    return session.exec(
-        select(Shipment).where(
-            Shipment.shop_domain == shop_domain, Shipment.shopify_id == fulfillment_shopify_id
-        )
-    ).first()
+def find_shipment(session: Session, fulfillment_shopify_id: int) -> Shipment | None:
+    """The shipment of this fulfillment; Shopify ids are global, like an order's."""
+    return session.exec(select(Shipment).where(Shipment.shopify_id == fulfillment_shopify_id)).first()
 
 
 # --- Carrier events (fulfillment_events/create) -----------------------------------------------------

@@ -87,7 +87,7 @@ def find_order(session: Session, ref: str, shop_domain: str | None = None) -> Or
         condition = sa.or_(condition, Order.shopify_id == int(digits))
     query = select(Order).where(condition)
     if shop_domain:
-        query = query.where(Order.shop_domain == shop_domain)
+        query = query.where(Order.shop_domain == shop_domain.strip().lower())
     found = list(session.exec(query.order_by(Order.id)))
     if not found:
         raise OrderNotFound(
@@ -222,19 +222,22 @@ def order_timeline(
 
 
 def _webhooks(session: Session, order: Order) -> list[Entry]:
-    waiting = select(InboxWait.inbox_id).where(
-        InboxWait.shop_domain == order.shop_domain, InboxWait.order_shopify_id == order.shopify_id
-    )
+    # Names are per shop; Shopify ids are global (whatever configured shop's header a row came with).
+    waiting = select(InboxWait.inbox_id).where(InboxWait.order_shopify_id == order.shopify_id)
     rows = session.exec(
         select(InboxEvent)
         .where(
-            InboxEvent.shop_domain == order.shop_domain,
             sa.or_(
-                InboxEvent.subject_ref == order.name,
-                InboxEvent.subject_ref.like(_like_prefix(order.name) + ".%", escape="\\"),  # type: ignore[union-attr]
+                sa.and_(
+                    InboxEvent.shop_domain == order.shop_domain,
+                    sa.or_(
+                        InboxEvent.subject_ref == order.name,
+                        InboxEvent.subject_ref.like(_like_prefix(order.name) + ".%", escape="\\"),  # type: ignore[union-attr]
+                    ),
+                ),
                 InboxEvent.subject_ref == f"order-id:{order.shopify_id}",
-                InboxEvent.id.in_(waiting),
-            ),  # type: ignore[union-attr]
+                InboxEvent.id.in_(waiting),  # type: ignore[union-attr]
+            ),
         )
         .order_by(InboxEvent.received_at, InboxEvent.id)
     )

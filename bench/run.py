@@ -40,6 +40,7 @@ from tests.shared_dir import find_shared
 
 SECRET = "bench-webhook-secret"
 REVIEWS_SECRET = "bench-reviews-secret"  # real backends refuse the public development secrets
+BENCH_SHOP = "bench.myshopify.com"
 API_KEY = "SG.fake-test-key"
 SCHEMA = (find_shared() or PROJECT_ROOT.parent / "shared") / "contracts" / "sendgrid" / "tsg_mail_v3.json"
 PG_ADMIN = os.environ.get("AFTERCARE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -99,7 +100,7 @@ def order_requests(n: int, port: int, prefix: str) -> tuple[list[bytes], list[st
         headers = {
             "Content-Type": "application/json",
             "X-Shopify-Topic": "orders/create",
-            "X-Shopify-Shop-Domain": "bench.myshopify.com",
+            "X-Shopify-Shop-Domain": BENCH_SHOP,
             "X-Shopify-Hmac-Sha256": shopify.sign(SECRET, body),
             "X-Shopify-Webhook-Id": str(uuid.uuid4()),
             "X-Shopify-Event-Id": str(uuid.uuid4()),
@@ -134,6 +135,7 @@ def base_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
         AFTERCARE_VAR_DIR=str(workdir),
         AFTERCARE_SHOPIFY_WEBHOOK_SECRET=SECRET,
         AFTERCARE_REVIEWS_WEBHOOK_SECRET=REVIEWS_SECRET,
+        AFTERCARE_SHOPIFY_SHOPS=BENCH_SHOP,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=str(PROJECT_ROOT),
     )
@@ -304,6 +306,7 @@ def receipt_phase(
                 "AFTERCARE_DATABASE_URL": url,
                 "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": SECRET,
                 "AFTERCARE_REVIEWS_WEBHOOK_SECRET": REVIEWS_SECRET,
+                "AFTERCARE_SHOPIFY_SHOPS": BENCH_SHOP,
                 "AFTERCARE_EMAIL_BACKEND": "sendgrid",
                 "AFTERCARE_SENDGRID_API_KEY": API_KEY,
                 "AFTERCARE_SENDGRID_BASE_URL": sg_url,

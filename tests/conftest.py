@@ -18,7 +18,8 @@ from sqlmodel import SQLModel
 
 from aftercare.db import make_engine, migrate
 from aftercare.runtime import Runtime, use_runtime
-from aftercare.settings import Settings
+from aftercare.settings import DEMO_SHOP_DOMAIN, Settings
+from tests.factories import SHOP
 from tests.fakes.warehouse import FakeThreePL
 from tests.shared_dir import find_shared
 
@@ -107,6 +108,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         var_dir=tmp_path / "var",
         database_url=database_url,
         shopify_webhook_secret=TEST_SECRET,
+        # The shops the tests post as: the factories' shop and the one `aftercare demo` posts as.
+        shopify_shops=[SHOP, DEMO_SHOP_DOMAIN],
         wake_prefect=False,
         send_backoff_base_s=0.01,
     )

@@ -114,7 +114,7 @@ def test_delivered_event_corrects_the_estimate_and_moves_survey_and_review_reque
     assert len(rows(rt, OutboxMessage)) == messages  # nothing sent, nothing written
     with Session(rt.engine) as s:
         assert s.get(InboxEvent, out.inbox_id).subject_ref == "#1101"  # findable by order name
-        delivery = shipping.order_delivery(s, shipping.find_order(s, SHOP, 820001), rt.policies.delivery)
+        delivery = shipping.order_delivery(s, shipping.find_order(s, 820001), rt.policies.delivery)
     assert not delivery.estimated and delivery.at == shipment.delivered_at
 
 

@@ -293,7 +293,7 @@ def test_without_a_delivered_event_delivery_is_estimated_from_the_carrier_policy
     receive(rt, fulfillment_payload(order, tracking_company="佐川急便"), topic="fulfillments/create")
     shipped = jst("2026-11-24T15:00:00+09:00")
     with Session(rt.engine) as s:
-        o = shipping.find_order(s, "test-shop.myshopify.com", 820001)
+        o = shipping.find_order(s, 820001)
         delivery = shipping.order_delivery(s, o, rt.policies.delivery)
     assert delivery.estimated and delivery.at == shipped + timedelta(days=2)  # 佐川急便: 2 days
     assert delivery.policy_version == rt.policies.delivery.version

@@ -20,7 +20,7 @@ from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply
 from aftercare.rendering import Renderer
 from aftercare.reviews import intake as review_intake
 from aftercare.reviews.text import normalise_lang
-from aftercare.settings import Settings
+from aftercare.settings import Settings, normalise_shop
 from aftercare.web.wake import NoWaker, PrefectWaker, Waker
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,15 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
         h = request.headers
         if not shopify.verify(secret, body, h.get("x-shopify-hmac-sha256")):
             return JSONResponse({"error": "invalid or missing X-Shopify-Hmac-Sha256"}, status_code=401)
+        # The signature does not cover the shop header: a signed body replayed under another shop's
+        # name would otherwise be a second delivery. Only the configured shops are heard.
+        shop = normalise_shop(h.get("x-shopify-shop-domain") or "")
+        if not settings.serves_shop(shop):
+            log.warning("refused a signed delivery for shop %r: not in AFTERCARE_SHOPIFY_SHOPS", shop[:255])
+            return JSONResponse(
+                {"error": "missing X-Shopify-Shop-Domain or a shop this installation does not serve"},
+                status_code=401,
+            )
         topic = h.get("x-shopify-topic")
         webhook_id = h.get("x-shopify-webhook-id")
         event_id = h.get("x-shopify-event-id")
@@ -176,7 +185,7 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
             delivery_id=header_text(delivery_id, 128) or "",
             event_id=header_text(event_id, 128) or None,
             topic=header_text(topic, 64) or "",
-            shop_domain=header_text(h.get("x-shopify-shop-domain"), 255) or "",
+            shop_domain=shop[:255],
             triggered_at=_parse_time(h.get("x-shopify-triggered-at")),
             body=body,
             status=status,
