@@ -73,6 +73,7 @@ class FuzzReport:
     seed: int | None = None
     requests: int = 0
     signed: int = 0  # of the requests, correctly signed
+    signed_for_us: int = 0  # of those, naming exactly the shop the app serves
     stored: int = 0  # 2xx answers that stored a new row
     duplicates: int = 0  # 2xx answers {"status": "duplicate"}
     replays: int = 0  # requests that repeated an earlier one byte for byte
@@ -388,6 +389,9 @@ class _Request:
     headers: list[tuple[str, str]]
     body: bytes
     signed: bool
+    # The shop header names exactly the shop the app serves (else a signed request is refused too:
+    # the HMAC does not cover that header, so only configured shops are accepted).
+    shop_ok: bool = True
 
 
 @st.composite
@@ -402,6 +406,7 @@ def _request(draw: st.DrawFn, settings: Settings, serial: int) -> _Request:
     values, signed = draw(_signature(settings.shopify_webhook_secret.get_secret_value(), body))
     headers += [("X-Shopify-Hmac-Sha256", v) for v in values]
     topic = draw(st.sampled_from([topic] * 6 + TOPICS + ["orders/delete", "products/update"]))
+    shop_ok = True
     for name, normal in (
         ("X-Shopify-Topic", topic),
         ("X-Shopify-Shop-Domain", SHOP),
@@ -409,8 +414,11 @@ def _request(draw: st.DrawFn, settings: Settings, serial: int) -> _Request:
         ("X-Shopify-Event-Id", f"fuzz-event-{serial}"),
         ("X-Shopify-Triggered-At", draw(st.sampled_from(["2026-11-20T01:15:00Z", *ODD_STRINGS[23:30]]))),
     ):
-        headers += [(name, v) for v in draw(_header_value(normal))]
-    return _Request(url, headers, body, signed)
+        values = draw(_header_value(normal))
+        if name == "X-Shopify-Shop-Domain":
+            shop_ok = values == [SHOP]
+        headers += [(name, v) for v in values]
+    return _Request(url, headers, body, signed, shop_ok)
 
 
 # --- what is checked -----------------------------------------------------------------------------------
@@ -425,6 +433,8 @@ def _check_answer(report: FuzzReport, req: _Request, status: int, answer: Any, t
     if status >= 500:
         problem("5xx", f"HTTP {status}: {text[:2000]}")
         return None
+    if status == 401 and req.signed and req.shop_ok:
+        problem("authentic request refused", f"HTTP {status}: {text[:300]}")
     if 400 <= status < 500:
         error = answer.get("error") or answer.get("detail") if isinstance(answer, dict) else None
         if not isinstance(error, str) or not error.strip():
@@ -455,6 +465,7 @@ def _check_answer(report: FuzzReport, req: _Request, status: int, answer: Any, t
 def _send(client: TestClient, report: FuzzReport, req: _Request, acked: set[int]) -> None:
     report.requests += 1
     report.signed += req.signed
+    report.signed_for_us += req.signed and req.shop_ok
     try:
         # As bytes: a header value is whatever octets the client sent (latin-1 is one byte per char).
         raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in req.headers]
@@ -535,6 +546,8 @@ def run_fuzz(settings: Settings, examples: int, seed: int | None = None) -> Fuzz
     The same seed draws the same requests."""
     seed = random.randrange(2**32) if seed is None else seed
     report = FuzzReport(seed=seed)
+    # The fuzzer's shop is one the app serves; a mangled shop header is then refused like a forgery.
+    settings = settings.model_copy(update={"shopify_shops": [*settings.shopify_shops, SHOP]})
     acked: set[int] = set()
     sent: list[_Request] = []
     serial = iter(range(10**9))
