@@ -282,11 +282,16 @@ def plan_handoff(
     cancellation version tells it (see `_plan_cancellation`). Once called back, nothing re-opens it."""
     assert order.id is not None
     shipped = session.exec(select(Shipment.id).where(Shipment.order_id == order.id)).first() is not None
+    # Locked (PostgreSQL) while we decide: the sender's claim skips locked rows, so a pending version
+    # cannot go out between our reading it as unsent and withdrawing it (the warehouse would then
+    # hold an order we believe superseded, and get no cancellation). On SQLite the caller's
+    # transaction already holds the write lock (receipt.lock_order).
     versions = list(
         session.exec(
             select(WarehouseHandoff)
             .where(WarehouseHandoff.order_id == order.id)
             .order_by(WarehouseHandoff.version)
+            .with_for_update()
         )
     )
     cancellation = next((v for v in versions if is_cancellation(v)), None)
@@ -321,13 +326,19 @@ def plan_handoff(
     return handoff
 
 
+# A hand-off that failed this way may have reached the warehouse: its attempts ran out on timeouts
+# or 5xx, or its worker died while sending it. (A refusal, the 3PL's 4xx, keeps the 3PL's reason.)
+GAVE_UP = "gave up"
+
+
 def may_be_held(handoff: Any) -> bool:
     """Whether the warehouse has, or may have, this ship instruction: it acknowledged it, it is being
-    sent, or an attempt failed in a way that may have reached it (a timeout, a 5xx; it is retried
-    later). A refused one it does not have."""
+    sent, an attempt failed in a way that may have reached it (a timeout, a 5xx; it is retried
+    later), or we gave up on it after such attempts. A refused one it does not have."""
     return action_of(handoff.instruction) == ACTION_SHIP and (
         handoff.status in (HandoffStatus.SENT, HandoffStatus.SENDING)
         or (handoff.status == HandoffStatus.PENDING and handoff.attempts > 0)
+        or (handoff.status == HandoffStatus.FAILED and (handoff.last_error or "").startswith(GAVE_UP))
     )
 
 
@@ -679,7 +690,7 @@ def claim_due(
         {
             "status": HandoffStatus.FAILED,
             "attempts": WarehouseHandoff.attempts + 1,
-            "last_error": f"gave up: the worker died while sending it (no answer recorded within the "
+            "last_error": f"{GAVE_UP}: the worker died while sending it (no answer recorded within the "
             f"{int(lease.total_seconds())} s lease) and no attempt was left of {max_attempts}",
         },
         1000,
@@ -747,7 +758,7 @@ def hand_off(
                     handoff_id,
                     HandoffStatus.FAILED,
                     attempts,
-                    error=f"gave up after {attempts} attempts: {err.reason}",
+                    error=f"{GAVE_UP} after {attempts} attempts: {err.reason}",
                 )
             wait = max(settings.warehouse_backoff_base_s * 2 ** (attempts - 1), err.retry_after or 0.0)
             if wait > inline_wait_cap_s:
@@ -798,7 +809,11 @@ def _held_back(engine: Engine, handoff: Any) -> HandoffResult | None:
     if handoff.attempts == 0 and not is_cancellation(handoff):
         return None  # the first try of a ship version: no query on the common path
     order_versions = sa.select(
-        _HANDOFFS.c.version, _HANDOFFS.c.status, _HANDOFFS.c.attempts, _HANDOFFS.c.instruction
+        _HANDOFFS.c.version,
+        _HANDOFFS.c.status,
+        _HANDOFFS.c.attempts,
+        _HANDOFFS.c.instruction,
+        _HANDOFFS.c.last_error,
     ).where(_HANDOFFS.c.order_id == handoff.order_id, _HANDOFFS.c.id != handoff.id)
     with engine.connect() as conn:
         rows = conn.execute(order_versions).all()
@@ -839,7 +854,7 @@ def _held_back(engine: Engine, handoff: Any) -> HandoffResult | None:
 
 def _reached_warehouse(row: Any) -> bool:
     """`may_be_held`, or attempted without a clear answer and superseded since: a ship version the
-    warehouse may have taken. A refusal (failed) means it was not."""
+    warehouse may have taken. A refusal (failed with the 3PL's reason) means it was not."""
     return may_be_held(row) or (
         row.status == HandoffStatus.SUPERSEDED and row.attempts > 0 and not is_cancellation(row)
     )

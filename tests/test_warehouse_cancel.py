@@ -145,6 +145,26 @@ def test_a_hand_off_refused_by_the_warehouse_needs_no_cancel(rt, three_pl):
     assert [(h.version, h.status) for h in handoffs(rt)] == [(1, "failed")]
 
 
+def test_a_hand_off_we_gave_up_on_after_timeouts_may_be_held_and_gets_a_cancel(rt, three_pl):
+    """Attempts ran out on timeouts: each may have reached the 3PL, so a cancelled order must be
+    called back there (a refusal, above, is the case that needs none)."""
+    receive(rt, order_payload("ja-first-gift"))
+    three_pl.plan_delay(1.0)  # the 3PL takes it, but answers after our timeout, every time
+    rt.settings.warehouse_max_attempts = 1
+    [first] = send_all(rt, http_port(three_pl, timeout=0.2), inline_wait_cap_s=0)
+    assert first.status == "failed" and first.error.startswith(warehouse.GAVE_UP)
+    cancel(rt)
+    v1, v2 = handoffs(rt)
+    assert v1.status == "failed" and v2.instruction["action"] == "cancel"
+    assert v2.instruction["cancels_version"] == 1
+    deadline = time.monotonic() + 5
+    while 820001 not in three_pl.orders and time.monotonic() < deadline:
+        time.sleep(0.05)  # the 3PL finishes taking the order it answered too late
+    [result] = send_all(rt, http_port(three_pl))
+    assert result.handoff_id == v2.id and result.status == "sent"
+    assert three_pl.cancelled == {820001: result.reference}
+
+
 # --- the HTTP port ------------------------------------------------------------------------------------
 
 
