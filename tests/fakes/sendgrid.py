@@ -4,7 +4,8 @@ Every request body is validated against the requestBody schema of `POST /v3/mail
 official OpenAPI document (../shared/contracts/sendgrid/tsg_mail_v3.json). A body that breaks the
 contract answers 400 in SendGrid's error shape and is kept in `violations`, which a test asserts is
 empty. Responses can be scripted: `plan(429, headers={"Retry-After": "3"})`, `plan(500)`,
-`plan(400, errors=[...])`, `plan_delay(5)`.
+`plan(400, errors=[...])`, `plan_delay(5)`; `plan(503, to="b@example.com")` answers only the next
+request addressed to b@example.com (requests to others go on as usual).
 
 In a test:
 
@@ -99,12 +100,14 @@ def error_body(message: str, field_name: str | None = None, help_: Any = None) -
 
 @dataclass
 class Planned:
-    """One scripted answer, used by the next request to arrive. status None = answer as usual."""
+    """One scripted answer, used by the next request to arrive (to `to`, when given). status None =
+    answer as usual."""
 
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     errors: list[dict[str, Any]] | None = None
     delay_s: float = 0.0
+    to: str | None = None
 
 
 @dataclass
@@ -171,10 +174,12 @@ class FakeSendGrid:
         headers: dict[str, str] | None = None,
         errors: list[dict[str, Any]] | None = None,
         delay_s: float = 0.0,
+        to: str | None = None,
     ) -> None:
-        """Answer the next unplanned request with `status` (errors default to SendGrid's message)."""
+        """Answer the next unplanned request (addressed to `to`, when given) with `status` (errors
+        default to SendGrid's message)."""
         with self._lock:
-            self._plans.append(Planned(status, dict(headers or {}), errors, delay_s))
+            self._plans.append(Planned(status, dict(headers or {}), errors, delay_s, to and to.lower()))
 
     def plan_delay(self, seconds: float, status: int | None = None) -> None:
         """Hold the next request `seconds` before answering (longer than the client's timeout to
@@ -227,9 +232,21 @@ class FakeSendGrid:
 
     # -- the endpoint ----------------------------------------------------------------------------
 
-    def _next_plan(self) -> Planned | None:
+    def _next_plan(self, raw: bytes) -> Planned | None:
         with self._lock:
-            return self._plans.popleft() if self._plans else None
+            if not self._plans:
+                return None
+            to = _recipients(raw) if any(p.to for p in self._plans) else set()
+            for i, planned in enumerate(self._plans):
+                if planned.to is None or planned.to in to:
+                    del self._plans[i]
+                    return planned
+            return None
+
+    def sent_to(self, address: str) -> list[Any]:
+        """The accepted messages addressed to `address`."""
+        with self._lock:
+            return [m for m in self.messages if address.lower() in _recipients(json.dumps(m).encode())]
 
     def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> _Answer | None:
         """Decide the answer to one request; None means hang up without answering."""
@@ -238,7 +255,7 @@ class FakeSendGrid:
             self.stats["requests"] += 1
             if self.record:
                 self.requests.append(entry)
-        planned = self._next_plan() if path == MAIL_SEND_PATH else None
+        planned = self._next_plan(raw) if path == MAIL_SEND_PATH else None
         delay = self.latency_s + (planned.delay_s if planned else 0.0)
         if delay and self._closing.wait(delay):
             return None
@@ -297,6 +314,19 @@ class FakeSendGrid:
         with self._lock:
             self.stats["violations"] += 1
             self.violations.append(Violation(path, errors, body))
+
+
+def _recipients(raw: bytes) -> set[str]:
+    """The lower-cased `to` addresses of a Mail Send body (none when it is not one)."""
+    try:
+        body = json.loads(raw)
+        return {
+            str(to.get("email", "")).lower()
+            for personalization in body.get("personalizations", [])
+            for to in personalization.get("to", [])
+        }
+    except (ValueError, AttributeError, TypeError):
+        return set()
 
 
 def _field_of(error: Any) -> str | None:
