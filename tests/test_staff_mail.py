@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from sqlmodel import Session, select
 
 from aftercare import outbox
+from aftercare.cli import outbox_rows
 from aftercare.email import make_backend
 from aftercare.models import OutboxMessage, Review, WarehouseHandoff, utcnow
 from aftercare.rendering import Renderer
@@ -130,6 +131,11 @@ def test_a_failure_for_the_second_approver_costs_the_first_no_second_copy(
     assert drain(sg, now=utcnow() + timedelta(hours=1)) == []
     assert len(fake.sent_to(OWNER)) == 1 and len(fake.sent_to(LEAD)) == 1
     assert sorted(outbox_ids_sent(fake)) == sorted([str(owner.id), str(lead.id)])
+    listed = outbox_rows(sg.settings, None, 10)  # what `aftercare outbox list` shows ops
+    assert sorted((r["kind"], r["to"], r["status"]) for r in listed) == [
+        ("approval_request", OWNER, "sent"),
+        ("approval_request", LEAD, "sent"),
+    ]
     sg.engine.dispose()
 
 
