@@ -106,7 +106,7 @@ def migrate(settings: Settings) -> None:
 
 
 def claim_rows(
-    engine: Engine,
+    engine: Engine | sa.Connection,
     model: Any,
     columns: list[Any],
     claimable: sa.ColumnElement[bool],
@@ -120,19 +120,33 @@ def claim_rows(
     SQLite's write lock, so it is a compare-and-set. PostgreSQL: the candidates are locked with
     SKIP LOCKED (concurrent workers take disjoint sets instead of queueing), then updated in one
     statement while we hold their locks. (A single UPDATE ... WHERE id IN (SELECT ... SKIP LOCKED)
-    was tried: under concurrency PostgreSQL can return no rows at all while rows are pending.)"""
-    candidates = sa.select(model.id).where(claimable).order_by(model.id).limit(limit)
+    was tried: under concurrency PostgreSQL can return no rows at all while rows are pending.)
+
+    Given a Connection, the claim runs in its transaction, which the caller commits: what the claim
+    is for (say, the mails it calls for) is then written in the same transaction as the claim."""
+    if isinstance(engine, sa.Connection):
+        return _claim_rows(engine, model, columns, claimable, values, limit)
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            ids = list(conn.execute(candidates.with_for_update(skip_locked=True)).scalars())
-            if not ids:
-                return []
-            where = model.id.in_(ids)
-        else:
-            where = sa.and_(model.id.in_(candidates.scalar_subquery()), claimable)
-        claimed = list(
-            conn.execute(sa.update(model).where(where).values(**values).returning(model.id, *columns))
-        )
+        return _claim_rows(conn, model, columns, claimable, values, limit)
+
+
+def _claim_rows(
+    conn: sa.Connection,
+    model: Any,
+    columns: list[Any],
+    claimable: sa.ColumnElement[bool],
+    values: dict[str, Any],
+    limit: int,
+) -> list[Any]:
+    candidates = sa.select(model.id).where(claimable).order_by(model.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        ids = list(conn.execute(candidates.with_for_update(skip_locked=True)).scalars())
+        if not ids:
+            return []
+        where = model.id.in_(ids)
+    else:
+        where = sa.and_(model.id.in_(candidates.scalar_subquery()), claimable)
+    claimed = list(conn.execute(sa.update(model).where(where).values(**values).returning(model.id, *columns)))
     return sorted(claimed, key=lambda row: row[0])
 
 

@@ -38,6 +38,7 @@ class Enqueued:
     status: str
     subject: str
     text_body: str
+    inserted: bool = False  # enqueue_staff: this call made the row (not a plan repeated after a crash)
 
 
 _ENQUEUED_COLUMNS = ("id", "status", "subject", "text_body")
@@ -140,10 +141,11 @@ def enqueue_staff(
     columns = [getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS]
     stmt = insert(OutboxMessage).values(**values).on_conflict_do_nothing(index_elements=["message_key"])
     row = session.execute(stmt.returning(*columns)).first()
-    if row is None:
-        row = session.execute(
-            sa.select(*columns).where(OutboxMessage.message_key == values["message_key"])
-        ).first()
+    if row is not None:
+        return Enqueued(*row, inserted=True)
+    row = session.execute(
+        sa.select(*columns).where(OutboxMessage.message_key == values["message_key"])
+    ).first()
     assert row is not None
     return Enqueued(*row)
 
@@ -155,9 +157,13 @@ class Claimed:
     order_name: str | None
 
 
-def claim_due(engine: Engine, limit: int, worker: str, ids: list[int] | None = None) -> list[Claimed]:
-    """Move up to `limit` due pending rows to `sending` for this worker; return what was claimed."""
-    now = utcnow()
+def claim_due(
+    engine: Engine, limit: int, worker: str, ids: list[int] | None = None, now: datetime | None = None
+) -> list[Claimed]:
+    """Move up to `limit` due pending rows to `sending` for this worker; return what was claimed.
+    With `ids`, only those rows (a mail someone is waiting on, sent at once; one that is not due,
+    or that a drain loop claimed first, is left to it)."""
+    now = now or utcnow()
     claimable = sa.and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now)
     if ids is not None:
         claimable = sa.and_(claimable, OutboxMessage.id.in_(ids))  # type: ignore[union-attr]
@@ -295,6 +301,18 @@ def deliver(
         return record(OutboxStatus.SENT, provider_id=provider_id, backend=backend)
 
 
+def send_now(
+    engine: Engine, ids: list[int], backend: EmailBackend, settings: Settings, worker: str
+) -> list[DeliveryResult]:
+    """Claim exactly these rows and deliver them now, for mail a person is waiting on (an approver):
+    it need not wait for the next sweep. Delivery is the outbox's own (its retries, its record);
+    whatever is not sent here (claimed elsewhere, rescheduled, failed) stays with the outbox."""
+    if not ids:
+        return []
+    claimed = claim_due(engine, len(ids), worker, ids=ids)
+    return [deliver(engine, c.outbox_id, backend, settings) for c in claimed]
+
+
 def get(engine: Engine, outbox_id: int) -> OutboxMessage | None:
     with Session(engine, expire_on_commit=False) as session:
         return session.get(OutboxMessage, outbox_id)
@@ -310,7 +328,7 @@ def _note_attempt(engine: Engine, outbox_id: int, attempts: int, error: str) -> 
 def _record(
     engine: Engine,
     outbox_id: int,
-    touchpoint_id: int,
+    touchpoint_id: int | None,
     status: OutboxStatus,
     attempts: int,
     *,
@@ -328,7 +346,7 @@ def _record(
         values.update(next_attempt_at=next_attempt_at, claimed_by=None, claimed_at=None)
     with engine.begin() as conn:
         conn.execute(_OUTBOX.update().where(_OUTBOX.c.id == outbox_id).values(**values))
-        if status in (OutboxStatus.SENT, OutboxStatus.FAILED):
+        if touchpoint_id is not None and status in (OutboxStatus.SENT, OutboxStatus.FAILED):
             done = TouchpointStatus.DONE if status == OutboxStatus.SENT else TouchpointStatus.FAILED
             conn.execute(
                 _TOUCHPOINTS.update()

@@ -909,11 +909,15 @@ class Unacknowledged:
         return f"hand-off {self.order_name} v{self.version}: {why}"
 
 
-def claim_alerts(engine: Engine, window: timedelta, limit: int = 100) -> list[Unacknowledged]:
+def claim_alerts(
+    db: Engine | Session, window: timedelta, limit: int = 100, *, now: datetime | None = None
+) -> list[Unacknowledged]:
     """Hand-offs ops have not been told about yet that the warehouse refused (failed), or has not
     acknowledged within `window` of their preparation; each is marked alerted in the same
-    compare-and-set, so concurrent sweeps tell ops once."""
-    now = utcnow()
+    compare-and-set, so concurrent sweeps tell ops once. Given a Session, the claim is made in its
+    transaction: insert the alert's mails in it before committing, so the claim never stands
+    without them (there is no giving a claim back: the mail rows are the record)."""
+    now = now or utcnow()
     due = sa.and_(
         WarehouseHandoff.alerted_at.is_(None),  # type: ignore[union-attr]
         sa.or_(
@@ -932,12 +936,6 @@ def claim_alerts(engine: Engine, window: timedelta, limit: int = 100) -> list[Un
         WarehouseHandoff.last_error,
         WarehouseHandoff.created_at,
     ]
-    rows = claim_rows(engine, WarehouseHandoff, columns, due, {"alerted_at": now}, limit)
+    conn = db.connection() if isinstance(db, Session) else db
+    rows = claim_rows(conn, WarehouseHandoff, columns, due, {"alerted_at": now}, limit)
     return [Unacknowledged(*row) for row in rows]
-
-
-def release_alerts(engine: Engine, handoff_ids: list[int]) -> None:
-    """Give alerts back when telling ops failed, so the next sweep tries again."""
-    if handoff_ids:
-        with engine.begin() as conn:
-            conn.execute(_HANDOFFS.update().where(_HANDOFFS.c.id.in_(handoff_ids)).values(alerted_at=None))

@@ -91,7 +91,10 @@ def process_inbox(
         else:
             time.sleep(0.2)
     settle(in_flight)
-    failures.extend(warehouse_alerts())  # what the last round's hand-offs left
+    last_alerts = warehouse_alerts()  # what the last round's hand-offs left
+    failures.extend(last_alerts)
+    if last_alerts:  # the mails they owe ops go now, not at the next sweep
+        settle([(send.submit(c), "sent", len(c)) for c in chunked(claim_outbox(batch_size * 2))])
     summary = (
         f"received {counts['received']} deliveries, sent {counts['sent']} messages, {len(failures)} failed, "
         f"{counts['handed']} handed to the warehouse"

@@ -77,16 +77,17 @@ async def await_decision(
     timeout = int(policy.approval.expire_after_hours * 3600)
     while True:
         if not resumed and n == 0:
-            # The first request for this draft: tell the approvers, then start the clock (the first
-            # request's time is kept: the SLA counts from it, across redrafts).
+            # The first request for this draft: the clock starts (the first request's time is kept:
+            # the SLA counts from it, across redrafts) and the approvers' mails are owed, together;
+            # a re-run finds them owed already and mails nobody twice.
             state = notify_approvers(review_id, draft.id, run_id, return_state=True)
             if not state.is_completed():
                 logger.error(
                     "approvers could not be notified (%s); the run waits in the UI anyway", state.message
                 )
-            store.set_status(
-                rt.engine, review_id, "awaiting_approval", only_from=OPEN, approval_requested_at=utcnow()
-            )
+                store.set_status(
+                    rt.engine, review_id, "awaiting_approval", only_from=OPEN, approval_requested_at=utcnow()
+                )
         ctx = draft_context(rt, review_id, policy)
         markdown = approval_markdown(
             ctx.review,

@@ -82,12 +82,13 @@ def _address_note(address: str) -> str:
 
 
 def preview_markdown(message: OutboxMessage) -> str:
-    """What ops see in the UI: status, the provider's reason when it failed, and the text sent."""
+    """What ops see in the UI: status, the provider's reason when it failed, and the text sent.
+    Staff mails (approval requests, alerts) have no order."""
     fence = "`" * 3
     body = message.text_body.replace(fence, "'''")
     provider = f" (provider id `{message.provider_message_id}`)" if message.provider_message_id else ""
     lines = [
-        f"# {message.order_name}: {message.kind}",
+        f"# {message.order_name or 'staff mail'}: {message.kind}",
         "",
         f"- status: **{message.status}**{provider}",
         f"- to: {message.to_email}" + _address_note(message.to_email),
@@ -321,7 +322,8 @@ def send(items: list[outbox.Claimed]) -> list[dict[str, object]]:
     for item, result in zip(items, delivered, strict=True):
         if result.status == "failed":
             failures.append(
-                f"outbox {item.outbox_id} ({item.kind} {item.order_name}) not sent: {result.error}"
+                f"outbox {item.outbox_id} ({item.kind} {item.order_name or 'staff mail'}) not sent: "
+                f"{result.error}"
             )
         results.append(asdict(result))
     publish_previews(get_many(rt.engine, OutboxMessage, [item.outbox_id for item in items]))

@@ -91,7 +91,8 @@ def review_sweep(limit: int = 20) -> dict[str, list[int]]:
             rt.engine, policy, rt.settings, Renderer(rt.settings.templates_dir)
         )
     except (AftercareError, SQLAlchemyError):
-        # Escalation must never hold up orders; the claim was released and the next loop retries.
+        # Escalation must never hold up orders; a failed transaction claimed nothing, so the next
+        # loop retries. (Sending is the outbox's: the notices go out with this round's mail.)
         log.exception("escalating overdue reviews failed; retried next loop")
     return {"started": started, "escalated": escalated, "recovered": recover_replies()}
 

@@ -7,7 +7,8 @@ id, and what was already done is found in our database, never in a cached task r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import socket
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from prefect import get_run_logger, task
@@ -17,6 +18,7 @@ from pydantic import Field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from aftercare import outbox
 from aftercare.models import Review as ReviewRow
 from aftercare.models import ReviewDecision, ReviewDraft, utcnow
 from aftercare.rendering import Renderer
@@ -152,16 +154,20 @@ def approval_deadline(review: ReviewRow, policy: ReviewsPolicy, now: datetime | 
     return start + timedelta(hours=policy.approval.window_hours)
 
 
-@task(name="notify approvers", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def notify_approvers(review_id: int, draft_id: int, flow_run_id: str | None) -> list[str]:
-    """Email the approvers (and post to the chat webhook) that this draft waits for a decision."""
+@task(name="notify approvers", cache_policy=NO_CACHE)
+def notify_approvers(review_id: int, draft_id: int, flow_run_id: str | None) -> list[dict[str, object]]:
+    """Record that the draft waits for a decision with one outbox row per approver (and post to the
+    chat webhook when the rows are new), then send exactly those rows at once, so approvers hear
+    without waiting for a sweep. No Prefect retries: a row that is not sent here stays with the
+    outbox, which retries it on its own schedule; a retry here could only mail someone twice."""
     rt = current()
     policy = reviews_policy(rt)
     review = store.get_review(rt.engine, review_id)
     with Session(rt.engine) as session:
         draft = session.get(ReviewDraft, draft_id)
     assert review is not None and draft is not None
-    return notify.notify_approval_request(
+    ids = notify.notify_approval_request(
+        rt.engine,
         rt.settings,
         Renderer(rt.settings.templates_dir),
         policy,
@@ -169,8 +175,17 @@ def notify_approvers(review_id: int, draft_id: int, flow_run_id: str | None) -> 
         draft_id=draft_id,
         guarded=guarded_from_stored(draft, policy.version),
         flow_run_id=flow_run_id,
-        deadline=approval_deadline(review, policy),
     )
+    results = outbox.send_now(rt.engine, ids, rt.backend, rt.settings, worker=socket.gethostname()[:40])
+    for result in results:
+        if result.status != "sent":
+            get_run_logger().warning(
+                "approval request (outbox %s) is %s: %s; the outbox retries it",
+                result.outbox_id,
+                result.status,
+                result.error,
+            )
+    return [asdict(result) for result in results]
 
 
 # -- deciding and publishing ----------------------------------------------------------------------

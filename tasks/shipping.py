@@ -9,11 +9,11 @@ from datetime import timedelta
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import task_run
+from sqlmodel import Session
 
 from aftercare import warehouse
 from aftercare.db import get_many
-from aftercare.errors import SendError
-from aftercare.models import WarehouseHandoff
+from aftercare.models import WarehouseHandoff, utcnow
 from aftercare.reviews import notify
 from aftercare.runtime import current
 from tasks.receipt import BatchFailed, artifact_key, each_concurrently, refs_label
@@ -139,40 +139,43 @@ def _publish(handoffs: list[WarehouseHandoff]) -> None:
 def warehouse_alerts() -> list[str]:
     """Hand-offs the warehouse refused, or has not acknowledged within the policy's window: each is
     told to ops once (the policy's `ops_alert_emails`, one email per sweep listing them all) and
-    returned as reasons, which fail the run so it shows red in the UI. A plain call, not a task: it
-    runs every round of a draining flow and is one indexed query when there is nothing to tell."""
+    returned as reasons, which fail the run so it shows red in the UI. The claim and the email's
+    outbox rows are one transaction; the drain loop sends the rows (the same round, in
+    process-inbox) and retries them on the outbox's schedule. A plain call, not a task: it runs
+    every round of a draining flow and is one indexed query when there is nothing to tell."""
     rt = current()
     policy = rt.policies.requests
     window = timedelta(minutes=policy.acknowledgement_window_minutes)
-    alerts = warehouse.claim_alerts(rt.engine, window)
-    if not alerts:
-        return []
-    reasons = [alert.reason(window) for alert in alerts]
-    if policy.ops_alert_emails:
-        tz = rt.policies.shipping.tz
-        email = notify.StaffEmail(
-            kind=WAREHOUSE_ALERT,
-            key=min(alert.handoff_id for alert in alerts),
-            recipients=policy.ops_alert_emails,
-            locale=policy.warehouse_locale,
-            context={
-                "window_minutes": policy.acknowledgement_window_minutes,
-                "alerts": [
-                    {
-                        "order_name": a.order_name,
-                        "version": a.version,
-                        "status": a.status,
-                        "attempts": a.attempts,
-                        "prepared": a.created_at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z"),
-                        "reason": reason,
-                    }
-                    for a, reason in zip(alerts, reasons, strict=True)
-                ],
-            },
-        )
-        try:
-            notify.send_staff_email(rt.settings, rt.renderer, email)
-        except SendError as exc:
-            warehouse.release_alerts(rt.engine, [alert.handoff_id for alert in alerts])
-            reasons.append(f"telling ops about the warehouse failed ({exc}); the next sweep tries again")
+    now = utcnow()
+    with Session(rt.engine) as session:
+        alerts = warehouse.claim_alerts(session, window, now=now)
+        if not alerts:
+            return []
+        reasons = [alert.reason(window) for alert in alerts]
+        if policy.ops_alert_emails:
+            tz = rt.policies.shipping.tz
+            ids = [alert.handoff_id for alert in alerts]
+            email = notify.StaffEmail(
+                kind=WAREHOUSE_ALERT,
+                # Unique per claim: a hand-off is claimed once, and the claim time tells two apart.
+                key=f"{now:%Y%m%dT%H%M%S.%f}:handoffs-{min(ids)}-{max(ids)}",
+                recipients=policy.ops_alert_emails,
+                locale=policy.warehouse_locale,
+                context={
+                    "window_minutes": policy.acknowledgement_window_minutes,
+                    "alerts": [
+                        {
+                            "order_name": a.order_name,
+                            "version": a.version,
+                            "status": a.status,
+                            "attempts": a.attempts,
+                            "prepared": a.created_at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z"),
+                            "reason": reason,
+                        }
+                        for a, reason in zip(alerts, reasons, strict=True)
+                    ],
+                },
+            )
+            notify.enqueue_staff_email(session, rt.settings, rt.renderer, email)
+        session.commit()
     return reasons

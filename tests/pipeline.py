@@ -52,3 +52,30 @@ def send_all(rt: Any, port: warehouse.WarehousePort, **kwargs: Any) -> list[ware
 
 def http_port(fake: FakeThreePL, timeout: float = 2.0) -> warehouse.HttpWarehouse:
     return warehouse.HttpWarehouse(httpx.Client(timeout=timeout), fake.url, fake.secret)
+
+
+def send_outbox(rt: Any, now: datetime | None = None) -> list[Any]:
+    """What the drain loop does with the outbox: claim every due row (customer or staff), send it."""
+    from aftercare import outbox
+
+    claimed = outbox.claim_due(rt.engine, 100, "test-drain", now=now)
+    return [outbox.deliver(rt.engine, c.outbox_id, rt.backend, rt.settings) for c in claimed]
+
+
+def staff_mails(rt: Any, kind: str, key: str | None = None) -> list[Any]:
+    """The staff mails of `kind` (and message key, say `draft-3`) the file backend wrote, as parsed
+    messages in outbox order: each is an outbox row without a touchpoint, at staff/<outbox id>.eml."""
+    import email
+    import email.policy
+
+    from aftercare.models import OutboxMessage
+
+    prefix = f"{kind}:{key}:" if key else f"{kind}:"
+    with Session(rt.engine) as s:
+        found = s.exec(
+            select(OutboxMessage)
+            .where(OutboxMessage.message_key.startswith(prefix))  # type: ignore[union-attr]
+            .order_by(OutboxMessage.id)  # type: ignore[arg-type]
+        ).all()
+    paths = [rt.settings.outbox_dir / "staff" / f"{m.id:08d}.eml" for m in found if m.status == "sent"]
+    return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in paths]

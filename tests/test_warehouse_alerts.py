@@ -3,8 +3,6 @@ once (an email to the policy's addresses, and a reason that fails the run), neve
 
 from __future__ import annotations
 
-import email
-import email.policy
 import threading
 from datetime import timedelta
 
@@ -20,7 +18,7 @@ from aftercare.runtime import Runtime, use_runtime
 from aftercare.timeline import order_timeline, render_markdown
 from tasks.shipping import WAREHOUSE_ALERT, warehouse_alerts
 from tests.factories import order_payload
-from tests.pipeline import http_port, receive, send_all
+from tests.pipeline import http_port, receive, send_all, send_outbox, staff_mails
 
 
 def only_handoff(rt) -> WarehouseHandoff:
@@ -38,11 +36,11 @@ def prepared_minutes_ago(rt, minutes: float) -> None:
 
 
 def alert_mails(rt) -> list[str]:
-    """Each alert email as 'To / Subject / plain text', decoded."""
-    folder = rt.settings.outbox_dir / "staff" / WAREHOUSE_ALERT
+    """Each alert email the drain loop sent (it sends what the outbox holds first), as 'To / Subject
+    / plain text', decoded."""
+    send_outbox(rt)
     mails = []
-    for path in sorted(folder.glob("*.eml")) if folder.exists() else []:
-        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    for msg in staff_mails(rt, WAREHOUSE_ALERT):
         text = msg.get_body(preferencelist=("plain",)).get_content()
         mails.append(f"To: {msg['To']}\nSubject: {msg['Subject']}\n\n{text}")
     return mails
@@ -108,8 +106,8 @@ def test_concurrent_sweeps_alert_once(rt):
     assert len(ids) == 6 and len(set(ids)) == 6
 
 
-def test_when_telling_ops_fails_the_alert_is_given_back_for_the_next_sweep(rt, settings):
-    # SendGrid unreachable (nothing listens on port 9 here): the staff email cannot go out.
+def test_when_telling_ops_fails_the_claim_stands_and_the_outbox_sends_the_alert_later(rt, settings):
+    # SendGrid unreachable (nothing listens on port 9 here): the staff email cannot go out yet.
     broken = Runtime.build(
         settings.model_copy(
             update={
@@ -117,6 +115,7 @@ def test_when_telling_ops_fails_the_alert_is_given_back_for_the_next_sweep(rt, s
                 "sendgrid_api_key": SecretStr("SG.test"),
                 "sendgrid_base_url": "http://127.0.0.1:9",
                 "sendgrid_timeout_s": 1.0,
+                "send_backoff_base_s": 60.0,  # past the inline cap: rescheduled for a later drain
             }
         )
     )
@@ -124,13 +123,20 @@ def test_when_telling_ops_fails_the_alert_is_given_back_for_the_next_sweep(rt, s
         receive(broken, order_payload("ja-first-gift"))
         prepared_minutes_ago(broken, 31)
         with use_runtime(broken):
-            reasons = warehouse_alerts()
-        assert any("not acknowledged" in r for r in reasons)
-        assert any("telling ops about the warehouse failed" in r for r in reasons)
-        assert only_handoff(broken).alerted_at is None  # given back
-        with use_runtime(rt):  # the next sweep, with a working backend, tells ops
             [reason] = warehouse_alerts()
-        assert "#1101" in reason and len(alert_mails(rt)) == 1
+        assert "not acknowledged" in reason
+        results = send_outbox(broken)  # the customer's confirmation and the alert
+        assert len(results) == 2
+        assert all(r.status == "pending" and "unreachable" in (r.error or "") for r in results)
+        assert only_handoff(broken).alerted_at is not None  # not given back: the row is the record
+        with use_runtime(rt):
+            assert warehouse_alerts() == []  # the next sweep owes nothing new
+        assert send_outbox(rt) == []  # not due yet
+        later = send_outbox(rt, now=utcnow() + timedelta(minutes=2))
+        assert sorted(r.outbox_id for r in later) == sorted(r.outbox_id for r in results)
+        assert {r.status for r in later} == {"sent"}
+        [mail] = alert_mails(rt)
+        assert "#1101" in mail and "ops@example.com" in mail
     finally:
         broken.engine.dispose()
 

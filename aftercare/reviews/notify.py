@@ -1,17 +1,17 @@
 """Telling people a reply waits for them: the approval request when a draft is ready, and one
 escalation notice when nobody decided within the policy's window.
 
-These are staff emails, not customer contacts, so they do not go through touchpoints and the
-outbox (a touchpoint needs an order, and many reviews have none). They are rendered from
-templates/<locale>/{approval_request,escalation_notice}.* and handed to the project's email
-backend directly, with a deterministic id: for the file backend each lands at
-`<outbox_dir>/staff/<kind>/<id>.eml`, so sending again rewrites the same file. What makes them
-happen once is recorded elsewhere: an approval request is sent only before a pause key the flow
-run has not used yet (Prefect keeps those), and an escalation claims `reviews.escalated_at` with
-a compare-and-set before it is sent (and gives it back if the send fails).
+These are staff mails: outbox rows without a touchpoint (many reviews have no order), one per
+message per recipient (`outbox.enqueue_staff`), claimed, sent, retried and settled by the same
+machinery as customer mail; no code here talks to the provider. Each row is inserted in one
+transaction with what records that the mail is owed: an approval request with the review's move to
+`awaiting_approval` (keyed by the draft, so a resumed run or a retried task inserts nothing new), an
+escalation with its claim on `reviews.escalated_at`. A crash after that commit loses nothing: the
+row waits for the next drain.
 
 A Slack-compatible incoming webhook, when configured, gets the same news in one line with the
-link to the run. It is best effort: the email is the record."""
+link to the run. It is best effort, posted only by the call that inserted the rows (never again on
+a resume or retry): the email is the record."""
 
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.email import EmailBackend, OutgoingEmail, make_backend
-from aftercare.errors import SendError
+from aftercare import outbox
 from aftercare.models import Review as ReviewRow
 from aftercare.models import utcnow
 from aftercare.rendering import Renderer
@@ -42,8 +41,6 @@ log = logging.getLogger(__name__)
 
 APPROVAL_REQUEST = "approval_request"
 ESCALATION_NOTICE = "escalation_notice"
-# One file per (id, recipient): ids are spaced so that up to this many recipients never collide.
-RECIPIENT_SLOTS = 100
 
 
 def run_url(settings: Settings, flow_run_id: str | None) -> str | None:
@@ -53,48 +50,31 @@ def run_url(settings: Settings, flow_run_id: str | None) -> str | None:
     return f"{settings.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
-def staff_backend(settings: Settings, kind: str) -> EmailBackend:
-    """The project's email backend; the file backend writes under `<outbox_dir>/staff/<kind>/` so
-    staff mail never shares a file name with a customer message."""
-    assert settings.outbox_dir is not None
-    return make_backend(settings.model_copy(update={"outbox_dir": settings.outbox_dir / "staff" / kind}))
-
-
 @dataclass(frozen=True)
 class StaffEmail:
     kind: str
-    key: int  # the draft id (approval requests) or the review id (escalations)
+    key: str  # names the message, with `kind`: the draft (approval requests), the review (escalations)
     recipients: list[str]
     locale: str
     context: dict[str, Any]
 
 
-def send_staff_email(settings: Settings, renderer: Renderer, email: StaffEmail) -> list[str]:
-    """Render once, send one message per recipient; returns the provider's ids. A provider error
-    propagates (a SendError): the caller decides whether it is retried."""
+def enqueue_staff_email(
+    session: Session, settings: Settings, renderer: Renderer, email: StaffEmail
+) -> list[outbox.Enqueued]:
+    """Render once and insert one outbox row per recipient, in the caller's transaction (commit it
+    with what records that the mail is owed). A row that exists already (same kind, key and
+    recipient) is returned as it is, with `inserted` False: planning a mail twice sends it once."""
     rendered = renderer.render_email(
         email.kind, email.locale, {"shop_name": settings.shop_name, **email.context}
     )
-    backend = staff_backend(settings, email.kind)
-    ids = []
-    for slot, to in enumerate(email.recipients[:RECIPIENT_SLOTS]):
-        ids.append(
-            backend.send(
-                OutgoingEmail(
-                    outbox_id=email.key * RECIPIENT_SLOTS + slot,
-                    kind=email.kind,
-                    to_email=to,
-                    to_name=None,
-                    from_email=settings.email_from,
-                    from_name=settings.email_from_name,
-                    subject=rendered.subject,
-                    text=rendered.text,
-                    html=rendered.html,
-                    categories=("staff",),
-                )
-            )
+    rows: dict[int, outbox.Enqueued] = {}
+    for to in email.recipients:
+        row = outbox.enqueue_staff(
+            session, key=email.key, kind=email.kind, to_email=to, rendered=rendered, locale=email.locale
         )
-    return ids
+        rows.setdefault(row.id, row)
+    return list(rows.values())
 
 
 def post_webhook(url: str | None, text: str, *, timeout_s: float = 5.0) -> bool:
@@ -112,7 +92,7 @@ def post_webhook(url: str | None, text: str, *, timeout_s: float = 5.0) -> bool:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return 200 <= response.status < 300
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        log.warning("chat webhook failed (the email was sent anyway): %s", exc)
+        log.warning("chat webhook failed (the email is in the outbox anyway): %s", exc)
         return False
 
 
@@ -130,7 +110,11 @@ def _review_context(review: ReviewRow) -> dict[str, Any]:
     }
 
 
+OPEN = ("new", "drafting", "awaiting_approval")
+
+
 def notify_approval_request(
+    engine: Engine,
     settings: Settings,
     renderer: Renderer,
     policy: ReviewsPolicy,
@@ -139,33 +123,65 @@ def notify_approval_request(
     draft_id: int,
     guarded: GuardedDraft,
     flow_run_id: str | None,
-    deadline: datetime,
-) -> list[str]:
-    """Email every approver (and post to the chat webhook) that a draft waits for them."""
+    now: datetime | None = None,
+) -> list[int]:
+    """Record that a decision on this draft is asked for, and owe every approver an email about
+    it, in one transaction: the review moves to `awaiting_approval` (its first request time kept:
+    the SLA counts from it across redrafts) and one outbox row per approver is inserted, keyed by
+    the draft. Returns the rows' ids, for the caller to send at once (`outbox.send_now`); what it
+    cannot send stays for the drain loop. The chat webhook is posted only when rows were new."""
+    now = now or utcnow()
+    assert review.id is not None
+    table: sa.Table = ReviewRow.__table__  # type: ignore[attr-defined]
+    requested = table.c.approval_requested_at
     url = run_url(settings, flow_run_id)
-    context = {
-        "review": _review_context(review),
-        "draft_text": guarded.draft.reply.reply_text,
-        "draft_source": guarded.draft.source,
-        "fallback_reason": guarded.draft.fallback_reason,
-        "publishable": guarded.publishable,
-        "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in guarded.checks],
-        "run_url": url,
-        "deadline": deadline.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "approvers": policy.approval.approvers,
-    }
-    ids = send_staff_email(
-        settings,
-        renderer,
-        StaffEmail(APPROVAL_REQUEST, draft_id, policy.approval.approvers, policy.approval.locale, context),
-    )
-    post_webhook(
-        policy.approval.slack_webhook_url,
-        f"Review reply waiting for approval: {review.platform} {review.platform_review_id} "
-        f"({review.rating}/5){' - draft FAILED checks' if not guarded.publishable else ''}. "
-        f"Decide by {context['deadline']}: {url or '(run link unavailable)'}",
-    )
-    return ids
+    with Session(engine) as session:
+        first_asked = session.execute(
+            sa.update(table)
+            .where(table.c.id == review.id, table.c.status.in_(OPEN))
+            .values(
+                status="awaiting_approval",
+                approval_requested_at=sa.func.coalesce(
+                    requested, sa.bindparam("asked_at", now, type_=requested.type)
+                ),
+            )
+            .returning(requested)
+        ).scalar()
+        if first_asked is None:  # decided, or gone, meanwhile: nobody is asked
+            return []
+        deadline = first_asked + timedelta(hours=policy.approval.window_hours)
+        context = {
+            "review": _review_context(review),
+            "draft_text": guarded.draft.reply.reply_text,
+            "draft_source": guarded.draft.source,
+            "fallback_reason": guarded.draft.fallback_reason,
+            "publishable": guarded.publishable,
+            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in guarded.checks],
+            "run_url": url,
+            "deadline": deadline.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "approvers": policy.approval.approvers,
+        }
+        rows = enqueue_staff_email(
+            session,
+            settings,
+            renderer,
+            StaffEmail(
+                APPROVAL_REQUEST,
+                f"draft-{draft_id}",
+                policy.approval.approvers,
+                policy.approval.locale,
+                context,
+            ),
+        )
+        session.commit()
+    if any(row.inserted for row in rows):
+        post_webhook(
+            policy.approval.slack_webhook_url,
+            f"Review reply waiting for approval: {review.platform} {review.platform_review_id} "
+            f"({review.rating}/5){' - draft FAILED checks' if not guarded.publishable else ''}. "
+            f"Decide by {context['deadline']}: {url or '(run link unavailable)'}",
+        )
+    return [row.id for row in rows]
 
 
 def escalate_overdue(
@@ -175,10 +191,12 @@ def escalate_overdue(
     renderer: Renderer,
     now: datetime | None = None,
 ) -> list[int]:
-    """Send one escalation notice for every review that has waited longer than the policy's window
+    """Owe one escalation notice for every review that has waited longer than the policy's window
     without a decision; returns their ids. The run keeps waiting. Each review is claimed with a
-    compare-and-set on `escalated_at`, so concurrent sweeps never notify twice; a failed send
-    releases the claim for the next sweep."""
+    compare-and-set on `escalated_at`, in the same transaction as its notice's outbox rows, so
+    concurrent sweeps never notify twice and a crash after the claim still leaves the rows. Nothing
+    is sent here: the drain loop sends the rows, and retries them on the outbox's own schedule (a
+    failed send is never answered by escalating again)."""
     now = now or utcnow()
     window = timedelta(hours=policy.approval.window_hours)
     overdue_before = now - window
@@ -194,39 +212,34 @@ def escalate_overdue(
         )
     escalated: list[int] = []
     for review_id in candidates:
-        if not _claim_escalation(engine, review_id, now):
-            continue
         with Session(engine, expire_on_commit=False) as session:
+            # The claim first: on SQLite the write lock is taken (waiting its turn) before any read.
+            if not _claim_escalation(session, review_id, now):
+                continue
             review = session.get(ReviewRow, review_id)
-        assert review is not None and review.approval_requested_at is not None
-        waited = now - review.approval_requested_at
-        context = {
-            "review": _review_context(review),
-            "waited_hours": round(waited.total_seconds() / 3600, 1),
-            "window_hours": f"{policy.approval.window_hours:g}",
-            "requested_at": review.approval_requested_at.strftime("%Y-%m-%d %H:%M UTC"),
-            "run_url": run_url(settings, review.flow_run_id),
-            "approvers": policy.approval.approvers,
-        }
-        try:
-            send_staff_email(
+            assert review is not None and review.approval_requested_at is not None
+            waited = now - review.approval_requested_at
+            context = {
+                "review": _review_context(review),
+                "waited_hours": round(waited.total_seconds() / 3600, 1),
+                "window_hours": f"{policy.approval.window_hours:g}",
+                "requested_at": review.approval_requested_at.strftime("%Y-%m-%d %H:%M UTC"),
+                "run_url": run_url(settings, review.flow_run_id),
+                "approvers": policy.approval.approvers,
+            }
+            enqueue_staff_email(
+                session,
                 settings,
                 renderer,
                 StaffEmail(
                     ESCALATION_NOTICE,
-                    review_id,
+                    f"review-{review_id}",
                     policy.approval.escalation_recipients,
                     policy.approval.locale,
                     context,
                 ),
             )
-        except SendError:
-            _release_escalation(engine, review_id, now)
-            log.exception("escalation notice for review %s failed; the next sweep retries it", review_id)
-            continue
-        except BaseException:
-            _release_escalation(engine, review_id, now)
-            raise
+            session.commit()
         post_webhook(
             policy.approval.slack_webhook_url,
             f"Escalation: review {review.platform} {review.platform_review_id} has waited "
@@ -237,26 +250,14 @@ def escalate_overdue(
     return escalated
 
 
-def _claim_escalation(engine: Engine, review_id: int, now: datetime) -> bool:
-    with Session(engine) as session:
-        result = session.execute(
-            sa.update(ReviewRow)
-            .where(
-                ReviewRow.id == review_id,
-                ReviewRow.escalated_at.is_(None),  # type: ignore[union-attr]
-                ReviewRow.status == "awaiting_approval",
-            )
-            .values(escalated_at=now)
+def _claim_escalation(session: Session, review_id: int, now: datetime) -> bool:
+    result = session.execute(
+        sa.update(ReviewRow)
+        .where(
+            ReviewRow.id == review_id,
+            ReviewRow.escalated_at.is_(None),  # type: ignore[union-attr]
+            ReviewRow.status == "awaiting_approval",
         )
-        session.commit()
-        return result.rowcount == 1  # type: ignore[attr-defined]
-
-
-def _release_escalation(engine: Engine, review_id: int, claimed_at: datetime) -> None:
-    with Session(engine) as session:
-        session.execute(
-            sa.update(ReviewRow)
-            .where(ReviewRow.id == review_id, ReviewRow.escalated_at == claimed_at)
-            .values(escalated_at=None)
-        )
-        session.commit()
+        .values(escalated_at=now)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]

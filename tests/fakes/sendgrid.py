@@ -11,6 +11,8 @@ answers every valid Mail Send request the same way until it is switched off: `se
 retry_after=5)`, `set_fault("500")`, `set_fault("hang", hang_s=30)` (the message is accepted, so it
 counts as delivered, then the connection is held unanswered until the client times out: the
 "timeout after receiving" a real provider produces), `set_fault(None)`. Over HTTP: POST /_fake/fault.
+`plan(503, to="b@example.com")` answers only the next request addressed to b@example.com (requests
+to others go on as usual).
 
 In a test:
 
@@ -105,12 +107,14 @@ def error_body(message: str, field_name: str | None = None, help_: Any = None) -
 
 @dataclass
 class Planned:
-    """One scripted answer, used by the next request to arrive. status None = answer as usual."""
+    """One scripted answer, used by the next request to arrive (to `to`, when given). status None =
+    answer as usual."""
 
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     errors: list[dict[str, Any]] | None = None
     delay_s: float = 0.0
+    to: str | None = None
 
 
 @dataclass
@@ -181,10 +185,12 @@ class FakeSendGrid:
         headers: dict[str, str] | None = None,
         errors: list[dict[str, Any]] | None = None,
         delay_s: float = 0.0,
+        to: str | None = None,
     ) -> None:
-        """Answer the next unplanned request with `status` (errors default to SendGrid's message)."""
+        """Answer the next unplanned request (addressed to `to`, when given) with `status` (errors
+        default to SendGrid's message)."""
         with self._lock:
-            self._plans.append(Planned(status, dict(headers or {}), errors, delay_s))
+            self._plans.append(Planned(status, dict(headers or {}), errors, delay_s, to and to.lower()))
 
     def plan_delay(self, seconds: float, status: int | None = None) -> None:
         """Hold the next request `seconds` before answering (longer than the client's timeout to
@@ -251,9 +257,21 @@ class FakeSendGrid:
 
     # -- the endpoint ----------------------------------------------------------------------------
 
-    def _next_plan(self) -> Planned | None:
+    def _next_plan(self, raw: bytes) -> Planned | None:
         with self._lock:
-            return self._plans.popleft() if self._plans else None
+            if not self._plans:
+                return None
+            to = _recipients(raw) if any(p.to for p in self._plans) else set()
+            for i, planned in enumerate(self._plans):
+                if planned.to is None or planned.to in to:
+                    del self._plans[i]
+                    return planned
+            return None
+
+    def sent_to(self, address: str) -> list[Any]:
+        """The accepted messages addressed to `address`."""
+        with self._lock:
+            return [m for m in self.messages if address.lower() in _recipients(json.dumps(m).encode())]
 
     def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> _Answer | None:
         """Decide the answer to one request; None means hang up without answering."""
@@ -262,7 +280,7 @@ class FakeSendGrid:
             self.stats["requests"] += 1
             if self.record:
                 self.requests.append(entry)
-        planned = self._next_plan() if path == MAIL_SEND_PATH else None
+        planned = self._next_plan(raw) if path == MAIL_SEND_PATH else None
         delay = self.latency_s + (planned.delay_s if planned else 0.0)
         if delay and self._closing.wait(delay):
             return None
@@ -377,6 +395,19 @@ def _refused_addresses(body: dict[str, Any]) -> list[dict[str, Any]]:
         for name, email in found
         if isinstance(email, str) and sendgrid_refuses(email)
     ]
+
+
+def _recipients(raw: bytes) -> set[str]:
+    """The lower-cased `to` addresses of a Mail Send body (none when it is not one)."""
+    try:
+        body = json.loads(raw)
+        return {
+            str(to.get("email", "")).lower()
+            for personalization in body.get("personalizations", [])
+            for to in personalization.get("to", [])
+        }
+    except (ValueError, AttributeError, TypeError):
+        return set()
 
 
 def _field_of(error: Any) -> str | None:

@@ -39,6 +39,7 @@ from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import PROJECT_ROOT, Settings
 from flows.reviews import review_reply
 from tasks.reviews import REVIEW_DEPLOYMENT, review_sweep, start_review_flow
+from tests.pipeline import send_outbox, staff_mails
 from tests.reviews.fake_openai import API_KEY, FakeOpenAI
 from tests.reviews.helpers import FakeChat, add_review
 
@@ -115,12 +116,10 @@ class Env:
     def engine(self) -> sa.Engine:
         return self.rt.engine
 
-    def staff_mail(self, kind: str, key: int) -> list[email.message.EmailMessage]:
-        folder = self.rt.settings.outbox_dir / "staff" / kind
-        return [
-            email.message_from_bytes(p.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
-            for p in sorted(folder.glob(f"{key:06d}??.eml"))
-        ]
+    def staff_mail(self, kind: str, key: str) -> list[email.message.EmailMessage]:
+        """The mails of this kind and key that went out (outbox rows without an order, each at
+        staff/<outbox id>.eml); rows not sent yet are not among them."""
+        return staff_mails(self.rt, kind, key)
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +247,7 @@ def test_approve_publishes_the_draft_once_even_when_the_run_is_run_again(env: En
     assert review.status == "awaiting_approval" and review.approval_requested_at is not None
     assert draft.source == "llm" and draft.text == FIRST_DRAFT and not draft.needs_attention
     link = f"{UI}/runs/flow-run/{run_id}"
-    mails = env.staff_mail("approval_request", draft.id)
+    mails = env.staff_mail("approval_request", f"draft-{draft.id}")  # sent by the run, not a sweep
     assert (
         sorted(m["To"] for m in mails) == [OWNER, LEAD]
         and link in mails[0].get_body(("plain",)).get_content()
@@ -300,7 +299,7 @@ def test_redraft_drafts_again_with_the_instructions_then_approve_publishes_the_n
     assert second.id != first.id and second.instructions == instructions and second.text == REDRAFTED
     assert any(instructions in r.all_text for r in env.llm.requests)
     assert REDRAFTED in form_text(run_id, second.id, 0)
-    assert len(env.staff_mail("approval_request", second.id)) == 2  # the approvers hear about the new draft
+    assert len(env.staff_mail("approval_request", f"draft-{second.id}")) == 2  # they hear of the new draft
 
     resume_flow_run(UUID(run_id), run_input={"approver": OWNER, "action": "approve"})
     run = finished(run_id)
@@ -328,7 +327,7 @@ def test_invalid_decisions_keep_the_run_waiting_with_the_error_shown_until_a_val
         decisions(env, review_id) == []
         and store.get_review(env.engine, review_id).status == "awaiting_approval"
     )
-    assert len(env.staff_mail("approval_request", draft.id)) == 2  # no new request for the same draft
+    assert len(env.staff_mail("approval_request", f"draft-{draft.id}")) == 2  # none new for the same draft
 
     # Straight to the REST API with input the form's schema refuses: HTTP 200, status REJECT.
     response = httpx.post(
@@ -361,8 +360,10 @@ def test_a_review_waiting_past_the_window_is_escalated_once_then_rejected_with_a
         )
     with use_runtime(env.rt):
         assert review_sweep()["escalated"] == [review_id]
+        send_outbox(env.rt)  # process-inbox sends it in the same round
         assert review_sweep()["escalated"] == []  # once, not twice
-    [notice] = env.staff_mail("escalation_notice", review_id)
+    assert send_outbox(env.rt) == []
+    [notice] = env.staff_mail("escalation_notice", f"review-{review_id}")
     link = f"{UI}/runs/flow-run/{run_id}"
     assert notice["To"] == MANAGER and link in notice.get_body(("plain",)).get_content()
     assert any("Escalation" in t and link in t for t in env.chat.texts)

@@ -80,7 +80,11 @@ def test_a_3pl_refusal_fails_the_run_with_its_reason(flow_rt):
     assert handoff.status == "failed" and len(fake.requests) == 1
     # Ops were told, once, and the run's reason says so as well as the 3PL's words.
     assert "hand-off #1101 v1: refused or given up" in state.message and handoff.alerted_at is not None
-    assert len(list((flow_rt.settings.outbox_dir / "staff" / "warehouse_alert").glob("*.eml"))) == 1
+    # The alert is an outbox row without an order, and the same run sent it.
+    with Session(flow_rt.engine) as s:
+        [alert] = s.exec(select(OutboxMessage).where(OutboxMessage.kind == "warehouse_alert")).all()
+    assert (alert.status, alert.touchpoint_id, alert.to_email) == ("sent", None, "ops@example.com")
+    assert [p.name for p in (flow_rt.settings.outbox_dir / "staff").iterdir()] == [f"{alert.id:08d}.eml"]
     art = artifact(state, "order-1101-handoff")
     assert art is not None and "status: **failed**" in art.data and "outside our delivery area" in art.data
 

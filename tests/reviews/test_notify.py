@@ -1,10 +1,9 @@
-"""Approval requests and escalation notices: rendered, written through the email backend once per
-recipient, posted to the chat webhook, and an escalation sent once per review, never twice."""
+"""Approval requests and escalation notices: rendered into outbox rows, one per recipient, sent by
+the outbox's machinery, posted to the chat webhook, and an escalation owed once per review, never
+twice, never given back."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -20,8 +19,9 @@ from aftercare.reviews import notify, store
 from aftercare.reviews.approval import guarded_from_stored
 from aftercare.reviews.policy import ApprovalPolicy, ReviewsPolicy
 from aftercare.reviews.settings import LLMSettings
-from aftercare.settings import Settings
+from aftercare.runtime import Runtime
 from tasks.reviews import make_draft
+from tests.pipeline import send_outbox, staff_mails
 from tests.reviews.helpers import FakeChat, add_review
 
 RUN_ID = "0b7e3f4e-5f6a-4c7d-8e9f-0a1b2c3d4e5f"
@@ -42,12 +42,10 @@ def with_approval(policy: ReviewsPolicy, **approval) -> ReviewsPolicy:
     return policy.model_copy(update={"approval": ApprovalPolicy(**{**base, **approval})})
 
 
-def emls(settings: Settings, kind: str) -> list[email.message.EmailMessage]:
-    folder = settings.outbox_dir / "staff" / kind
-    return [
-        email.message_from_bytes(p.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
-        for p in sorted(folder.glob("*.eml"))
-    ]
+def emls(rt, kind: str):  # type: ignore[no-untyped-def]
+    """The drain loop sends what the outbox holds; then the staff mails of `kind` that went out."""
+    send_outbox(rt)
+    return staff_mails(rt, kind)
 
 
 def body(msg) -> str:  # type: ignore[no-untyped-def]
@@ -71,9 +69,10 @@ def test_an_approval_request_reaches_every_approver_with_the_draft_and_the_run_l
     review_id = add_review(rt.engine, platform_review_id="jm-1", platform="judgeme")
     draft = make_draft(rt, review_id, llm=LLMSettings(_env_file=None, base_url="", model=""))
     review = store.get_review(rt.engine, review_id)
-    deadline = utcnow() + timedelta(hours=24)
+    now = utcnow()
 
     ids = notify.notify_approval_request(
+        rt.engine,
         settings,
         Renderer(settings.templates_dir),
         policy,
@@ -81,23 +80,27 @@ def test_an_approval_request_reaches_every_approver_with_the_draft_and_the_run_l
         draft_id=draft.id,
         guarded=guarded_from_stored(draft, policy.version),
         flow_run_id=RUN_ID,
-        deadline=deadline,
+        now=now,
     )
 
     assert len(ids) == 2
-    msgs = emls(settings, "approval_request")
+    assert store.get_review(rt.engine, review_id).status == "awaiting_approval"
+    msgs = emls(rt, "approval_request")
     assert sorted(m["To"] for m in msgs) == ["owner@example.com", "support-lead@example.com"]
     link = f"http://ui.test:4200/runs/flow-run/{RUN_ID}"
     for m in msgs:
         assert "judgeme review jm-1 (1/5)" in m["Subject"]
         text = body(m)
         assert draft.text.splitlines()[0] in text and link in text
-        assert "length: pass" in text and "Decide by " in text
+        assert "length: pass" in text
+        assert "Decide by " + (now + timedelta(hours=24)).strftime("%Y-%m-%d %H:%M UTC") in text
         assert link in m.get_body(preferencelist=("html",)).get_content()
     assert len(chat.posts) == 1 and link in chat.texts[0] and "jm-1" in chat.texts[0]
 
-    # Sending again for the same draft rewrites the same files: nobody gets a pile of copies.
-    notify.notify_approval_request(
+    # Asking again for the same draft (a resumed run, a retried task) owes nothing new: nobody gets
+    # a pile of copies, and the chat hears once.
+    again = notify.notify_approval_request(
+        rt.engine,
         settings,
         Renderer(settings.templates_dir),
         policy,
@@ -105,9 +108,10 @@ def test_an_approval_request_reaches_every_approver_with_the_draft_and_the_run_l
         draft_id=draft.id,
         guarded=guarded_from_stored(draft, policy.version),
         flow_run_id=RUN_ID,
-        deadline=deadline,
+        now=now + timedelta(hours=1),
     )
-    assert len(emls(settings, "approval_request")) == 2
+    assert again == ids and send_outbox(rt) == []
+    assert len(emls(rt, "approval_request")) == 2 and len(chat.posts) == 1
 
 
 def test_japanese_staff_mail_and_html_escaping(rt, policy):
@@ -117,6 +121,7 @@ def test_japanese_staff_mail_and_html_escaping(rt, policy):
     with Session(rt.engine) as s:
         review = s.get(Review, review_id)
     notify.notify_approval_request(
+        rt.engine,
         rt.settings,
         Renderer(rt.settings.templates_dir),
         policy,
@@ -124,9 +129,8 @@ def test_japanese_staff_mail_and_html_escaping(rt, policy):
         draft_id=draft.id,
         guarded=guarded_from_stored(draft, policy.version),
         flow_run_id=None,
-        deadline=utcnow(),
     )
-    msg = emls(rt.settings, "approval_request")[0]
+    msg = emls(rt, "approval_request")[0]
     assert "返信の承認依頼" in msg["Subject"]
     html = msg.get_body(preferencelist=("html",)).get_content()
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
@@ -147,7 +151,7 @@ def test_overdue_reviews_are_escalated_once_and_keep_waiting(rt, policy, chat):
     assert notify.escalate_overdue(rt.engine, policy, rt.settings, renderer) == [overdue]
     assert notify.escalate_overdue(rt.engine, policy, rt.settings, renderer) == []  # once, not twice
 
-    [msg] = emls(rt.settings, "escalation_notice")
+    [msg] = emls(rt, "escalation_notice")
     assert msg["To"] == "manager@example.com" and "late" in msg["Subject"]
     assert "within 24 hours" in body(msg) and f"/runs/flow-run/{RUN_ID}" in body(msg)
     assert len(chat.posts) == 1 and "Escalation" in chat.texts[0]
@@ -159,7 +163,7 @@ def test_overdue_reviews_are_escalated_once_and_keep_waiting(rt, policy, chat):
     # Later, the 23-hour one passes the window too: it gets its own single notice.
     later = utcnow() + timedelta(hours=2)
     assert notify.escalate_overdue(rt.engine, policy, rt.settings, renderer, now=later) == [fresh]
-    assert len(emls(rt.settings, "escalation_notice")) == 2
+    assert len(emls(rt, "escalation_notice")) == 2
 
 
 def test_concurrent_sweeps_escalate_a_review_once(rt, policy):
@@ -180,32 +184,37 @@ def test_concurrent_sweeps_escalate_a_review_once(rt, policy):
     for t in threads:
         t.join()
     assert sorted(sum(results, [])) == [review_id]
-    assert len(emls(rt.settings, "escalation_notice")) == 1
+    assert len(emls(rt, "escalation_notice")) == 1
 
 
-def test_a_failed_escalation_send_is_released_for_the_next_sweep(rt, policy):
+def test_a_failed_escalation_send_keeps_the_claim_and_the_outbox_sends_it_later(rt, policy):
     policy = with_approval(policy)
     review_id = waiting_review(rt, 30, platform_review_id="unlucky")
+    renderer = Renderer(rt.settings.templates_dir)
+    assert notify.escalate_overdue(rt.engine, policy, rt.settings, renderer) == [review_id]
+    # SendGrid unreachable (nothing listens on port 9 here), with a backoff past the inline cap.
     broken = rt.settings.model_copy(
         update={
             "email_backend": "sendgrid",
             "sendgrid_api_key": SecretStr("SG.test"),
             "sendgrid_base_url": "http://127.0.0.1:9",
+            "send_backoff_base_s": 60.0,
         }
     )
-    assert notify.escalate_overdue(rt.engine, policy, broken, Renderer(rt.settings.templates_dir)) == []
+    [result] = send_outbox(Runtime.build(broken))
+    assert result.status == "pending" and "unreachable" in (result.error or "")
     with Session(rt.engine) as s:
-        assert s.get(Review, review_id).escalated_at is None
-    assert notify.escalate_overdue(rt.engine, policy, rt.settings, Renderer(rt.settings.templates_dir)) == [
-        review_id
-    ]
+        assert s.get(Review, review_id).escalated_at is not None  # kept: the row is the record
+    assert notify.escalate_overdue(rt.engine, policy, rt.settings, renderer) == []  # not owed twice
+    [later] = send_outbox(rt, now=utcnow() + timedelta(minutes=2))
+    assert later.status == "sent" and len(staff_mails(rt, "escalation_notice")) == 1
 
 
 def test_without_a_contact_the_approvers_get_the_escalation(rt, policy):
     policy = with_approval(policy, escalation_contact=None)
     waiting_review(rt, 30, platform_review_id="nobody")
     notify.escalate_overdue(rt.engine, policy, rt.settings, Renderer(rt.settings.templates_dir))
-    assert sorted(m["To"] for m in emls(rt.settings, "escalation_notice")) == [
+    assert sorted(m["To"] for m in emls(rt, "escalation_notice")) == [
         "owner@example.com",
         "support-lead@example.com",
     ]
