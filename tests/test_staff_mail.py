@@ -199,6 +199,8 @@ def test_an_escalation_claimed_by_a_process_killed_before_sending_is_sent_by_the
         "AFTERCARE_VAR_DIR": str(settings.var_dir),
         "AFTERCARE_DATABASE_URL": settings.database_url,
         "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": settings.shopify_webhook_secret.get_secret_value(),
+        # A real backend (SendGrid) refuses the public development secrets.
+        "AFTERCARE_REVIEWS_WEBHOOK_SECRET": "staff-mail-test-reviews-secret",
         "AFTERCARE_WAKE_PREFECT": "false",
         "AFTERCARE_EMAIL_BACKEND": "sendgrid",
         "AFTERCARE_SENDGRID_API_KEY": fake.api_key,
