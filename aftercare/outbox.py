@@ -51,6 +51,25 @@ def find(session: Session, touchpoint_id: int) -> Enqueued | None:
     return Enqueued(*row) if row is not None else None
 
 
+def _new_row(*, rendered: RenderedEmail, **columns: Any) -> dict[str, Any]:
+    """The values of a new, pending outbox row: one shape for customer and staff mail."""
+    now = utcnow()
+    return {
+        **columns,
+        "text_body": rendered.text,
+        "html_body": rendered.html,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
+def _insert_for(session: Session) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
 def enqueue(
     session: Session,
     *,
@@ -64,25 +83,19 @@ def enqueue(
 ) -> Enqueued:
     """Insert the message for a touchpoint unless it already exists; return the stored row."""
     assert touchpoint.id is not None
-    values = {
-        "touchpoint_id": touchpoint.id,
-        "order_id": touchpoint.order_id,
-        "order_name": order_name,
-        "kind": touchpoint.kind,
-        "to_email": to_email,
-        "to_name": to_name,
-        "subject": ("[TEST] " if is_test else "") + rendered.subject,
-        "text_body": rendered.text,
-        "html_body": rendered.html,
-        "locale": locale,
-        "is_test": is_test,
-        "status": OutboxStatus.PENDING,
-        "attempts": 0,
-        "next_attempt_at": utcnow(),
-        "created_at": utcnow(),
-    }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = _new_row(
+        touchpoint_id=touchpoint.id,
+        order_id=touchpoint.order_id,
+        order_name=order_name,
+        kind=touchpoint.kind,
+        to_email=to_email,
+        to_name=to_name,
+        subject=("[TEST] " if is_test else "") + rendered.subject,
+        rendered=rendered,
+        locale=locale,
+        is_test=is_test,
+    )
+    insert = _insert_for(session)
     # A message nobody has claimed yet is refreshed with the newest order state (say, payment
     # confirmed a second later); once claimed it is never touched again.
     refresh = {k: values[k] for k in ("subject", "text_body", "html_body", "to_email", "to_name", "locale")}
@@ -118,26 +131,20 @@ def enqueue_staff(
     so planning the same mail twice, or after a crash, inserts nothing. They are claimed, sent and
     settled by the same machinery as customer mails: no retries around a send, one row per message
     per recipient."""
-    values = {
-        "touchpoint_id": None,
-        "message_key": f"{kind}:{key}:{to_email.strip().lower()}"[:255],
-        "order_id": order_id,
-        "order_name": order_name,
-        "kind": kind,
-        "to_email": to_email.strip(),
-        "to_name": None,
-        "subject": rendered.subject,
-        "text_body": rendered.text,
-        "html_body": rendered.html,
-        "locale": locale,
-        "is_test": False,
-        "status": OutboxStatus.PENDING,
-        "attempts": 0,
-        "next_attempt_at": utcnow(),
-        "created_at": utcnow(),
-    }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = _new_row(
+        touchpoint_id=None,
+        order_id=order_id,
+        order_name=order_name,
+        kind=kind,
+        to_email=to_email.strip(),
+        to_name=None,
+        subject=rendered.subject,
+        rendered=rendered,
+        locale=locale,
+        is_test=False,
+    )
+    values["message_key"] = f"{kind}:{key}:{to_email.strip().lower()}"[:255]
+    insert = _insert_for(session)
     columns = [getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS]
     stmt = insert(OutboxMessage).values(**values).on_conflict_do_nothing(index_elements=["message_key"])
     row = session.execute(stmt.returning(*columns)).first()

@@ -375,18 +375,7 @@ def publish_reply(
                 published_at=now,
                 last_error=None,
             )
-            reviews = Review.__table__  # type: ignore[attr-defined]
-            with engine.begin() as conn:
-                conn.execute(
-                    sa.update(reviews)
-                    .where(reviews.c.id == review_id)
-                    .values(
-                        status=ReviewStatus.PUBLISHED,
-                        published_at=sa.func.coalesce(
-                            reviews.c.published_at, sa.literal(now, reviews.c.published_at.type)
-                        ),
-                    )
-                )
+            _mark_review_published(engine, review_id, now)
         break
     return _reload(engine, review_id)
 
