@@ -112,6 +112,7 @@ class PrefectWaker:
             FlowRunFilterStateType,
         )
         from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
         from prefect.states import Crashed
 
         if not create and self.live_runs is None:
@@ -121,24 +122,35 @@ class PrefectWaker:
             if self._deployment_id is None:
                 deployment = await client.read_deployment_by_name(self.deployment_name)
                 self._deployment_id = deployment.id
+            deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[self._deployment_id]))
+            now = datetime.now(UTC)
+            soon = now + timedelta(seconds=5)
+            # Scheduled runs asked for apart: a few hundred sweeps and wakes waiting for the slot must
+            # not hide the Pending/Running run that holds it.
+            scheduled = await client.read_flow_runs(
+                deployment_filter=deployment_filter,
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=20,
+            )
+            # One that waits for the concurrency slot, or is due, will drain: no need for another.
+            on_its_way = any(
+                run.state_name == "AwaitingConcurrencySlot"
+                or bool(run.expected_start_time and run.expected_start_time <= soon)
+                for run in scheduled
+            )
             active = await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self._deployment_id])),
+                deployment_filter=deployment_filter,
                 flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(
-                            any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
-                        )
+                        type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
                     )
                 ),
                 limit=50,
             )
-            now = datetime.now(UTC)
-            soon = now + timedelta(seconds=5)
-            on_its_way = False
             for run in active:
-                if run.state_type == StateType.SCHEDULED:
-                    on_its_way |= bool(run.expected_start_time and run.expected_start_time <= soon)
-                    continue
                 if holders is None or str(run.id) in holders:
                     on_its_way = True  # no way to tell, or it holds a drain slot: alive
                     continue
