@@ -10,7 +10,7 @@ run (the sweep's too) would wait for it, and the waker would see a run "draining
 the drain slots (aftercare/drainers.py), which die with their process, which runs are alive: a
 Pending/Running run past its start-up time that no slot names is marked Crashed, which frees the
 slot. It does so on each wake and every `patrol_s` without one, so a dead worker costs about
-`starting_s` + `patrol_s` of processing, not the system."""
+`starting_s` (`pending_s` if it died before running) + `patrol_s` of processing, not the system."""
 
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ class PrefectWaker:
         min_interval_s: float = 1.0,
         *,
         live_runs: Callable[[], set[str]] | None = None,
-        starting_s: float = 30.0,
-        pending_s: float = 90.0,
-        patrol_s: float = 15.0,
+        starting_s: float = 20.0,
+        pending_s: float = 45.0,
+        patrol_s: float = 10.0,
     ):
         self.deployment_name = deployment_name
         self.min_interval_s = min_interval_s
@@ -150,6 +150,7 @@ class PrefectWaker:
                 ),
                 limit=50,
             )
+            crashed = 0
             for run in active:
                 if holders is None or str(run.id) in holders:
                     on_its_way = True  # no way to tell, or it holds a drain slot: alive
@@ -169,8 +170,11 @@ class PrefectWaker:
                     force=True,
                 )
                 self.crashed_runs += 1
+                crashed += 1
                 log.warning("flow run %s (%s) has no live process: marked Crashed", run.name, run.id)
-            if on_its_way or not create:
+            # A slot we just freed goes to whoever asks first; runs AwaitingConcurrencySlot only
+            # ask again after 30 s, so a poke creates a run at once.
+            if not create or (on_its_way and not crashed):
                 return
             bucket = int(time.time() // max(self.min_interval_s, 1.0))
             await client.create_flow_run_from_deployment(
