@@ -312,6 +312,22 @@ def cmd_process(args: argparse.Namespace, _settings: Settings) -> int:
     return 0 if state.is_completed() else 1
 
 
+def cmd_prefect_setup(_args: argparse.Namespace, _settings: Settings) -> int:
+    """Install the automations that mark a flow run Crashed when its process died (heartbeats stopped,
+    or never started) on the Prefect server at PREFECT_API_URL. `aftercare up` does this itself."""
+    from prefect.settings import PREFECT_API_URL
+
+    from aftercare.stack import install_zombie_automations
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        _print("PREFECT_API_URL is not set: which Prefect server?")
+        return 2
+    install_zombie_automations(api_url)
+    _print(f"zombie-run automations installed on {api_url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aftercare", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -331,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--orders-only", action="store_true", help="post the orders, not their shipments")
     demo.set_defaults(func=cmd_demo)
+
+    sub.add_parser(
+        "prefect-setup", help="install the automations that crash flow runs whose process died"
+    ).set_defaults(func=cmd_prefect_setup)
 
     process = sub.add_parser("process", help="drain the inbox once, in this process")
     process.add_argument("--batch-size", type=int, default=50)

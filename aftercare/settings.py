@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     wake_deployment: str = "process-inbox/process-inbox"
 
     batch_size: int = Field(default=50, ge=1, le=1000)
+    # How many process-inbox runs may drain at once (AFTERCARE_WORKERS): slots a dead process cannot
+    # keep (aftercare/drainers.py), not Prefect's deployment concurrency limit, which a killed run holds.
+    workers: int = Field(default=1, ge=1, le=16)
     # A delivery whose processing failed is tried again after base * 2^(attempts-1) seconds, capped
     # (30 s, 1 min, 2 min, ... up to 4 h: ten attempts span about four hours), then ops are told. A claim
     # older than the lease with no outcome is a worker that died on it: that counts as an attempt.

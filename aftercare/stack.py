@@ -42,6 +42,7 @@ def stack_env(cfg: StackConfig) -> dict[str, str]:
         PREFECT_UI_URL=f"http://{cfg.host}:{cfg.prefect_port}",
         # The runner checks for new runs every 10 s by default: that is latency a customer waits.
         PREFECT_RUNNER_POLL_FREQUENCY="1",
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
         PREFECT_LOGGING_LEVEL=env.get("PREFECT_LOGGING_LEVEL", "INFO"),
         AFTERCARE_VAR_DIR=str(cfg.var_dir),
         AFTERCARE_SWEEP_SECONDS=str(cfg.sweep_seconds),
@@ -51,6 +52,83 @@ def stack_env(cfg: StackConfig) -> dict[str, str]:
     )
     env.update(cfg.extra_env)
     return env
+
+
+# Flow runs send a heartbeat every 30 s (Prefect's minimum), so a run whose process was killed is
+# marked Crashed ~90 s later by the automations below instead of showing Running for ever.
+HEARTBEAT_SECONDS = 30
+
+
+def zombie_automations() -> list[dict[str, object]]:
+    """Prefect's "detect zombie flows" automation (docs.prefect.io/v3/advanced/detect-zombie-flows):
+    a run whose heartbeats stop for 90 s without a final state is marked Crashed. And one for a run
+    whose worker died between Submitting/Pending and Running (no heartbeat ever): Crashed after 120 s.
+    Work is never stuck behind such a run (drain slots die with their process, aftercare/drainers.py);
+    this keeps Prefect's view of the runs true for the people reading it."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    runs = ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]})
+    final = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    silent = AutomationCore(
+        name="aftercare: crash flow runs whose heartbeats stopped",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat"} | final,
+            match=runs,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=3 * HEARTBEAT_SECONDS),
+        ),
+        actions=[
+            ChangeFlowRunState(state=StateType.CRASHED, message="no heartbeat for 90 s: its process died")
+        ],
+    )
+    never_started = AutomationCore(
+        name="aftercare: crash flow runs that never started",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Submitting", "prefect.flow-run.Pending"},
+            expect={"prefect.flow-run.*"},
+            match=runs,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=120),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED, message="not running 120 s after submission: worker died"
+            )
+        ],
+    )
+    return [a.model_dump(mode="json") for a in (silent, never_started)]
+
+
+def install_zombie_automations(api_url: str) -> None:
+    """Create (or replace, by name) the automations of `zombie_automations` on the Prefect server."""
+    import json
+
+    def call(method: str, path: str, body: object | None = None) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"{api_url}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    existing = call("POST", "/automations/filter", {})
+    assert isinstance(existing, list)
+    for automation in zombie_automations():
+        for old in existing:
+            if old.get("name") == automation["name"]:
+                call("DELETE", f"/automations/{old['id']}")
+        call("POST", "/automations/", automation)
 
 
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -107,6 +185,7 @@ class Stack:
             ],
         )
         wait_http(f"{cfg.prefect_api_url}/health", 120, server)
+        install_zombie_automations(cfg.prefect_api_url)
         runner = self._spawn("runner", [sys.executable, "-m", "flows.serve"])
         web = self._spawn(
             "web",

@@ -8,10 +8,13 @@ from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from aftercare.drainers import drain_slot
+from aftercare.runtime import current
 from tasks.receipt import (
     BatchFailed,
     chunked,
@@ -33,7 +36,21 @@ def process_inbox(
     max_seconds: Annotated[float, Field(gt=0, le=3600)] = 600.0,
 ) -> State:
     """Drain the inbox: receive each delivery, then send what the outbox holds. Keeps draining while
-    work keeps arriving (up to `max_seconds`), so a burst of webhooks is one run, not thousands."""
+    work keeps arriving (up to `max_seconds`), so a burst of webhooks is one run, not thousands.
+
+    The run holds a drain slot in its name while it drains (aftercare/drainers.py): a slot dies
+    with the process, so the waker can tell this run is alive, and crash a killed run that Prefect
+    still shows Running (it would hold the deployment's concurrency slot for good). A run that finds
+    every slot taken for a moment leaves the work to the runs that hold them."""
+    rt = current()
+    holder = str(flow_run.get_id() or "")
+    with drain_slot(rt.engine, rt.settings.workers, wait_s=linger_seconds + 5, holder=holder) as slot:
+        if slot is None:
+            return Completed(message=f"all {rt.settings.workers} drain slots are held by live runs")
+        return _drain(batch_size, linger_seconds, max_seconds)
+
+
+def _drain(batch_size: int, linger_seconds: float, max_seconds: float) -> State:
     logger = get_run_logger()
     started = last_work = time.monotonic()
     counts = {"received": 0, "sent": 0, "handed": 0}

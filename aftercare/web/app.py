@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlmodel import Session, select
@@ -15,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from aftercare import inbox, shopify
 from aftercare.db import make_engine, ping, start_checkpointer
+from aftercare.drainers import live_holders
 from aftercare.errors import InvalidPayload
 from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply
 from aftercare.rendering import Renderer
@@ -65,6 +67,32 @@ def refuse_too_large(source: str, request: Request, err: BodyTooLarge, limit: in
         h.get("x-shopify-webhook-id"),
     )
     return JSONResponse({"error": f"body larger than {limit} bytes"}, status_code=413)
+
+
+# What "the database cannot take the delivery now" raises: a refused or dropped connection (psycopg's
+# AdminShutdown during a restart is an OperationalError), a closed one, a locked SQLite, a full pool.
+DATABASE_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+DATABASE_RETRY_AFTER_S = 5
+
+
+def database_unavailable(delivery: inbox.Delivery, exc: Exception) -> JSONResponse:
+    """503 + Retry-After: the sender keeps the delivery and tries again (Shopify retries any non-2xx)."""
+    log.warning(
+        "database unavailable, %s %s from %s not stored (answered 503): %s",
+        delivery.source,
+        delivery.topic,
+        delivery.shop_domain or "?",
+        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+    )
+    return JSONResponse(
+        {
+            "error": "database_unavailable",
+            "detail": "the delivery was not stored; send it again later",
+            "retry_after_s": DATABASE_RETRY_AFTER_S,
+        },
+        status_code=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -119,7 +147,9 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
     reviews_secret = settings.reviews_webhook_secret.get_secret_value()
     renderer = Renderer(settings.templates_dir)
     the_waker: Waker = waker or (
-        PrefectWaker(settings.wake_deployment) if settings.wake_prefect else NoWaker()
+        PrefectWaker(settings.wake_deployment, live_runs=lambda: live_holders(engine, settings.workers))
+        if settings.wake_prefect
+        else NoWaker()
     )
 
     @asynccontextmanager
@@ -136,15 +166,29 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
     app.state.engine = engine
     app.state.waker = the_waker
 
-    async def store_then_ack(delivery: inbox.Delivery) -> JSONResponse:
-        """Commit the delivery to the inbox, then answer 200 (a duplicate changes nothing) and wake
-        Prefect for work it can do."""
+    async def store(delivery: inbox.Delivery) -> tuple[int | None, bool]:
         if engine.dialect.name == "sqlite":
             # Sub-millisecond and serialised anyway: a thread hop would cost more than the insert.
-            inbox_id, new = inbox.store_delivery(engine, delivery)
-        else:
-            # A network round trip: let concurrent deliveries overlap it (and PostgreSQL group-commit).
-            inbox_id, new = await run_in_threadpool(inbox.store_delivery, engine, delivery)
+            return inbox.store_delivery(engine, delivery)
+        # A network round trip: let concurrent deliveries overlap it (and PostgreSQL group-commit).
+        return await run_in_threadpool(inbox.store_delivery, engine, delivery)
+
+    async def store_then_ack(delivery: inbox.Delivery) -> JSONResponse:
+        """Commit the delivery to the inbox, then answer 200 (a duplicate changes nothing) and wake
+        Prefect for work it can do. A database we cannot reach is a 503 with Retry-After, never a
+        500 with a traceback: nothing was stored, and Shopify delivers again."""
+        try:
+            try:
+                inbox_id, new = await store(delivery)
+            except sa.exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # A pooled connection the server had closed (a restart, an idle kill). SQLAlchemy has
+                # invalidated the pool (no pre-ping, on purpose: a round trip per request), so a
+                # second try gets a fresh connection. Storing twice is harmless: a duplicate is a no-op.
+                inbox_id, new = await store(delivery)
+        except DATABASE_UNAVAILABLE as exc:
+            return database_unavailable(delivery, exc)
         if not new:
             return JSONResponse({"status": "duplicate"}, status_code=200)
         answer: dict[str, Any] = {"status": delivery.status, "inbox_id": inbox_id}

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 
 from aftercare.db import make_engine, migrate
 from aftercare.settings import PROJECT_ROOT, Settings
-from aftercare.stack import Stack, StackConfig, stack_env, wait_http
+from aftercare.stack import Stack, StackConfig, install_zombie_automations, stack_env, wait_http
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.fakes.warehouse import FakeThreePL
 from tests.faults import workload as wl
@@ -352,6 +352,7 @@ class PoolTopology(Topology):
             self.log_dir,
         )
         wait_http(f"{self.cfg.prefect_api_url}/health", 180, self.procs["prefect-server"])
+        install_zombie_automations(self.cfg.prefect_api_url)  # what `aftercare prefect-setup` does
         for args in (
             [prefect, "work-pool", "create", "aftercare", "--type", "process"],
             [prefect, "--no-prompt", "deploy", "--all"],
