@@ -781,6 +781,16 @@ def hand_off(
             sleep(wait)
             continue
         except PermanentWarehouseError as err:
+            if is_cancellation(handoff) and err.status_code == 404:
+                # The warehouse says it never had the order: the earlier attempts that may have
+                # reached it did not (the 3PL was down, not slow). Nothing is left to call back.
+                return _record(
+                    engine,
+                    handoff_id,
+                    HandoffStatus.SUPERSEDED,
+                    attempts,
+                    error=f"not needed: the warehouse does not have the order ({err.reason})",
+                )
             return _record(engine, handoff_id, HandoffStatus.FAILED, attempts, error=err.reason)
         except Exception as err:
             # A version that cannot be rendered or handed over (a template error, a port bug): it

@@ -165,6 +165,25 @@ def test_a_hand_off_we_gave_up_on_after_timeouts_may_be_held_and_gets_a_cancel(r
     assert three_pl.cancelled == {820001: result.reference}
 
 
+def test_a_cancel_for_an_order_the_3pl_never_got_is_settled_not_failed(rt, three_pl):
+    """Found by the fault suite: the 3PL was down (connection refused), so v1's failed attempt may
+    have reached it as far as we can tell, and the cancelled order gets a cancel. The 3PL answers
+    404 "unknown order": what a cancel wants is true, so it ends settled, not failed for ops."""
+    receive(rt, order_payload("ja-first-gift"))
+    three_pl.go_down()
+    [first] = send_all(rt, http_port(three_pl, timeout=0.2), inline_wait_cap_s=0)
+    assert (first.status, first.attempts) == ("pending", 1)
+    three_pl.come_up()
+    cancel(rt)
+    v1, v2 = handoffs(rt)
+    assert v1.status == "superseded" and v2.instruction["action"] == "cancel"
+    [result] = send_all(rt, http_port(three_pl))
+    assert result.handoff_id == v2.id and result.status == "superseded"
+    assert "does not have the order" in result.error and "404" in result.error
+    assert three_pl.cancelled == {} and [r.json()["action"] for r in three_pl.requests] == ["cancel"]
+    assert warehouse.claim_alerts(rt.engine, timedelta(minutes=30)) == []  # nothing for ops to do
+
+
 # --- the HTTP port ------------------------------------------------------------------------------------
 
 
