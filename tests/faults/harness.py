@@ -255,6 +255,7 @@ def harness_env(
     return lease | {
         "AFTERCARE_DATABASE_URL": db_url,
         "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": secrets["shopify"],
+        "AFTERCARE_SHOPIFY_SHOPS": wl.SHOP,
         "AFTERCARE_REVIEWS_WEBHOOK_SECRET": secrets["reviews"],
         "AFTERCARE_EMAIL_BACKEND": "sendgrid",
         "AFTERCARE_SENDGRID_API_KEY": API_KEY,
@@ -266,6 +267,9 @@ def harness_env(
         "AFTERCARE_WAREHOUSE_TIMEOUT_S": "3",
         "AFTERCARE_SEND_LEASE_S": "45",
         "AFTERCARE_INBOX_LEASE_S": "20",
+        # A delivery that failed (the database restarting) is tried again within the run.
+        "AFTERCARE_INBOX_RETRY_BASE_S": "2",
+        "AFTERCARE_INBOX_RETRY_CAP_S": "15",
         "AFTERCARE_HANDOFF_LEASE_S": "45",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
