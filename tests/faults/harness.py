@@ -566,8 +566,10 @@ def run(cfg: Config) -> Report:
         f"== fault suite on {cfg.db}: {cfg.orders} orders, {len(work.deliveries)} deliveries; "
         f"logs in {workdir}"
     )
-    sendgrid = FakeSendGrid(SCHEMA, api_key=API_KEY, record=False)
-    three_pl = FakeThreePL(secret=f"faults-3pl-{rng.getrandbits(64):x}")
+    # Real providers take a while to answer; so do these, so that rows stay claimed long enough for
+    # kills to land mid-claim and for the provider's fault windows to meet sends.
+    sendgrid = FakeSendGrid(SCHEMA, api_key=API_KEY, record=False, latency_s=0.15)
+    three_pl = FakeThreePL(secret=f"faults-3pl-{rng.getrandbits(64):x}", latency_s=0.3)
     topo: Topology | None = None
     killer: Killer | None = None
     with sendgrid, three_pl:
@@ -744,11 +746,15 @@ def check(
         add("database restarts", faults.db_restarts, ">= 1", faults.db_restarts >= 1)
     stats = sendgrid.summary()
     injected = {k.removeprefix("fault_"): v for k, v in stats.items() if str(k).startswith("fault_")}
+    answered = [injected.get(m, 0) for m in ("429", "500", "hang")]
+    # In the full run every fault mode must have met real sends (else the windows tested nothing);
+    # the short run's windows are seconds long and may fall between two drains.
+    full = report.config.fault_seconds >= 200
     add(
         "provider faults answered (429/500/hang)",
-        "/".join(str(injected.get(m, 0)) for m in ("429", "500", "hang")),
-        "",
-        None,
+        "/".join(map(str, answered)),
+        "each >= 1" if full else "",
+        all(answered) if full else None,
     )
     add("3PL outage (s)", f"{three_pl.down_seconds:.0f}", "", None)
 
