@@ -1082,15 +1082,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefect-lease", type=float, help="Prefect deployment-concurrency lease, s")
     args = parser.parse_args(argv)
     reports = []
-    for db in [d.strip() for d in args.db.split(",") if d.strip()]:
+    for n, db in enumerate(d.strip() for d in args.db.split(",") if d.strip()):
         kw: dict[str, Any] = {
             "db": db,
             "break_mode": args.break_mode,
             "keep_dir": args.keep,
             "prefect_lease_s": args.prefect_lease,
+            # Only PostgreSQL has a server to restart (SQLite is a file in the app's process).
+            "pg_restart": db == "postgres" and not args.short,
         }
-        if db == "postgres":
-            kw["pg_restart"] = True
+        if n > 0 and args.fuzz is None:
+            # The fuzzer posts to the app with a fresh database of its own: the full 10,000 once
+            # per suite, a smaller sample on the later topologies.
+            kw["fuzz_examples"] = 1_000
         for name, value in (
             ("orders", args.orders),
             ("fault_seconds", args.seconds),
