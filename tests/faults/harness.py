@@ -1089,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
             "keep_dir": args.keep,
             "prefect_lease_s": args.prefect_lease,
             # Only PostgreSQL has a server to restart (SQLite is a file in the app's process).
-            "pg_restart": db == "postgres" and not args.short,
+            "pg_restart": db == "postgres",
         }
         if n > 0 and args.fuzz is None:
             # The fuzzer posts to the app with a fresh database of its own: the full 10,000 once
