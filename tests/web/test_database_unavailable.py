@@ -16,7 +16,7 @@ from aftercare.settings import Settings
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tests.conftest import TEST_SECRET
-from tests.factories import body_of, order_payload, webhook_headers
+from tests.factories import SHOP, body_of, order_payload, webhook_headers
 
 URL = "/webhooks/shopify"
 pytestmark = pytest.mark.postgres
@@ -36,6 +36,7 @@ def pg_client(pg_database: str, tmp_path: Path) -> Iterator[TestClient]:
         var_dir=tmp_path / "var",
         database_url=pg_database,
         shopify_webhook_secret=TEST_SECRET,
+        shopify_shops=[SHOP],
         wake_prefect=False,
     )
     with TestClient(create_app(settings, waker=NoWaker()), raise_server_exceptions=False) as client:
@@ -69,6 +70,7 @@ def test_an_unreachable_database_answers_503_with_retry_after(tmp_path: Path):
         var_dir=tmp_path / "var",
         database_url=f"postgresql://postgres@127.0.0.1:{port}/aftercare",
         shopify_webhook_secret=TEST_SECRET,
+        shopify_shops=[SHOP],
         wake_prefect=False,
     )
     with TestClient(create_app(settings, waker=NoWaker()), raise_server_exceptions=False) as client:
