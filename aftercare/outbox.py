@@ -238,7 +238,9 @@ def _outgoing(row: Any, settings: Settings) -> OutgoingEmail:
 
 
 def _backoff(settings: Settings, attempt: int, retry_after: float | None) -> float:
-    computed = settings.send_backoff_base_s * (2 ** max(0, attempt - 1))
+    computed = min(
+        settings.send_backoff_cap_s, settings.send_backoff_base_s * (2 ** max(0, min(attempt - 1, 40)))
+    )
     return max(computed, retry_after or 0.0)
 
 

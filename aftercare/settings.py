@@ -48,8 +48,11 @@ class Settings(BaseSettings):
     sendgrid_api_key: SecretStr = SecretStr("")
     sendgrid_base_url: str = "https://api.sendgrid.com"
     sendgrid_timeout_s: float = 10.0
-    send_max_attempts: int = 5
+    # A provider outage lasts minutes, not seconds: transient failures back off (2 s doubling, capped
+    # at 5 min) for 12 attempts, about 23 minutes, before a message is failed for ops.
+    send_max_attempts: int = Field(default=12, ge=1, le=50)
     send_backoff_base_s: float = 2.0
+    send_backoff_cap_s: float = Field(default=300.0, gt=0)
     send_lease_s: float = 120.0
     # How long a claimed warehouse hand-off belongs to its worker before another may take it over (a
     # worker that died); the fault suite makes leases short so takeovers happen within its run.
@@ -83,8 +86,10 @@ class Settings(BaseSettings):
     warehouse_url: str = ""
     warehouse_secret: SecretStr = SecretStr("")
     warehouse_timeout_s: float = 10.0
-    warehouse_max_attempts: int = Field(default=6, ge=1, le=50)
+    # The same schedule as mail: a 3PL down for minutes is waited out, not failed.
+    warehouse_max_attempts: int = Field(default=12, ge=1, le=50)
     warehouse_backoff_base_s: float = 2.0
+    warehouse_backoff_cap_s: float = Field(default=300.0, gt=0)
     # Hand-offs of one batch sent at once: a 3PL answering in 50 ms would otherwise cap a batch
     # task at 20 orders/s.
     warehouse_concurrency: int = Field(default=8, ge=1, le=32)

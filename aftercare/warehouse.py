@@ -760,7 +760,8 @@ def hand_off(
                     attempts,
                     error=f"{GAVE_UP} after {attempts} attempts: {err.reason}",
                 )
-            wait = max(settings.warehouse_backoff_base_s * 2 ** (attempts - 1), err.retry_after or 0.0)
+            backoff = settings.warehouse_backoff_base_s * 2 ** min(attempts - 1, 40)
+            wait = max(min(settings.warehouse_backoff_cap_s, backoff), err.retry_after or 0.0)
             if wait > inline_wait_cap_s:
                 return _record(
                     engine,

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlmodel import Session
 
 from aftercare.email import SendGridBackend
-from aftercare.models import OutboxStatus, utcnow
+from aftercare.models import OutboxMessage, OutboxStatus, utcnow
 from aftercare.outbox import DeliveryResult, claim_due, deliver, get
 from aftercare.processing import process_row
 from aftercare.runtime import Runtime
@@ -394,3 +395,37 @@ def test_the_fake_rejects_a_body_that_breaks_the_contract(
     assert len(fake.violations) == 1 and fake.violations[0].body == broken
     assert len(fake.messages) == 1
     fake.violations.clear()  # seen and asserted: the fixture's own check would fail on it
+
+
+def test_a_provider_down_for_minutes_is_waited_out_not_failed(
+    rt: Runtime, settings: Settings, fake: FakeSendGrid, sleeps: Sleeps
+) -> None:
+    """Found by the fault suite: SendGrid answering 500 for a minute used up every attempt (2 s
+    doubling, 5 attempts: half a minute) and the confirmation was failed for good. The defaults now
+    wait out ~23 minutes of outage, in rescheduled steps, before a message is given up."""
+    live = sendgrid_settings(settings, fake, send_backoff_base_s=2.0)  # the defaults' schedule
+    outbox_id = claimed_confirmation(rt)
+    fake.set_fault("500")
+    waited = 0.0
+    for _ in range(live.send_max_attempts):
+        result = send(rt, outbox_id, SendGridBackend.from_settings(live), live, sleeps)
+        waited = sum(sleeps)
+        if result.status != "pending":
+            break
+        with Session(rt.engine) as s:  # the clock in the test's hands: the rescheduled try is due now
+            row = s.get(OutboxMessage, outbox_id)
+            waited += (row.next_attempt_at - utcnow()).total_seconds()
+            row.next_attempt_at, row.status = utcnow(), "sending"
+            s.add(row)
+            s.commit()
+        if waited > 120:  # two minutes of outage waited out, and still trying
+            break
+    assert result.status == "pending" and waited > 120, (result, waited)
+    fake.set_fault(None)
+    with Session(rt.engine) as s:
+        row = s.get(OutboxMessage, outbox_id)
+        row.next_attempt_at, row.status = utcnow(), "sending"
+        s.add(row)
+        s.commit()
+    final = send(rt, outbox_id, SendGridBackend.from_settings(live), live, sleeps)
+    assert final.status == "sent" and fake.requests[-1].status == 202
