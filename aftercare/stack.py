@@ -131,6 +131,25 @@ def install_zombie_automations(api_url: str) -> None:
         call("POST", "/automations/", automation)
 
 
+def web_app_args(host: str, port: int) -> list[str]:
+    """The command that serves aftercare's web app (uvicorn, quiet): one for `aftercare up`, the
+    benchmark and the fault suite."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "aftercare.web.app:app_from_env",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -187,23 +206,7 @@ class Stack:
         wait_http(f"{cfg.prefect_api_url}/health", 120, server)
         install_zombie_automations(cfg.prefect_api_url)
         runner = self._spawn("runner", [sys.executable, "-m", "flows.serve"])
-        web = self._spawn(
-            "web",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "aftercare.web.app:app_from_env",
-                "--factory",
-                "--host",
-                cfg.host,
-                "--port",
-                str(cfg.web_port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-        )
+        web = self._spawn("web", web_app_args(cfg.host, cfg.web_port))
         wait_http(f"{cfg.web_url}/healthz", 60, web)
         self._wait_deployment(runner)
 

@@ -33,7 +33,7 @@ from aftercare.email import OutgoingEmail, SendGridBackend
 from aftercare.policies import load_policies
 from aftercare.rendering import Renderer
 from aftercare.settings import PROJECT_ROOT, Settings
-from aftercare.stack import Stack, StackConfig, wait_http
+from aftercare.stack import Stack, StackConfig, wait_http, web_app_args
 from bench import loadgen
 from tests.fakes.warehouse import FakeThreePL
 from tests.shared_dir import find_shared
@@ -251,21 +251,7 @@ def ack_phase(
     """The web app alone (no wake, no processing): p50/p99 at the target rate, 0 lost, and the highest
     rate whose p99 stays under 100 ms with no errors."""
     env = base_env(url, workdir, AFTERCARE_WAKE_PREFECT="false")
-    args = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "aftercare.web.app:app_from_env",
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    with child(args, env, workdir / "web-ack.log"):
+    with child(web_app_args(HOST, port), env, workdir / "web-ack.log"):
         wait_http(f"http://{HOST}:{port}/healthz", 60)
         raws, _ = order_requests(int(seconds * rate), port, "A")
         result = loadgen.run(HOST, port, raws, rate)

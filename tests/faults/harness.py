@@ -33,7 +33,14 @@ import sqlalchemy as sa
 
 from aftercare.db import make_engine, migrate
 from aftercare.settings import PROJECT_ROOT, Settings
-from aftercare.stack import Stack, StackConfig, install_zombie_automations, stack_env, wait_http
+from aftercare.stack import (
+    Stack,
+    StackConfig,
+    install_zombie_automations,
+    stack_env,
+    wait_http,
+    web_app_args,
+)
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.fakes.warehouse import FakeThreePL
 from tests.faults import workload as wl
@@ -204,23 +211,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def _web_args(port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "aftercare.web.app:app_from_env",
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-
-
 # --- topologies ------------------------------------------------------------------------------------
 
 
@@ -367,7 +357,7 @@ class PoolTopology(Topology):
                 raise RuntimeError(f"{' '.join(args[1:])} failed: {(done.stdout + done.stderr)[-2000:]!r}")
         for name in self.flow_processes:
             self.restart(name)
-        self.procs["web"] = _spawn("web", _web_args(self.cfg.web_port), self.env, self.log_dir)
+        self.procs["web"] = _spawn("web", web_app_args(HOST, self.cfg.web_port), self.env, self.log_dir)
         wait_http(f"{self.web_url}/healthz", 60, self.procs["web"])
 
     def restart(self, name: str) -> None:
