@@ -38,11 +38,11 @@ from aftercare.reviews.models import (
     TriageResult,
 )
 from aftercare.reviews.policy import ApprovalPolicy, ReviewsPolicy
+from aftercare.reviews.text import fenced, inert_inline
 
 Action = Literal["approve", "edit", "redraft", "reject"]
 ACTIONS: tuple[Action, ...] = ("approve", "edit", "redraft", "reject")
 MAX_NOTE = 2000
-FENCE = "`" * 3
 
 
 class DecisionRefused(AftercareError):
@@ -291,17 +291,11 @@ def redraft_feedback(instructions: str) -> list[str]:
 # -- what the approver sees ---------------------------------------------------------------------
 
 
-def _fenced(text: str) -> str:
-    return "\n".join([FENCE + "text", text.replace(FENCE, "'''"), FENCE])
-
-
 def _stars(rating: int | None) -> str:
     return "no rating" if rating is None else "★" * rating + "☆" * (5 - rating) + f" ({rating}/5)"
 
 
-def order_facts_lines(facts: OrderFacts | None) -> list[str]:
-    if facts is None:
-        return ["- not linked to an order of ours"]
+def _order_facts(facts: OrderFacts) -> dict[str, str]:
     known = {
         "order": facts.order_name,
         "shipped late": None
@@ -315,7 +309,14 @@ def order_facts_lines(facts: OrderFacts | None) -> list[str]:
         "refunded": None if facts.refunded is None else ("yes" if facts.refunded else "no"),
         "cancelled": None if facts.cancelled is None else ("yes" if facts.cancelled else "no"),
     }
-    return [f"- {k}: {v}" for k, v in known.items() if v is not None] or ["- nothing known"]
+    return {k: v for k, v in known.items() if v is not None}
+
+
+def order_facts_lines(facts: OrderFacts | None) -> list[str]:
+    """The order's facts as plain list lines (not escaped: for text, not for markdown)."""
+    if facts is None:
+        return ["- not linked to an order of ours"]
+    return [f"- {k}: {v}" for k, v in _order_facts(facts).items()] or ["- nothing known"]
 
 
 def approval_markdown(
@@ -328,23 +329,29 @@ def approval_markdown(
     deadline: datetime | None = None,
 ) -> str:
     """Everything an approver needs in the form: the review, the order's facts, the draft with
-    every guardrail result and where it came from, and how to decide."""
+    every guardrail result and where it came from, and how to decide.
+
+    Every value a reviewer, the platform, the model or a previous form input could have written is
+    inert (the approver must not be shown a live link, image, heading or fake banner): the review's
+    title and body in a fence it cannot close (`fenced`), everything else escaped (`inert_inline`)."""
     lines: list[str] = []
     if error:
         lines += [
-            f"> **Your last decision was not applied:** {error}",
+            f"> **Your last decision was not applied:** {inert_inline(error)}",
             "",
             "Correct it and submit again.",
             "",
         ]
     kind = "negative" if review.triage_negative else "positive"
+    reasons = "; ".join(review.triage_reasons or []) or "n/a"
+    platform, review_ref = inert_inline(review.platform), inert_inline(review.platform_review_id)
     lines += [
-        f"## Reply to {review.platform} review {review.platform_review_id} ({kind})",
+        f"## Reply to {platform} review {review_ref} ({kind})",
         "",
         f"- rating: {_stars(review.rating)}",
-        f"- reviewer shows as: {review.author_display_name or '(no name)'}",
-        f"- language: {review.language or 'unknown'}",
-        f"- triage: {'; '.join(review.triage_reasons or []) or 'n/a'}",
+        f"- reviewer shows as: {inert_inline(review.author_display_name or '(no name)')}",
+        f"- language: {inert_inline(review.language or 'unknown')}",
+        f"- triage: {inert_inline(reasons)}",
     ]
     if deadline is not None:
         lines.append(f"- decide by: {deadline:%Y-%m-%d %H:%M} UTC (then it is escalated)")
@@ -352,9 +359,14 @@ def approval_markdown(
         "",
         "### The review",
         "",
-        _fenced("\n".join(p for p in (review.title, review.body) if p) or "(no text)"),
+        fenced("\n".join(p for p in (review.title, review.body) if p) or "(no text)"),
     ]
-    lines += ["", "### The order", "", *order_facts_lines(order)]
+    if order is None:
+        lines += ["", "### The order", "", *order_facts_lines(None)]
+    else:
+        # the order's name comes from the shop platform; the rest are our yes/no facts
+        facts = [f"- {k}: {inert_inline(v) if k == 'order' else v}" for k, v in _order_facts(order).items()]
+        lines += ["", "### The order", "", *(facts or ["- nothing known"])]
     lines += ["", "### The draft", "", guarded.approver_markdown()]
     lines += [
         "",

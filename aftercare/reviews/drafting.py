@@ -75,6 +75,16 @@ def redact(text: str, private: CustomerPrivate | None) -> str:
     return PHONE_RE.sub(lambda m: REDACTED if looks_like_phone(m.group(0)) else m.group(0), text)
 
 
+def clean_display_name(name: str | None) -> str | None:
+    """The name the reviewer chose to show, as a drafter may use it: redacted like the review (an
+    email or phone number in it goes), on one line, None when nothing is left. It is still
+    untrusted: the prompt carries it inside the review's block, never among the instructions."""
+    if not name:
+        return None
+    cleaned = " ".join(redact(name, None).split())
+    return cleaned[:100] or None
+
+
 def build_reply_request(
     review: Review,
     triage: TriageResult,
@@ -97,7 +107,7 @@ def build_reply_request(
         rating=review.rating,
         language=language,
         review_language=review_lang,
-        display_name=review.display_name,
+        display_name=clean_display_name(review.display_name),
         negative=triage.negative,
         product_title=product.title,
         order=OrderFactsModel.of(order) if order is not None else None,
@@ -183,6 +193,16 @@ class PromptTemplates:
             raise ConfigError(f"prompt template {name} is missing from the prompts directory") from exc
 
 
+def untrusted_json(request: ReplyRequest) -> str:
+    """What the reviewer wrote, as the model gets it: one line of JSON, {"author_display_name": ...,
+    "review": ...}. Line and paragraph separators are escaped too, so nothing in it starts a line."""
+    encoded = json.dumps(
+        {"author_display_name": request.display_name, "review": request.review_text},
+        ensure_ascii=False,
+    )
+    return encoded.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
 def _strict_schema(schema: Any) -> Any:
     """The JSON schema pydantic makes, minus keywords strict structured output does not accept."""
     if isinstance(schema, dict):
@@ -231,10 +251,13 @@ class LLMDrafter:
         self.prompts = prompts or PromptTemplates()
 
     def messages(self, request: ReplyRequest, feedback: Sequence[str] = ()) -> list[dict[str, str]]:
-        """System and user messages for one request. The review goes in as a JSON string between
-        markers carrying a fresh random nonce, so its text can neither close the block nor guess it."""
+        """System and user messages for one request. Everything the reviewer wrote (the review and
+        the display name they chose) goes in the user message as one JSON object on one line,
+        between markers carrying a fresh random nonce, so it can neither close the block nor guess
+        it; the system message holds only the shop's instructions and policy."""
+        untrusted = untrusted_json(request)
         nonce = secrets.token_hex(6)
-        while nonce in request.review_text:
+        while nonce in untrusted:
             nonce = secrets.token_hex(6)
         open_marker, close_marker = f"<<<REVIEW {nonce}", f"REVIEW {nonce}>>>"
         remedies = self.policy.reply.remedies
@@ -246,7 +269,6 @@ class LLMDrafter:
             "shop_name": request.shop_name,
             "language": request.language,
             "language_name": LANGUAGE_NAMES[request.language],
-            "display_name": request.display_name,
             "open_marker": open_marker,
             "close_marker": close_marker,
         }
@@ -278,7 +300,7 @@ class LLMDrafter:
                 "rating": request.rating,
                 "negative": request.negative,
                 "order": request.order,
-                "review_json": json.dumps(request.review_text, ensure_ascii=False),
+                "review_json": untrusted,
                 "feedback": list(feedback),
             },
         )
@@ -381,6 +403,8 @@ __all__ = [
     "TemplateDrafter",
     "build_drafter",
     "build_reply_request",
+    "clean_display_name",
     "make_openai_client",
     "redact",
+    "untrusted_json",
 ]

@@ -17,10 +17,13 @@ from aftercare.reviews.drafting import Drafter, redact
 from aftercare.reviews.models import CustomerPrivate, Draft, DraftReply, ReplyRequest
 from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.reviews.text import (
+    Contact,
     detect_language,
     digits,
-    find_contacts,
+    fenced,
+    find_contact_details,
     fold,
+    inert_inline,
     is_invisible,
     piece_pattern,
     script_counts,
@@ -159,18 +162,41 @@ def check_remedies(reply: DraftReply, ctx: GuardrailContext) -> GuardrailResult:
     return _ok("remedies_within_policy")
 
 
+def _allowed_urls(urls: Sequence[str]) -> set[str]:
+    """Each allow-listed URL as written, without its scheme, and its bare host: all canonical."""
+    allowed: set[str] = set()
+    for url in urls:
+        url = fold(url).rstrip("/")
+        bare = url.split("://", 1)[-1]
+        allowed |= {url, bare, bare.split("/", 1)[0]}
+    return allowed
+
+
 def check_contacts(reply: DraftReply, ctx: GuardrailContext) -> GuardrailResult:
-    """No URL, email or phone number except the shop's allow-listed support contacts."""
+    """No URL, host name, email or phone number except the shop's allow-listed support contacts.
+    Host names are found in any spelling (`find_contact_details`); the allow-listed ones pass in
+    any of them too (full-width, a trailing slash, without the scheme, or the URL's bare host)."""
     allowed = ctx.policy.reply.support_contacts
-    found = find_contacts(reply.reply_text)
     ok_emails = {fold(e) for e in allowed.emails}
-    ok_urls = {fold(u).rstrip("/") for u in allowed.urls}
+    ok_urls = _allowed_urls(allowed.urls)
     ok_phones = {digits(p) for p in allowed.phones}
-    bad = [e for e in found["emails"] if e not in ok_emails]
-    bad += [u for u in found["urls"] if u.rstrip("/") not in ok_urls]
-    bad += [p for p in found["phones"] if digits(p) not in ok_phones]
+    bad: list[Contact] = []
+    for contact in find_contact_details(reply.reply_text):
+        if contact.kind == "email":
+            ok = contact.value in ok_emails
+        elif contact.kind == "phone":
+            ok = digits(contact.value) in ok_phones
+        else:
+            ok = contact.value.rstrip("/") in ok_urls
+        if not ok:
+            bad.append(contact)
     if bad:
-        return _fail("contacts_allow_listed", f"not an allow-listed support contact: {', '.join(bad)}", bad)
+        shown = [c.raw if c.raw == c.value else f"{c.raw} ({c.value})" for c in bad]
+        return _fail(
+            "contacts_allow_listed",
+            f"not an allow-listed support contact: {', '.join(shown)}",
+            [c.raw for c in bad],
+        )
     return _ok("contacts_allow_listed")
 
 
@@ -321,7 +347,10 @@ class GuardedDraft(BaseModel):
         return not self.needs_attention and not self.failures
 
     def approver_markdown(self) -> str:
-        """The draft, its origin and every check, for the person approving it (e.g. a Prefect form)."""
+        """The draft, its origin and every check, for the person approving it (e.g. a Prefect form).
+        Everything the model or a reviewer could have written is inert: the draft in a fence it
+        cannot close, the LLM's failure, check details, promised actions and notes as escaped text
+        (`inert_inline`)."""
         draft = self.draft
         origin = {
             "llm": "drafted by the LLM",
@@ -333,22 +362,24 @@ class GuardedDraft(BaseModel):
             if self.needs_attention
             else ("all checks passed" if self.publishable else "**checks failed**")
         )
-        lines = [f"Draft {origin} ({status}; policy {draft.policy_version}).", ""]
+        lines = [f"Draft {origin} ({status}; policy {inert_inline(draft.policy_version)}).", ""]
         if draft.fallback_reason:
-            lines += [f"LLM failure: {draft.fallback_reason}", ""]
+            lines += [f"LLM failure: {inert_inline(draft.fallback_reason)}", ""]
         lines += [
-            "```text",
-            self.highlighted_text().replace("```", "'''"),  # the reply cannot close the fence
-            "```",
+            fenced(self.highlighted_text()),
             "",
             "| check | result | detail |",
             "|---|---|---|",
         ]
         for c in self.checks:
-            detail = c.detail.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {detail} |")
-        if draft.reply.risk_notes:
-            lines += ["", "Notes from the drafter:", *(f"- {note}" for note in draft.reply.risk_notes)]
+            name = c.name if re.fullmatch(r"[a-z_]+", c.name) else inert_inline(c.name)
+            lines.append(f"| {name} | {'pass' if c.passed else '**FAIL**'} | {inert_inline(c.detail)} |")
+        for title, items in (
+            ("The draft promises:", draft.reply.promised_actions),
+            ("Notes from the drafter:", draft.reply.risk_notes),
+        ):
+            if items:
+                lines += ["", title, *(f"- {inert_inline(item)}" for item in items)]
         return "\n".join(lines)
 
     def highlighted_text(self, mark: tuple[str, str] = ("⟦", "⟧")) -> str:

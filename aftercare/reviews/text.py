@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+from publicsuffixlist import PublicSuffixList
 
 # Scripts we can tell apart by code point alone. Kana is decisive for Japanese; Han without kana is
 # read as Japanese too (this shop's customers write Japanese or English, rarely Chinese).
@@ -93,33 +98,205 @@ def fold(text: str) -> str:
 EMAIL_RE = re.compile(r"[a-z0-9._%+\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)+", re.IGNORECASE)
 # URL characters are ASCII only, so Japanese text right after a URL ("…/contactまで") is not part of it.
 _URL_CHARS = r"[a-z0-9\-._~:/?#\[\]@!$&*+,;=%]"
-URL_RE = re.compile(rf"(?:[a-z][a-z0-9+.\-]*://|www\.){_URL_CHARS}+", re.IGNORECASE)
-# A host name without a scheme ("evil.example.com/x"): only common TLDs, to leave "e.g." alone.
-BARE_DOMAIN_RE = re.compile(
-    r"(?<![@\w.\-])(?:[a-z0-9\-]+\.)+(?:com|net|org|jp|co|io|ly|me|info|biz|shop|store|xyz|app|dev|link|site|"
-    rf"online|top|ru|cn|gl|gg|to|tk|cc|us|uk|de)\b(?:/{_URL_CHARS}*)?"
-)
+# Any scheme (https, hxxp, ftp...), also defanged ("hxxps[:]//"), or www.
+URL_RE = re.compile(rf"(?:[a-z][a-z0-9+.\-]*(?::|\[:\])//{_URL_CHARS}*|www\.{_URL_CHARS}+)", re.IGNORECASE)
+# An IPv4 address with a port or a path ("1.2.3.4:8080/claim"); without one it reads as a version.
+_IP_URL_RE = re.compile(rf"(?<![\w.])\d{{1,3}}(?:\.\d{{1,3}}){{3}}(?::\d{{1,5}}|/){_URL_CHARS}*")
 PHONE_RE = re.compile(r"(?<![\w])\+?\(?\d[\d\-\s().]{6,}\d(?![\w])")
 _DATE_RE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}")
 _TRAILING = ".,;:!?)]}>、。」』）"
 
+# -- host names without a scheme ---------------------------------------------------------------
+#
+# A host is labels joined by dots and ending in a top-level domain. Labels may be in any script
+# (IDN) or punycode. The dot may be written ".", full-width "．" (NFKC folds it, and "｡" to "。"),
+# as the ideographic full stop "。", bracketed ("[.]", "(dot)", "［．］", "【ドット】"), spaced
+# ("example . com") or spelled out ("example dot com", "exampleドットcom"). Which spellings count
+# depends on the top-level domain, so that ordinary prose passes:
+#
+# - "." and bracketed dots: any top-level domain in the Public Suffix List's ICANN section (the
+#   IANA root zone, from the `publicsuffixlist` package) or punycode; any alphabetic one of 2+
+#   letters when the host has a scheme-less "//", a port or a path ("evil.zzz/claim"). So "e.g.",
+#   "No.5", "ver.2.0" and "3.5" pass, and so does "arrived.Thanks" (no such TLD), while
+#   "arrived.Love it" fails: .love is a TLD. A reply should have a space after its full stops.
+# - "。": only between Latin letters or digits ("evil。com"); in Japanese prose it ends sentences.
+# - spaced and spelled-out dots: only the top-level domains people spell out (`SPELLED_TLDS`), so
+#   "polka dot design" and "a red dot in the middle" pass; bracketed spellings take any TLD.
+SPELLED_TLDS = frozenset(
+    "com net org info biz jp co io ly xyz ru cn uk de tk ai pw gg cc gl ml ga cf gq su".split()
+)
+# A label never contains "ドット", or "ドットドット…" could split in 2^n ways (catastrophic backtracking).
+_LABEL = r"(?!ドット)[^\W_](?:(?:(?!ドット)[\w\-])*(?!ドット)[^\W_])?"
+_TLD = r"xn--[a-z0-9\-]*[a-z0-9]|[a-z]{2,63}(?![a-z0-9\-])|[^\W\d_]+(?!\w)"
+_SEP = (
+    r"\s*[\[({<【〔「]\s*(?:\.|。|dot|ドット|点)\s*[\])}>】〕」]\s*"
+    r"|\s+dot\s+|\s*ドット\s*"
+    r"|\s+\.\s*"
+    r"|[.。]"
+)
+_HOST_RE = re.compile(
+    rf"(?<![^\W_]|-)(?P<host>{_LABEL}(?:(?:{_SEP}){_LABEL})*(?:{_SEP})(?P<tld>{_TLD}))"
+    rf"(?P<port>:\d{{1,5}}(?!\d))?(?P<path>/{_URL_CHARS}+)?"
+)
+_SEP_TAIL_RE = re.compile(rf"(?:{_SEP})\Z")
+_LABEL_TAIL_RE = re.compile(rf"{_LABEL}\Z")
+_ASCII_TAIL_RE = re.compile(r"[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\Z")
 
-def digits(text: str) -> str:
-    return "".join(ch for ch in unicodedata.normalize("NFKC", text) if ch.isdigit())
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    # The ICANN section of the Public Suffix List: the top-level domains of the IANA root zone (IDN
+    # ones in Unicode and punycode), bundled with the package and refreshed with its releases.
+    return PublicSuffixList(only_icann=True, accept_unknown=False)
+
+
+def is_known_tld(label: str) -> bool:
+    """Whether `label` is a top-level domain (any punycode label counts)."""
+    label = fold(label)
+    return label.startswith("xn--") or _public_suffixes().publicsuffix(f"x.{label}") is not None
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A contact detail found in a text. `value` is its canonical form (NFKC, case-folded, every
+    spelling of a dot as "."), to compare with an allow-list; `raw` is the text as written."""
+
+    kind: Literal["email", "url", "host", "phone"]
+    value: str
+    raw: str
+
+
+class _Folded:
+    """A text folded for matching (`fold`, invisible characters dropped) that remembers which
+    character of the original each of its characters came from, so a match can be shown as written."""
+
+    def __init__(self, text: str):
+        # Folded a character at a time, except that a character whose folding is a combining mark
+        # joins the one before it: "ﾄﾞｯﾄ" folds to "ドット" only as a whole.
+        groups: list[tuple[int, int, str]] = []  # (first, last) index in `text`, folded
+        for i, ch in enumerate(text):
+            if is_invisible(ch):
+                continue
+            folded = fold(ch)
+            if groups and folded and unicodedata.combining(folded[0]):
+                first, _, _ = groups.pop()
+                folded = fold("".join(c for c in text[first : i + 1] if not is_invisible(c)))
+                groups.append((first, i, folded))
+            else:
+                groups.append((i, i, folded))
+        self.source = text
+        self.text = "".join(folded for _, _, folded in groups)
+        self.first: list[int] = []
+        self.last: list[int] = []
+        for first, last, folded in groups:
+            self.first += [first] * len(folded)
+            self.last += [last] * len(folded)
+
+    def raw(self, start: int, end: int) -> str:
+        return self.source[self.first[start] : self.last[end - 1] + 1] if end > start else ""
+
+    def take(self, kind: str, start: int, end: int, value: str | None = None) -> Contact:
+        """The contact at [start, end), blanked out so that no later pattern finds it again."""
+        contact = Contact(kind, value or self.text[start:end], self.raw(start, end))  # type: ignore[arg-type]
+        self.text = self.text[:start] + " " * (end - start) + self.text[end:]
+        return contact
+
+
+def _sep_allowed(sep: str, left: str, tld: str, strong: bool) -> bool:
+    """Whether `left` + `sep` + ... + `tld` reads as a host (see the rules above)."""
+    known = is_known_tld(tld)
+    alphabetic = tld.isascii() and tld.isalpha() and len(tld) >= 2
+    word = sep.strip()
+    if sep == "." or word not in (".", "。", "dot", "ドット"):  # plain or bracketed
+        return known or (strong and alphabetic)
+    if sep == "。":
+        return left.isascii() and tld.isascii() and (known or strong)
+    return tld in SPELLED_TLDS or (strong and known)  # spaced or spelled out
+
+
+def _host_at(m: re.Match[str], text: str) -> tuple[int, str] | None:
+    """The host in a `_HOST_RE` match as (its start in `text`, canonical form), or None when no
+    separator of it reads as a host's dot. Labels are taken from the right while their separator
+    counts; a label of Japanese with a Latin tail ("詳しくはevil") contributes the tail only."""
+    tld = m.group("tld")
+    start = m.start("host")
+    strong = bool(m.group("port") or m.group("path")) or text[max(0, start - 2) : start] == "//"
+    rest = m.group("host")[: -len(tld)]
+    labels = [tld]
+    first = -1
+    while (sep := _SEP_TAIL_RE.search(rest)) is not None:
+        before = rest[: sep.start()]
+        found = _LABEL_TAIL_RE.search(before)
+        if found is None:
+            break
+        label = found.group(0)
+        tail = None if label.isascii() else _ASCII_TAIL_RE.search(label)
+        if not _sep_allowed(sep.group(0), tail.group(0) if tail else label, tld, strong):
+            break
+        if tail is not None:
+            labels.insert(0, tail.group(0))
+            first = found.start() + tail.start()
+            break
+        labels.insert(0, label)
+        first = found.start()
+        rest = before[: found.start()]
+    if first < 0:
+        return None
+    return start + first, ".".join(labels)
+
+
+def _hosts(view: _Folded, start: int, end: int) -> list[Contact]:
+    """Every host in view.text[start:end]; what a rejected or partly taken candidate leaves on its
+    left ("evil.com" in "evil.com dot design") is searched again."""
+    found: list[Contact] = []
+    pos = start
+    while (m := _HOST_RE.search(view.text, pos, end)) is not None:
+        host = _host_at(m, view.text)
+        if host is None:
+            left_end = m.end("host") - len(m.group("tld")) - 1
+            found += _hosts(view, m.start(), max(m.start(), left_end))
+        else:
+            host_start, value = host
+            found += _hosts(view, m.start(), host_start)
+            path, stop = m.group("path") or "", m.end()
+            while path and view.text[stop - 1] in _TRAILING:  # "see evil.com/x." ends at x
+                path, stop = path[:-1], stop - 1
+            found.append(view.take("host", host_start, stop, value + (m.group("port") or "") + path))
+        pos = m.end()
+    return found
+
+
+def find_contact_details(text: str) -> list[Contact]:
+    """Emails, URLs (with a scheme, www., or an IP address with a port or path), host names (see the
+    rules above) and phone numbers (8-15 digits, not a date) in `text`, in that order of search.
+    Each one found is blanked out before the next kind is looked for, so the host of an email is
+    not also reported as a host. Invisible characters inside a contact do not hide it."""
+    view = _Folded(text)
+    found: list[Contact] = []
+    for kind, pattern in (("email", EMAIL_RE), ("url", URL_RE), ("url", _IP_URL_RE)):
+        for m in list(pattern.finditer(view.text)):
+            end = m.end()
+            while end > m.start() + 1 and view.text[end - 1] in _TRAILING:
+                end -= 1
+            found.append(view.take(kind, m.start(), end))
+    found += _hosts(view, 0, len(view.text))
+    for m in list(PHONE_RE.finditer(view.text)):
+        if looks_like_phone(m.group(0)):
+            found.append(view.take("phone", m.start(), m.end(), m.group(0).strip()))
+    return found
 
 
 def find_contacts(text: str) -> dict[str, list[str]]:
-    """Emails, URLs (with a scheme, www., or a bare host name) and phone numbers (8-15 digits, not a date) in
-    `text`, folded. Each kind is blanked out before the next is looked for, so the host of an email
-    is not also reported as a URL."""
-    rest = fold(text)
+    """`find_contact_details` by kind, canonical values only: emails, urls (hosts too), phones."""
     found: dict[str, list[str]] = {"emails": [], "urls": [], "phones": []}
-    for kind, pattern in (("emails", EMAIL_RE), ("urls", URL_RE), ("urls", BARE_DOMAIN_RE)):
-        for m in pattern.finditer(rest):
-            found[kind].append(m.group(0).rstrip(_TRAILING))
-        rest = pattern.sub(" ", rest)
-    found["phones"] = [m.group(0).strip() for m in PHONE_RE.finditer(rest) if looks_like_phone(m.group(0))]
+    key = {"email": "emails", "url": "urls", "host": "urls", "phone": "phones"}
+    for contact in find_contact_details(text):
+        found[key[contact.kind]].append(contact.value)
     return found
+
+
+def digits(text: str) -> str:
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text) if ch.isdigit())
 
 
 def looks_like_phone(candidate: str) -> bool:
@@ -134,3 +311,73 @@ def piece_pattern(piece: str) -> re.Pattern[str]:
     if piece.isascii():
         escaped = rf"(?<![A-Za-z0-9]){escaped}(?![A-Za-z0-9])"
     return re.compile(escaped, re.IGNORECASE)
+
+
+# -- untrusted text in markdown (the approver's Prefect form) -----------------------------------
+
+# Characters that show as nothing or as blank space and are not ordinary spaces: Hangul fillers,
+# the braille blank, the combining grapheme joiner, line/paragraph separators, variation selectors
+# 17-256. With `is_invisible` (zero-width, bidi controls, tags, controls) they are shown by name.
+_BLANK_LOOKALIKES = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f\u2028\u2029")
+
+
+def is_hidden(ch: str) -> bool:
+    """A character a reader cannot see: `is_invisible`, or a blank lookalike."""
+    return is_invisible(ch) or ch in _BLANK_LOOKALIKES or 0xE0100 <= ord(ch) <= 0xE01EF
+
+
+def show_hidden(text: str, keep: str = "\n\t") -> str:
+    """`text` with every hidden character (except those in `keep`) written as its code point,
+    `<U+200B>`: the approver sees the trick instead of falling for it, and nothing is dropped."""
+    return "".join(f"<U+{ord(ch):04X}>" if ch not in keep and is_hidden(ch) else ch for ch in text)
+
+
+def _lines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# Markdown syntax is ASCII punctuation only; CommonMark lets every one of them be backslash-escaped.
+_MD_PUNCT = re.compile(r"[!-/:-@\[-`{-~]")
+_SLASHES = re.compile(r":?//")
+# Schemes that link without "//" ("mailto:x@y").
+_BARE_SCHEME = re.compile(
+    r"(?<![a-z0-9+.\-])(?:mailto|tel|sms|callto|javascript|vbscript|data|file|sip|skype|facetime|intent)\s*:",
+    re.IGNORECASE,
+)
+# A dot after anything but a space and before a letter: "evil.com", "ｅｖｉｌ．ｃｏｍ", "例え.jp", "☃.net".
+_DOT = re.compile(r"(?<=\S)[.．﹒․](?=[^\W\d_])")
+# The ideographic full stop between Latin letters or digits ("evil。com"); in Japanese it ends a sentence.
+_LATIN_IDEO_DOT = re.compile(r"(?<=[A-Za-z0-9Ａ-Ｚａ-ｚ０-９])[。｡](?=[A-Za-z0-9Ａ-Ｚａ-ｚ０-９])")
+_IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])")
+
+
+def defang(text: str) -> str:
+    """Links written as text made unlinkable, the way security tools write them:
+    "https[://]evil[.]com", "mailto[:]owner@example[.]com", "1[.]2[.]3[.]4". No renderer or
+    linkifier finds a scheme, a "//" or a dotted host name in the result, and the reader still sees
+    where the link pointed. Prose keeps its look except "e[.]g." and a missing space ("end[.]Next")."""
+    text = _SLASHES.sub(lambda m: f"[{m.group(0)}]", text)
+    text = _BARE_SCHEME.sub(lambda m: f"{m.group(0)[:-1]}[:]", text)
+    text = _IPV4.sub(lambda m: m.group(0).replace(".", "[.]"), text)
+    text = _DOT.sub(lambda m: f"[{m.group(0)}]", text)
+    return _LATIN_IDEO_DOT.sub(lambda m: f"[{m.group(0)}]", text)
+
+
+def inert_inline(text: str) -> str:
+    """Untrusted text as inline markdown that renders as exactly that text and nothing else: every
+    ASCII punctuation character backslash-escaped (no emphasis, link, image, code span, HTML, entity,
+    table cell break, heading, quote or list can start), newlines shown as " ↵ " (a value stays on
+    its line), hidden characters shown as `<U+200B>`, links defanged (`defang`)."""
+    text = show_hidden(_lines(text), keep="\n\t")
+    text = re.sub(r"[ \t]*\n[ \t]*", " ↵ ", text).replace("\t", " ").strip()
+    return _MD_PUNCT.sub(lambda m: "\\" + m.group(0), defang(text))
+
+
+def fenced(text: str, info: str = "text") -> str:
+    """Untrusted text as a fenced code block it cannot close: the fence is one backtick longer than
+    the longest run of backticks inside. Shown as written, except hidden characters (`show_hidden`);
+    nothing in a code block is a link, heading or HTML."""
+    body = show_hidden(_lines(text), keep="\n\t")
+    longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{info}\n{body}\n{fence}"

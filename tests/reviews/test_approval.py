@@ -247,10 +247,13 @@ def test_markdown_shows_the_review_order_draft_every_check_and_its_origin(ctx: G
         approval=ctx.policy.approval,
         error="'mallory@example.com' is not an approver",
     )
-    assert md.startswith("> **Your last decision was not applied:** 'mallory@example.com' is not an approver")
-    assert "judgeme review jm-77 (negative)" in md and "★★☆☆☆" in md
-    assert "Arrived broken ''' # injected heading" in md  # the review cannot close the fence
-    assert "- order: #1101" in md and "- shipped late: yes, 3 days" in md and "- refunded: no" in md
+    # the error echoes form input: escaped, its address defanged (tests/reviews/test_approval_markdown.py)
+    assert md.startswith(
+        r"> **Your last decision was not applied:** \'mallory\@example\[\.\]com\' is not an approver"
+    )
+    assert r"judgeme review jm\-77 (negative)" in md and "★★☆☆☆" in md
+    assert "````text\nBroken\nArrived broken ``` # injected heading\n````" in md  # a fence it cannot close
+    assert r"- order: \#1101" in md and "- shipped late: yes, 3 days" in md and "- refunded: no" in md
     assert "from the reply template because the LLM failed" in md and "LLM failure: LLM timed out" in md
     for c in g.checks:
         assert f"| {c.name} | {'pass' if c.passed else '**FAIL**'} |" in md

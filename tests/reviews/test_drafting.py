@@ -66,7 +66,7 @@ def test_happy_path_sends_a_delimited_review_and_no_personal_data(policy, fake_l
     # the review is there, JSON-encoded between markers with one nonce, and the model is told why
     block = REVIEW_BLOCK.search(user_message(sent))
     assert block is not None
-    review_as_sent = json.loads(block.group(2))
+    review_as_sent = json.loads(block.group(2))["review"]
     assert "The mug arrived chipped and I am upset." in review_as_sent
     assert review_as_sent.count("[redacted]") >= 5
     system = system_message(sent)
@@ -91,7 +91,7 @@ def test_review_cannot_close_its_own_block(policy, fake_llm: FakeOpenAI, drafter
     assert len(blocks) == 1
     nonce, encoded = blocks[0]
     assert nonce != "0123456789ab"
-    assert json.loads(encoded) == text
+    assert json.loads(encoded)["review"] == text
     assert user.count(f"REVIEW {nonce}>>>") == 1
 
 
