@@ -95,14 +95,19 @@ def fold(text: str) -> str:
 
 
 # Contact details, matched on `fold`ed text (so full-width "ｈｔｔｐｓ：／／" and "０３" count).
-EMAIL_RE = re.compile(r"[a-z0-9._%+\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)+", re.IGNORECASE)
+# Each pattern starts only where its first run starts (a look-behind), so that a long run without a
+# match costs linear time, not quadratic (reviews are up to 20,000 characters).
+EMAIL_RE = re.compile(r"(?<![a-z0-9._%+\-])[a-z0-9._%+\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)+", re.IGNORECASE)
 # URL characters are ASCII only, so Japanese text right after a URL ("…/contactまで") is not part of it.
 _URL_CHARS = r"[a-z0-9\-._~:/?#\[\]@!$&*+,;=%]"
 # Any scheme (https, hxxp, ftp...), also defanged ("hxxps[:]//"), or www.
-URL_RE = re.compile(rf"(?:[a-z][a-z0-9+.\-]*(?::|\[:\])//{_URL_CHARS}*|www\.{_URL_CHARS}+)", re.IGNORECASE)
+URL_RE = re.compile(
+    rf"(?<![a-z0-9+.\-])(?:[a-z][a-z0-9+.\-]*(?::|\[:\])//{_URL_CHARS}*|www\.{_URL_CHARS}+)", re.IGNORECASE
+)
 # An IPv4 address with a port or a path ("1.2.3.4:8080/claim"); without one it reads as a version.
 _IP_URL_RE = re.compile(rf"(?<![\w.])\d{{1,3}}(?:\.\d{{1,3}}){{3}}(?::\d{{1,5}}|/){_URL_CHARS}*")
-PHONE_RE = re.compile(r"(?<![\w])\+?\(?\d[\d\-\s().]{6,}\d(?![\w])")
+# At most 32 characters: 15 digits and their separators, and a bounded cost per start.
+PHONE_RE = re.compile(r"(?<![\w])\+?\(?\d[\d\-\s().]{6,30}\d(?![\w])")
 _DATE_RE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}")
 _TRAILING = ".,;:!?)]}>、。」』）"
 
@@ -134,12 +139,11 @@ _SEP = (
     r"|\s+\.\s*"
     r"|[.。]"
 )
-_HOST_RE = re.compile(
-    rf"(?<![^\W_]|-)(?P<host>{_LABEL}(?:(?:{_SEP}){_LABEL})*(?:{_SEP})(?P<tld>{_TLD}))"
-    rf"(?P<port>:\d{{1,5}}(?!\d))?(?P<path>/{_URL_CHARS}+)?"
-)
-_SEP_TAIL_RE = re.compile(rf"(?:{_SEP})\Z")
-_LABEL_TAIL_RE = re.compile(rf"{_LABEL}\Z")
+# A chain of labels joined by separators; a host is a run of it ending in a TLD-like label.
+_CHAIN_RE = re.compile(rf"(?<![^\W_]|-){_LABEL}(?:(?:{_SEP}){_LABEL})+")
+_CHAIN_PART_RE = re.compile(rf"(?P<label>{_LABEL})|(?P<sep>{_SEP})")
+_TLD_RE = re.compile(_TLD)
+_PORT_PATH_RE = re.compile(rf"(?P<port>:\d{{1,5}}(?!\d))?(?P<path>/{_URL_CHARS}+)?")
 _ASCII_TAIL_RE = re.compile(r"[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\Z")
 
 
@@ -150,6 +154,7 @@ def _public_suffixes() -> PublicSuffixList:
     return PublicSuffixList(only_icann=True, accept_unknown=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_known_tld(label: str) -> bool:
     """Whether `label` is a top-level domain (any punycode label counts)."""
     label = fold(label)
@@ -202,9 +207,9 @@ class _Folded:
         return contact
 
 
-def _sep_allowed(sep: str, left: str, tld: str, strong: bool) -> bool:
-    """Whether `left` + `sep` + ... + `tld` reads as a host (see the rules above)."""
-    known = is_known_tld(tld)
+def _sep_allowed(sep: str, left: str, tld: str, strong: bool, known: bool) -> bool:
+    """Whether `left` + `sep` + ... + `tld` reads as a host (see the rules above); `known`: whether
+    `tld` is a top-level domain."""
     alphabetic = tld.isascii() and tld.isalpha() and len(tld) >= 2
     word = sep.strip()
     if sep == "." or word not in (".", "。", "dot", "ドット"):  # plain or bracketed
@@ -214,55 +219,56 @@ def _sep_allowed(sep: str, left: str, tld: str, strong: bool) -> bool:
     return tld in SPELLED_TLDS or (strong and known)  # spaced or spelled out
 
 
-def _host_at(m: re.Match[str], text: str) -> tuple[int, str] | None:
-    """The host in a `_HOST_RE` match as (its start in `text`, canonical form), or None when no
-    separator of it reads as a host's dot. Labels are taken from the right while their separator
-    counts; a label of Japanese with a Latin tail ("詳しくはevil") contributes the tail only."""
-    tld = m.group("tld")
-    start = m.start("host")
-    strong = bool(m.group("port") or m.group("path")) or text[max(0, start - 2) : start] == "//"
-    rest = m.group("host")[: -len(tld)]
-    labels = [tld]
-    first = -1
-    while (sep := _SEP_TAIL_RE.search(rest)) is not None:
-        before = rest[: sep.start()]
-        found = _LABEL_TAIL_RE.search(before)
-        if found is None:
-            break
-        label = found.group(0)
-        tail = None if label.isascii() else _ASCII_TAIL_RE.search(label)
-        if not _sep_allowed(sep.group(0), tail.group(0) if tail else label, tld, strong):
-            break
-        if tail is not None:
-            labels.insert(0, tail.group(0))
-            first = found.start() + tail.start()
-            break
-        labels.insert(0, label)
-        first = found.start()
-        rest = before[: found.start()]
-    if first < 0:
-        return None
-    return start + first, ".".join(labels)
-
-
-def _hosts(view: _Folded, start: int, end: int) -> list[Contact]:
-    """Every host in view.text[start:end]; what a rejected or partly taken candidate leaves on its
-    left ("evil.com" in "evil.com dot design") is searched again."""
-    found: list[Contact] = []
-    pos = start
-    while (m := _HOST_RE.search(view.text, pos, end)) is not None:
-        host = _host_at(m, view.text)
-        if host is None:
-            left_end = m.end("host") - len(m.group("tld")) - 1
-            found += _hosts(view, m.start(), max(m.start(), left_end))
+def _hosts_in_chain(view: _Folded, chain: re.Match[str]) -> list[Contact]:
+    """The hosts in one chain of labels, right to left: each label that can be a TLD takes the
+    labels on its left while their separator counts (`_sep_allowed`); a label of Japanese with a
+    Latin tail ("詳しくはevil") gives its tail and ends the host. Linear in the chain's length."""
+    labels: list[tuple[int, str]] = []  # (offset in view.text, label)
+    seps: list[str] = []
+    for part in _CHAIN_PART_RE.finditer(chain.group(0)):
+        if part.group("label") is not None:
+            labels.append((chain.start() + part.start(), part.group("label")))
         else:
-            host_start, value = host
-            found += _hosts(view, m.start(), host_start)
-            path, stop = m.group("path") or "", m.end()
-            while path and view.text[stop - 1] in _TRAILING:  # "see evil.com/x." ends at x
-                path, stop = path[:-1], stop - 1
-            found.append(view.take("host", host_start, stop, value + (m.group("port") or "") + path))
-        pos = m.end()
+            seps.append(part.group("sep"))
+    after_slashes = view.text[max(0, chain.start() - 2) : chain.start()] == "//"
+    found: list[Contact] = []
+    i = len(labels) - 1
+    while i >= 1:
+        at, tld = labels[i]
+        if i == len(labels) - 1 and not tld.isascii():  # "comまで": the TLD, then Japanese text
+            head = _TLD_RE.match(tld)
+            tld = head.group(0) if head and head.group(0).isascii() else tld
+        if not _TLD_RE.fullmatch(tld) or (tld.isascii() and len(tld) < 2):  # "e.g": no TLD
+            i -= 1
+            continue
+        end = at + len(tld)
+        extra = _PORT_PATH_RE.match(view.text, end) if i == len(labels) - 1 else None
+        port, path = (extra.group("port") or "", extra.group("path") or "") if extra else ("", "")
+        strong = bool(port or path) or after_slashes
+        known = is_known_tld(tld)
+        host = [tld]
+        start = -1
+        j = i
+        while j >= 1:
+            left_at, left = labels[j - 1]
+            tail = None if left.isascii() else _ASCII_TAIL_RE.search(left)
+            if not _sep_allowed(seps[j - 1], tail.group(0) if tail else left, tld, strong, known):
+                break
+            j -= 1
+            if tail is not None:
+                host.insert(0, tail.group(0))
+                start = left_at + tail.start()
+                break
+            host.insert(0, left)
+            start = left_at
+        if start < 0:
+            i -= 1
+            continue
+        stop = end + len(port) + len(path)
+        while path and view.text[stop - 1] in _TRAILING:  # "see evil.com/x." ends at x
+            path, stop = path[:-1], stop - 1
+        found.insert(0, view.take("host", start, stop, ".".join(host) + port + path))
+        i = j - 1
     return found
 
 
@@ -279,7 +285,8 @@ def find_contact_details(text: str) -> list[Contact]:
             while end > m.start() + 1 and view.text[end - 1] in _TRAILING:
                 end -= 1
             found.append(view.take(kind, m.start(), end))
-    found += _hosts(view, 0, len(view.text))
+    for chain in list(_CHAIN_RE.finditer(view.text)):
+        found += _hosts_in_chain(view, chain)
     for m in list(PHONE_RE.finditer(view.text)):
         if looks_like_phone(m.group(0)):
             found.append(view.take("phone", m.start(), m.end(), m.group(0).strip()))

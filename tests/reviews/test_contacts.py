@@ -3,8 +3,11 @@ ordinary English and Japanese prose alone. Each sample is appended to a reply th
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from aftercare.reviews.drafting import redact
 from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.reviews.text import defang, find_contact_details, find_contacts, is_known_tld
 from tests.reviews.test_guardrails import EN_OK, JA_OK, ctx, result
@@ -212,3 +215,16 @@ def test_defang_leaves_nothing_linkable():
     )
     assert defang("evil。com") == "evil[。]com"
     assert defang("ありがとう。またね 3.5 stars") == "ありがとう。またね 3.5 stars"
+
+
+@pytest.mark.parametrize(
+    "unit", ["a.", "a-", "1.2.", "ab.cd.", "ドット", "a dot ", "http", "www.", "1 (", "a@b."]
+)
+def test_long_hostile_runs_take_linear_time(unit: str):
+    """Twice the longest review, of runs that made patterns backtrack: quadratic would take minutes."""
+    text = unit * (40_000 // len(unit))
+    find_contacts("warm up the suffix list: x.com")
+    started = time.perf_counter()
+    find_contact_details(text)
+    redact(text, None)
+    assert time.perf_counter() - started < 3
