@@ -127,6 +127,10 @@ _TRAILING = ".,;:!?)]}>、。」』）"
 # - "。": only between Latin letters or digits ("evil。com"); in Japanese prose it ends sentences.
 # - spaced and spelled-out dots: only the top-level domains people spell out (`SPELLED_TLDS`), so
 #   "polka dot design" and "a red dot in the middle" pass; bracketed spellings take any TLD.
+# - a dot followed by a space ("shop-help. ai/claim") is how sentences end: a host only right before
+#   a known TLD with a port or path after it.
+# Not read as hosts: "exampledotcom" (no separator), other dot look-alikes ("·", "・"), a space
+# inside a label ("e x a m p l e . c o m"), and hosts on TLDs not in the list (they do not resolve).
 SPELLED_TLDS = frozenset(
     "com net org info biz jp co io ly xyz ru cn uk de tk ai pw gg cc gl ml ga cf gq su".split()
 )
@@ -136,7 +140,8 @@ _TLD = r"xn--[a-z0-9\-]*[a-z0-9]|[a-z]{2,63}(?![a-z0-9\-])|[^\W\d_]+(?!\w)"
 _SEP = (
     r"\s*[\[({<【〔「]\s*(?:\.|。|dot|ドット|点)\s*[\])}>】〕」]\s*"
     r"|\s+dot\s+|\s*ドット\s*"
-    r"|\s+\.\s*"
+    r"|\s+[.。]\s*"
+    r"|[.。]\s+"
     r"|[.。]"
 )
 # A chain of labels joined by separators; a host is a run of it ending in a TLD-like label.
@@ -207,15 +212,19 @@ class _Folded:
         return contact
 
 
-def _sep_allowed(sep: str, left: str, tld: str, strong: bool, known: bool) -> bool:
+def _sep_allowed(sep: str, left: str, tld: str, strong: bool, known: bool, before_tld: bool) -> bool:
     """Whether `left` + `sep` + ... + `tld` reads as a host (see the rules above); `known`: whether
-    `tld` is a top-level domain."""
-    alphabetic = tld.isascii() and tld.isalpha() and len(tld) >= 2
+    `tld` is a top-level domain, `strong`: whether the host has a port, a path or a leading "//",
+    `before_tld`: whether `sep` is the one right before the TLD."""
     word = sep.strip()
-    if sep == "." or word not in (".", "。", "dot", "ドット"):  # plain or bracketed
-        return known or (strong and alphabetic)
+    if sep == ".":
+        return known or (strong and tld.isascii() and tld.isalpha() and len(tld) >= 2)
     if sep == "。":
         return left.isascii() and tld.isascii() and (known or strong)
+    if word not in (".", "。", "dot", "ドット"):  # bracketed
+        return known or (strong and tld.isascii() and tld.isalpha() and len(tld) >= 2)
+    if sep[0] in ".。":  # "shop-help. ai/claim" but not "Thank you. example.com/x": a sentence end
+        return strong and known and before_tld
     return tld in SPELLED_TLDS or (strong and known)  # spaced or spelled out
 
 
@@ -252,7 +261,8 @@ def _hosts_in_chain(view: _Folded, chain: re.Match[str]) -> list[Contact]:
         while j >= 1:
             left_at, left = labels[j - 1]
             tail = None if left.isascii() else _ASCII_TAIL_RE.search(left)
-            if not _sep_allowed(seps[j - 1], tail.group(0) if tail else left, tld, strong, known):
+            left = tail.group(0) if tail else left
+            if not _sep_allowed(seps[j - 1], left, tld, strong, known, before_tld=j == i):
                 break
             j -= 1
             if tail is not None:

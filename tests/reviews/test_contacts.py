@@ -39,6 +39,9 @@ HOSTILE = [
     "evil﹒com",
     # spaced, bracketed and spelled-out dots
     "evil-shop . com",
+    "evil-shop\u3000.\u3000com",
+    "shop-help. ai/claim",
+    "https:\\\\evil.com",
     "evil-shop .com",
     "evil-shop dot com",
     "evil-shop DOT co DOT jp",
@@ -114,6 +117,9 @@ BENIGN = [
     "Delivered on 2026.11.30.",
     "1,234.56 yen was charged.",
     "The 2.5-inch mug.",
+    "Great mug. So happy. It arrived. Love it.",  # .so, .it and .love are TLDs, but there is a space
+    "Shipped to the UK. UK customers love it.",
+    "We are sorry. It will not happen again.",
     # Japanese prose
     "ありがとうございました。またのご利用をお待ちしております。",
     "ver.2.0に更新しました。",
@@ -137,6 +143,7 @@ ALLOWED = [
     "ｈｔｔｐｓ：／／ｅｘａｍｐｌｅ．ｃｏｍ／ｐａｇｅｓ／ｃｏｎｔａｃｔ",
     "example.com/pages/contact",
     "example.com",
+    "Thanks. example.com/pages/contact",  # a sentence end before it does not make it another host
     "support@example.com",
     "ＳＵＰＰＯＲＴ＠ＥＸＡＭＰＬＥ．ＣＯＭ",
     "03-1234-5678",
