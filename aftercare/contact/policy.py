@@ -177,9 +177,10 @@ class ContactPolicy(BaseModel):
                 continue
             if rule.list_name is None:
                 raise ValueError(f"kinds.{kind}: a {rule.message_class} kind needs the `list` it is left by")
-            if not _LIST_NAME.match(rule.list_name) or rule.list_name in class_names:
+            if not _LIST_NAME.match(rule.list_name) or rule.list_name in {*class_names, "all"}:
                 raise ValueError(
-                    f"kinds.{kind}: list {rule.list_name!r} must be lower_snake_case and not a class name"
+                    f"kinds.{kind}: list {rule.list_name!r} must be lower_snake_case, "
+                    "not a class name or 'all'"
                 )
             if rule.message_class not in self.consent.classes:
                 raise ValueError(f"kinds.{kind}: consent.classes has no rule for {rule.message_class}")

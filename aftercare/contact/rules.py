@@ -24,7 +24,9 @@ from aftercare.contact.consent import Consent
 from aftercare.contact.policy import ContactPolicy, FrequencyCap, MessageClass, SendWindow
 from aftercare.contact.timezones import CustomerZone, address_country, customer_zone
 
-NOTHING_PAID = frozenset({"refunded", "voided"})
+# A suppression on this list stops every feedback and promotional mail (a redacted customer's
+# hashed entry, a complaint to the shop); transactional mail still goes.
+EVERY_LIST = "all"
 
 
 class Outcome(StrEnum):
@@ -290,15 +292,27 @@ def _suppression_rule(
     tz: ZoneInfo,
 ) -> RuleResult:
     own_list = policy.list_of(kind)
-    lists = {own_list, message_class.value}
+    lists = {own_list, message_class.value, EVERY_LIST}
     hits = sorted((s for s in suppressions if s.list_name in lists), key=lambda s: s.at)
     if not hits:
         return RuleResult(
             SUPPRESSION, RuleStatus.PASSED, f"not unsubscribed from {own_list} or all {message_class} mails"
         )
     first = hits[0]
-    what = first.list_name if first.list_name == own_list else f"all {message_class} mails"
+    if first.list_name == own_list:
+        what = first.list_name
+    elif first.list_name == EVERY_LIST:
+        what = "every mail but those about an order"
+    else:
+        what = f"all {message_class} mails"
     return RuleResult(SUPPRESSION, RuleStatus.SKIPPED, f"unsubscribed from {what} on {_day(first.at, tz)}")
+
+
+_REFUSALS = {
+    "unsubscribed": "unsubscribed from the shop's emails",
+    "redacted": "customer data redacted",
+    "invalid": "email address marked invalid",
+}
 
 
 def _consent_rule(
@@ -320,11 +334,11 @@ def _consent_rule(
             CONSENT, RuleStatus.SKIPPED, f"no consent for {message_class} mail in {region} (opt-in; {held})"
         )
     if consent is not None and consent.state in policy.consent.refusal_states:
+        what = _REFUSALS.get(consent.state, f"email marketing {consent.state}")
         return RuleResult(
             CONSENT,
             RuleStatus.SKIPPED,
-            f"refused mail: email marketing {consent.state} on {_day(consent.updated_at, tz)} "
-            f"({consent.source})",
+            f"{what} on {_day(consent.updated_at, tz)} (Shopify: {consent.source})",
         )
     return RuleResult(CONSENT, RuleStatus.PASSED, f"{message_class} in {region} is opt-out: {held}")
 

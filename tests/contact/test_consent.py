@@ -187,7 +187,7 @@ EVENTS = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(EVENTS, st.randoms(use_true_random=False))
 def test_the_result_never_depends_on_the_order_webhooks_arrive_in(events, rnd):
     shuffled = list(events)

@@ -115,6 +115,9 @@ BAD = [
         id="list named like a class",
     ),
     pytest.param(
+        _with(lambda d: d["kinds"]["delivery_survey"].update(list="all")), "or 'all'", id="list named all"
+    ),
+    pytest.param(
         _with(lambda d: d["kinds"]["delivery_survey"].update({"class": "marketing"})),
         "delivery_survey",
         id="unknown class",

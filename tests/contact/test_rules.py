@@ -227,6 +227,16 @@ def test_unsubscribed_from_all_feedback_mails():
     assert v.line() == "not sent: unsubscribed from all feedback mails on 2026-11-02"
 
 
+def test_a_suppression_of_every_list_stops_feedback_and_promotional_but_not_order_mail():
+    gone = [Suppression("all", at(TOKYO, 2026, 11, 2, 18, 0), source="customers/redact")]
+    v = decide(survey(NOW), customer(suppressions=gone), [], POLICY, NOW)
+    assert v.line() == "not sent: unsubscribed from every mail but those about an order on 2026-11-02"
+    consenting = customer(suppressions=gone, consent=subscribed(NOW - timedelta(days=1)))
+    assert decide(TouchpointFacts("seasonal_offer", NOW), consenting, [], POLICY, NOW).outcome is Outcome.SKIP
+    notice = decide(TouchpointFacts("shipment_notice", NOW), customer(suppressions=gone), [], POLICY, NOW)
+    assert notice.outcome is Outcome.SEND
+
+
 def test_leaving_one_list_leaves_the_others():
     gone = Suppression("review_requests", at(TOKYO, 2026, 11, 2, 18, 0))
     v = decide(survey(NOW), customer(suppressions=[gone]), [], POLICY, NOW)
@@ -260,9 +270,16 @@ def test_feedback_in_japan_is_sent_unless_refused():
     v = decide(survey(NOW), customer(JP, consent=refused), [], POLICY, NOW)
     assert v.outcome is Outcome.SKIP
     assert v.line() == (
-        "not sent: refused mail: email marketing unsubscribed on 2026-10-01"
-        " (customers_email_marketing_consent/update)"
+        "not sent: unsubscribed from the shop's emails on 2026-10-01"
+        " (Shopify: customers_email_marketing_consent/update)"
     )
+    for state, line in [("redacted", "customer data redacted"), ("invalid", "email address marked invalid")]:
+        gone = Consent(state, at(TOKYO, 2026, 10, 1, 12, 0), "customers/update")
+        v = decide(survey(NOW), customer(JP, consent=gone), [], POLICY, NOW)
+        assert v.line() == f"not sent: {line} on 2026-10-01 (Shopify: customers/update)"
+    # Not subscribed is no refusal where feedback is opt-out.
+    never = Consent("not_subscribed", at(TOKYO, 2026, 10, 1, 12, 0), "customers/update")
+    assert decide(survey(NOW), customer(JP, consent=never), [], POLICY, NOW).outcome is Outcome.SEND
 
 
 def test_promotional_mail_needs_opt_in_everywhere():

@@ -97,7 +97,7 @@ def wall_inside(at: datetime, tz: ZoneInfo, window: SendWindow) -> bool:
     return window.start <= local < window.end
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     zone_now=st.one_of(ANY_TIME, NEAR_A_CHANGE),
     window=windows(),
@@ -142,7 +142,7 @@ def test_the_send_time_is_never_before_now_and_always_inside_the_window(
         assert v.send_at == now or not in_window(now, tz, window)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(zone_now=st.one_of(ANY_TIME, NEAR_A_CHANGE), window=windows(earliest_hour=4))
 def test_the_local_wall_clock_reads_inside_the_window(zone_now, window):
     zone, earliest = zone_now
@@ -157,7 +157,7 @@ def test_the_local_wall_clock_reads_inside_the_window(zone_now, window):
         assert at.astimezone(tz).time().replace(tzinfo=None) == window.start
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(now=NOWS, offsets=st.lists(st.integers(min_value=-40 * 24 * 3600, max_value=0), max_size=8))
 def test_the_cap_postpones_to_the_first_moment_it_allows(now, offsets):
     caps = SHIPPED.caps(MessageClass.FEEDBACK)
