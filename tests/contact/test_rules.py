@@ -432,3 +432,30 @@ def test_naive_times_are_refused():
         decide(survey(NOW), customer(), [], POLICY, datetime(2026, 12, 1, 10, 0))
     with pytest.raises(ValueError, match="timezone-aware"):
         decide(survey(datetime(2026, 12, 1, 10, 0)), customer(), [], POLICY, NOW)
+
+
+def test_two_feedback_mails_due_together_go_a_day_apart_when_each_send_joins_the_history():
+    # The dispatcher decides a customer's touchpoints one at a time and counts each send (or claim)
+    # before deciding the next: the second is postponed by the cap, not sent in the same batch.
+    history: list[SentMessage] = []
+    first = decide(survey(NOW), customer(), history, POLICY, NOW)
+    assert first.outcome is Outcome.SEND
+    history.append(SentMessage("delivery_survey", first.send_at))
+    second = decide(TouchpointFacts("review_request", NOW), customer(), history, POLICY, NOW)
+    assert (second.outcome, second.send_at) == (Outcome.HOLD, NOW + timedelta(hours=24))
+
+
+def test_the_core_imports_no_prefect_no_web_and_no_database():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, aftercare.contact.rules, aftercare.contact.consent, aftercare.contact.timezones\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'prefect', 'fastapi', 'starlette', 'sqlmodel', 'sqlalchemy', 'httpx', 'sendgrid'})\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True
+    )
+    assert out.stdout.strip() == "[]"
