@@ -153,7 +153,10 @@ def from_order(order: Mapping[str, Any], *, topic: str, sent_at: datetime) -> li
 
 
 def from_webhook(topic: str, payload: Mapping[str, Any], *, sent_at: datetime) -> list[Consent]:
-    """The consent events a Shopify webhook carries (none for topics that carry none)."""
+    """The consent events a Shopify webhook carries (none for topics that carry none, or for a body
+    that is not an object)."""
+    if not isinstance(payload, Mapping):
+        return []
     if topic.startswith("orders/"):
         return from_order(payload, topic=topic, sent_at=sent_at)
     if topic in {"customers/create", "customers/update"}:

@@ -285,6 +285,8 @@ def zone_for_address(address: Mapping[str, Any] | None) -> tuple[str | None, str
     """(zone, country, how) for one Shopify address; zone None when it cannot tell (how says why)."""
     if not address:
         return None, None, "no address"
+    if not isinstance(address, Mapping):
+        return None, None, "the address is not an object"
     raw = _text(address.get("country_code"))
     if raw is None:
         return None, None, "the address names no country code"

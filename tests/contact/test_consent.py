@@ -201,3 +201,24 @@ def test_the_result_never_depends_on_the_order_webhooks_arrive_in(events, rnd):
         # A refusal at the newest moment always stands.
         if any(e.refused for e in strong if e.updated_at == newest):
             assert a.refused
+
+
+@pytest.mark.parametrize(
+    ("topic", "body"),
+    [
+        ("customers_email_marketing_consent/update", ["not", "an", "object"]),
+        ("customers/update", "subscribed"),
+        ("orders/create", {"customer": "x", "buyer_accepts_marketing": "yes"}),
+        ("orders/create", {"customer": {"email_marketing_consent": {"state": 1, "consent_updated_at": 5}}}),
+        (
+            "customers_email_marketing_consent/update",
+            consent_update("subscribed", "2026-13-45T99:00:00+99:00"),
+        ),
+    ],
+)
+def test_hostile_bodies_give_no_event_or_a_dated_one_never_a_crash(topic, body):
+    events = from_webhook(topic, body, sent_at=SENT)
+    assert all(e.updated_at.tzinfo is not None for e in events)
+    assert len(events) <= 1
+    if events:  # the unreadable date: when Shopify sent it counts
+        assert events[0].updated_at == SENT

@@ -180,3 +180,19 @@ def test_shopifys_own_order_payload():
     got = customer_zone(order["shipping_address"], order["billing_address"], SHOP)
     assert (got.name, got.source, got.country) == ("America/New_York", "shipping", "US")  # Louisville, KY
     assert got.reason == "shipping address: US/KY"
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "1-2-3 Ginza, Tokyo",
+        ["JP"],
+        42,
+        {"country_code": "US", "province_code": 12345, "province": ["Oregon"]},
+        {"country_code": "US", "province_code": "x" * 100_000, "province": None},
+    ],
+)
+def test_hostile_addresses_never_crash_and_never_leave_the_zone_unset(address):
+    got = customer_zone(address, None, SHOP)
+    assert got.name in {SHOP, "America/New_York"}
+    assert len(got.reason) < 300
