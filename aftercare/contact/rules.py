@@ -192,6 +192,14 @@ def decide(
     """
     _aware(now, "now")
     _aware(touchpoint.due_at, "due_at")
+    if touchpoint.held_until is not None:
+        _aware(touchpoint.held_until, "held_until")
+    if touchpoint.order.cancelled_at is not None:
+        _aware(touchpoint.order.cancelled_at, "cancelled_at")
+    for suppression in customer.suppressions:
+        _aware(suppression.at, "suppression.at")
+    if customer.consent is not None:
+        _aware(customer.consent.updated_at, "consent.updated_at")
     # Arithmetic on an aware datetime in a zone with DST is wall-clock arithmetic (10:00 EST + 24 h
     # is 10:00 EDT, 23 real hours later): every instant is taken to UTC first.
     now = now.astimezone(UTC)

@@ -432,6 +432,16 @@ def test_naive_times_are_refused():
         decide(survey(NOW), customer(), [], POLICY, datetime(2026, 12, 1, 10, 0))
     with pytest.raises(ValueError, match="timezone-aware"):
         decide(survey(datetime(2026, 12, 1, 10, 0)), customer(), [], POLICY, NOW)
+    naive = datetime(2026, 11, 2, 18, 0)
+    for tp, who, history in [
+        (survey(NOW, held_until=naive), customer(), []),
+        (survey(NOW, order=OrderFacts(cancelled_at=naive)), customer(), []),
+        (survey(NOW), customer(suppressions=[Suppression("surveys", naive)]), []),
+        (survey(NOW), customer(consent=Consent("unsubscribed", naive, "customers/update")), []),
+        (survey(NOW), customer(), [SentMessage("review_request", naive)]),
+    ]:
+        with pytest.raises(ValueError, match="timezone-aware"):
+            decide(tp, who, history, POLICY, NOW)
 
 
 def test_two_feedback_mails_due_together_go_a_day_apart_when_each_send_joins_the_history():
