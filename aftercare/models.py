@@ -3,6 +3,7 @@ outbox). Money is Decimal beside its currency; every timestamp is timezone-aware
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -371,14 +372,31 @@ class ReviewStatus(StrEnum):
     HISTORY = "history"  # imported from the past: triaged and kept, never sent for a reply
 
 
+# The public page's id of a review: 128 random bits, URL-safe base64 (22 characters). The database id
+# is sequential and would let anyone walk the table; this one cannot be guessed (migration 0007).
+PUBLIC_ID_BYTES = 16
+
+
+def new_public_id() -> str:
+    """A fresh, unguessable public id for a review (`/reviews/<public id>`)."""
+    return secrets.token_urlsafe(PUBLIC_ID_BYTES)
+
+
 class Review(SQLModel, table=True):
     """One review from a platform, unique per (platform, platform review id), linked to its order and
     customer when its order reference names one of ours. Triage is stored beside it."""
 
     __tablename__ = "reviews"
-    __table_args__ = (sa.UniqueConstraint("platform", "platform_review_id", name="uq_review_source"),)
+    __table_args__ = (
+        sa.UniqueConstraint("platform", "platform_review_id", name="uq_review_source"),
+        sa.UniqueConstraint("public_id", name="uq_review_public_id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
+    # Set when the row is built (and by the column default for a Core insert), never changed.
+    public_id: str = Field(
+        default_factory=new_public_id, max_length=64, sa_column_kwargs={"default": new_public_id}
+    )
     platform: str = Field(max_length=32)
     platform_review_id: str = Field(max_length=128)
     shop_domain: str = Field(default="", max_length=255)

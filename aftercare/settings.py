@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     templates_dir: Path = PROJECT_ROOT / "templates"
 
     web_base_url: str = "http://127.0.0.1:8000"
+    # FastAPI's /docs, /redoc and /openapi.json: off unless asked for (they map every route for
+    # whoever reaches the web app).
+    api_docs: bool = False
     prefect_ui_url: str = "http://127.0.0.1:4200"
     wake_prefect: bool = True
     wake_deployment: str = "process-inbox/process-inbox"
@@ -96,7 +99,7 @@ class Settings(BaseSettings):
 
     # Where approved review replies are published. Reviews from "google" and "trustpilot" go to their
     # reply APIs when a token is set; every other platform (and those without one) to our own store,
-    # shown on the public page /reviews/<id>.
+    # shown on the public page /reviews/<public id> once published.
     google_business_base_url: str = "https://mybusiness.googleapis.com"
     google_business_token: SecretStr = SecretStr("")
     google_business_location: str = ""  # accounts/{a}/locations/{l}, when reviews carry a bare reviewId

@@ -27,6 +27,7 @@ from aftercare.models import ReviewDraft, utcnow
 from aftercare.reviews import store
 from aftercare.reviews.approval import DecisionRefused, Resolution, approval_markdown, resolve_decision
 from aftercare.reviews.policy import ReviewsPolicy
+from aftercare.reviews.publishing import public_page_url
 from aftercare.runtime import Runtime, current
 from tasks.reviews import (
     approval_deadline,
@@ -179,13 +180,16 @@ async def review_reply(review_id: int) -> State:
 
 async def _finished(rt: Runtime, review_id: int, outcome: str) -> State:
     figures = store.sla(rt.engine, review_id)
+    review = store.get_review(rt.engine, review_id)
+    # Where the published reply can be seen on our own page (by the review's unguessable public id).
+    page = f" at {public_page_url(rt.settings, review)}" if outcome == "published" and review else ""
     await acreate_markdown_artifact(
         key=f"review-{review_id}-sla",
         markdown="\n".join(
-            [f"# review {review_id}: {outcome}", "", "| figure | value |", "|---|---|"]
+            [f"# review {review_id}: {outcome}{page}", "", "| figure | value |", "|---|---|"]
             + [f"| {k} | {v} |" for k, v in figures.items()]
         ),
         description=f"SLA figures of review {review_id}",
     )
     waited = figures.get("approval_wait_s")
-    return Completed(message=f"review {review_id}: {outcome} (approval wait {waited} s)")
+    return Completed(message=f"review {review_id}: {outcome}{page} (approval wait {waited} s)")

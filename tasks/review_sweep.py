@@ -1,6 +1,7 @@
 """What process-inbox does for reviews on every loop: start one approval run per new review that
-needs a reply, escalate the reviews waiting past the policy's window, and settle replies a stopped
-worker left `publishing`.
+needs a reply, escalate the reviews waiting past the policy's window, settle replies a stopped
+worker left `publishing`, and (at most once a minute) start a fresh approval run for a review whose
+run died (`restart_dead_runs`).
 
 Kept apart from tasks.reviews so that process-inbox, which imports this on every run, does not load
 the drafting stack (the openai SDK and the guardrails): ~1 s of CPU per run it would not use."""
@@ -8,7 +9,9 @@ the drafting stack (the openai SDK and the guardrails): ~1 s of CPU per run it w
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
+from uuid import UUID
 
 import sqlalchemy as sa
 from prefect.deployments import run_deployment
@@ -30,10 +33,20 @@ log = logging.getLogger(__name__)
 REVIEW_DEPLOYMENT = "review-reply/review-reply"
 
 
-def start_review_flow(review_id: int, name: str | None = None) -> str:
-    """Create the review's approval run (one per review, ever: the idempotency key makes a second
-    call return the first run), named `<platform> <platform's review id>`, and remember its id on
-    the review. Returns the flow run id."""
+def start_review_flow(
+    review_id: int,
+    name: str | None = None,
+    *,
+    after: str | None = None,
+    restarts: int = 0,
+) -> str:
+    """Create the review's approval run (one per review: the idempotency key makes a second call
+    return the first run), named `<platform> <platform's review id>`, and remember its id on the
+    review. Returns the flow run id.
+
+    `after` names a run of this review that died (`restart_dead_runs`): the new run's key is
+    `review-<id>-after-<dead run id>`, so each dead run is followed by one new run, however many
+    sweeps see it, and the new run carries the tag `restart-<restarts>`."""
     engine = current().engine
     if name is None:
         with Session(engine) as session:
@@ -46,12 +59,17 @@ def start_review_flow(review_id: int, name: str | None = None) -> str:
         parameters={"review_id": review_id},
         flow_run_name=name,
         timeout=0,
-        idempotency_key=f"review-{review_id}",
+        idempotency_key=f"review-{review_id}" if after is None else f"review-{review_id}-after-{after}",
+        tags=[f"restart-{restarts}"] if restarts else None,
         as_subflow=False,
     )
-    # What store.set_flow_run does, without importing the store (and with it the drafting stack).
+    # What store.set_flow_run does, without importing the store (and with it the drafting stack). A
+    # restart replaces only the dead run it follows: a review another sweep moved on keeps its run.
+    update = sa.update(ReviewRow).where(ReviewRow.id == review_id)
+    if after is not None:
+        update = update.where(ReviewRow.flow_run_id == after)
     with engine.begin() as conn:
-        conn.execute(sa.update(ReviewRow).where(ReviewRow.id == review_id).values(flow_run_id=str(run.id)))
+        conn.execute(update.values(flow_run_id=str(run.id)))
     return str(run.id)
 
 
@@ -94,7 +112,126 @@ def review_sweep(limit: int = 20) -> dict[str, list[int]]:
         # Escalation must never hold up orders; a failed transaction claimed nothing, so the next
         # loop retries. (Sending is the outbox's: the notices go out with this round's mail.)
         log.exception("escalating overdue reviews failed; retried next loop")
-    return {"started": started, "escalated": escalated, "recovered": recover_replies()}
+    restarted: list[int] = []
+    global _last_restart_check
+    if time.monotonic() - _last_restart_check >= RESTART_CHECK_EVERY_S:
+        _last_restart_check = time.monotonic()
+        try:
+            restarted = restart_dead_runs()
+        except Exception as exc:  # Prefect unreachable: the next check tries again
+            log.warning("could not check the approval runs for dead ones (retried later): %s", exc)
+    return {
+        "started": started,
+        "escalated": escalated,
+        "recovered": recover_replies(),
+        "restarted": restarted,
+    }
+
+
+# -- approval runs whose process died --------------------------------------------------------------
+
+# Reviews whose approval run is still owed work: drafting, waiting, or publishing an approved reply.
+UNFINISHED = ("new", "drafting", "awaiting_approval", "approved")
+# A run Pending (or Submitting) this long never started: its worker died while submitting it. The
+# same limit as the "never started" automation of `aftercare prefect-setup` (aftercare/stack.py).
+NEVER_STARTED_S = 120.0
+# A review whose runs keep dying is left Crashed in the UI for ops after this many fresh runs.
+MAX_RESTARTS = 5
+RESTART_CHECK_EVERY_S = 60.0
+_last_restart_check = float("-inf")
+
+
+def _restarts(tags: list[str] | None) -> int:
+    counts = [int(t.removeprefix("restart-")) for t in tags or () if t.removeprefix("restart-").isdigit()]
+    return max(counts, default=0)
+
+
+def restart_dead_runs(
+    now: datetime | None = None, *, never_started_s: float = NEVER_STARTED_S, limit: int = 200
+) -> list[int]:
+    """Give each unfinished review whose approval run died a fresh run, and return their ids.
+
+    A run dies with its process: a worker killed while submitting it leaves it Pending/Submitting
+    (marked Crashed here after `never_started_s`); a process killed while drafting or publishing
+    leaves it Running until the heartbeat automation marks it Crashed. Nothing in Prefect starts a
+    crashed run again, and the review's idempotency key would hand the dead run back, so the review
+    would wait for ever. The new run picks up from what the database holds (the draft, the
+    decision, the reply), mails no approver twice, and publishes nothing twice (flows/reviews.py).
+    A run that ended Failed is not restarted: the flow said why (no approvers, a reply that could
+    not be published), and running it again would say the same. One query to Prefect per call."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    rt = current()
+    now = now or utcnow()
+    with Session(rt.engine) as session:
+        rows = session.exec(
+            select(ReviewRow.id, ReviewRow.flow_run_id, ReviewRow.platform, ReviewRow.platform_review_id)
+            .where(
+                ReviewRow.status.in_(UNFINISHED),  # type: ignore[attr-defined]
+                ReviewRow.flow_run_id.is_not(None),  # type: ignore[union-attr]
+            )
+            .order_by(ReviewRow.id.desc())  # type: ignore[union-attr]
+            .limit(limit)
+        ).all()
+    by_run: dict[str, tuple[int, str]] = {}
+    for review_id, run_id, platform, ref in rows:
+        try:
+            by_run[str(UUID(str(run_id)))] = (int(review_id), f"{platform} {ref}")
+        except ValueError:
+            continue  # not a Prefect run id (a hand-written row): nothing to ask Prefect
+    if not by_run:
+        return []
+    restarted: list[int] = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[UUID(r) for r in by_run]),
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.CRASHED])
+                ),
+            ),
+            limit=limit,
+        )
+        for run in runs:
+            review_id, name = by_run[str(run.id)]
+            if run.state_type == StateType.PENDING:
+                since = run.state.timestamp if run.state else run.created
+                if since is None or (now - since).total_seconds() <= never_started_s:
+                    continue  # being submitted: its worker has a moment yet
+                client.set_flow_run_state(
+                    run.id,
+                    Crashed(message=f"{run.state_name} since {since:%H:%M:%S} UTC: its worker died"),
+                    force=True,
+                )
+            n = _restarts(run.tags) + 1
+            if n > MAX_RESTARTS:
+                log.error(
+                    "review %s: its approval run %s died after %s fresh runs; left Crashed for ops "
+                    "(a run of review-reply/review-reply with review_id=%s, started in the UI, takes over)",
+                    review_id,
+                    run.id,
+                    MAX_RESTARTS,
+                    review_id,
+                )
+                continue
+            new_id = start_review_flow(review_id, name, after=str(run.id), restarts=n)
+            log.warning(
+                "review %s: its approval run %s (%s) died; fresh run %s",
+                review_id,
+                run.id,
+                run.state_name,
+                new_id,
+            )
+            restarted.append(review_id)
+    return restarted
 
 
 def recover_replies() -> list[int]:

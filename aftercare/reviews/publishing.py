@@ -14,7 +14,8 @@ the platform cannot tell (Trustpilot).
 
 Adapters:
 - `OwnStorePlatform` (default): the reply lives in our own `review_replies` table and is shown on
-  the web app's public page `/reviews/<id>`; publishing it is recording it.
+  the web app's public page `/reviews/<public id>` (`public_page_url`); publishing it is recording
+  it. The page shows a review only once its reply is published: nothing unapproved is public.
 - `GoogleBusinessProfile`: `accounts.locations.reviews.updateReply`,
   `PUT {base}/v4/{accounts/*/locations/*/reviews/*}/reply` with `{"comment": text}`, bearer token;
   read back with `accounts.locations.reviews.get` (`GET {base}/v4/{name}`, its `reviewReply`).
@@ -86,7 +87,7 @@ class ReviewPlatform(Protocol):
 
 class OwnStorePlatform:
     """Our own store of replies: the row in `review_replies` is the reply, and the public page
-    `/reviews/<id>` shows it once published. Nothing leaves this process."""
+    `/reviews/<public id>` shows it once published. Nothing leaves this process."""
 
     name = "own"
 
@@ -96,6 +97,13 @@ class OwnStorePlatform:
     def find_reply(self, review: Review, reply: ReviewReply) -> str | None:
         """Publishing here is recording: the approved row is the reply, whatever stopped the worker."""
         return self.publish(review, reply)
+
+
+def public_page_url(settings: Settings, review: Review) -> str:
+    """The review's page on our web app, `<web_base_url>/reviews/<public id>`: the link to give
+    anyone once its reply is published (before that, and for any other id, the page is a 404). The
+    public id is random; the sequential database id never appears in a public link."""
+    return f"{settings.web_base_url.rstrip('/')}/reviews/{quote(review.public_id, safe='')}"
 
 
 # --- HTTP adapters ------------------------------------------------------------------------------------

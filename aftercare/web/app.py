@@ -1,9 +1,11 @@
-"""FastAPI app: Shopify and review webhooks (store, then acknowledge), the public review page, health."""
+"""FastAPI app: Shopify and review webhooks (store, then acknowledge), the public review page (published
+replies only, by unguessable id), health. The API docs only with AFTERCARE_API_DOCS=true."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -18,9 +20,10 @@ from aftercare import inbox, shopify
 from aftercare.db import make_engine, ping, start_checkpointer
 from aftercare.drainers import live_holders
 from aftercare.errors import InvalidPayload
-from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply
+from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply, ReviewStatus
 from aftercare.rendering import Renderer
 from aftercare.reviews import intake as review_intake
+from aftercare.reviews.masking import mask_contacts
 from aftercare.reviews.text import normalise_lang
 from aftercare.settings import Settings, normalise_shop
 from aftercare.web.wake import NoWaker, PrefectWaker, Waker
@@ -136,7 +139,13 @@ PAGE_HEADERS = {
 }
 
 
+# What a public review id looks like (aftercare.models.new_public_id: 22 URL-safe characters; up to
+# the column's 64 should the id ever grow). Anything else is not looked up.
+PUBLIC_ID_RE = re.compile(r"[A-Za-z0-9_-]{22,64}")
+
+
 def _not_found() -> HTMLResponse:
+    """The one 404 page: the same bytes and headers whatever was not found, or why."""
     return HTMLResponse("<!doctype html><title>Not found</title><p>Not found</p>", 404, headers=PAGE_HEADERS)
 
 
@@ -161,7 +170,17 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
         stop_checkpointer()
         engine.dispose()
 
-    app = FastAPI(title="aftercare", version="0.1.0", lifespan=lifespan)
+    # The API's own documentation is off unless asked for (AFTERCARE_API_DOCS=true): it lists every
+    # route to whoever reaches the app, and nobody outside needs it.
+    docs = settings.api_docs
+    app = FastAPI(
+        title="aftercare",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.waker = the_waker
@@ -253,20 +272,27 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
         delivery = review_intake.review_delivery(body, triggered_at=datetime.now(UTC))
         return await store_then_ack(delivery)
 
-    @app.get("/reviews/{review_id}", response_class=HTMLResponse)
-    def review_page(review_id: str) -> HTMLResponse:
-        """A review and the shop's published reply, HTML-escaped; 404 for anything else."""
-        if not review_id.isascii() or not review_id.isdigit() or len(review_id) > 9:
+    @app.get("/reviews/{public_id:path}", response_class=HTMLResponse)
+    def review_page(public_id: str) -> HTMLResponse:
+        """A review with the shop's approved, published reply, by its unguessable public id; its
+        phone numbers and email addresses masked, everything HTML-escaped. Anything else (an unknown
+        or malformed id, a database id, a review whose reply is not published) is the one 404 page,
+        byte for byte, so the page tells nobody which reviews exist."""
+        if not PUBLIC_ID_RE.fullmatch(public_id):
             return _not_found()
         with Session(engine) as session:
-            review = session.get(Review, int(review_id))
-            if review is None:
-                return _not_found()
-            reply = session.exec(
-                select(ReviewReply).where(
-                    ReviewReply.review_id == review.id, ReviewReply.status == ReplyStatus.PUBLISHED
+            found = session.exec(
+                select(Review, ReviewReply)
+                .join(ReviewReply, ReviewReply.review_id == Review.id)  # type: ignore[arg-type]
+                .where(
+                    Review.public_id == public_id,
+                    Review.status == ReviewStatus.PUBLISHED,
+                    ReviewReply.status == ReplyStatus.PUBLISHED,
                 )
             ).first()
+        if found is None:
+            return _not_found()
+        review, reply = found
         locale = "ja" if normalise_lang(review.language) == "ja" else "en"
         html = renderer.render(
             "review_page.html",
@@ -274,12 +300,13 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
             {
                 "shop_name": settings.shop_name,
                 "rating": max(1, min(5, review.rating)),
-                "title": review.title,
-                "author": review.author_display_name,
+                "title": mask_contacts(review.title),
+                "author": mask_contacts(review.author_display_name),
                 "created_at": review.source_created_at,
-                "body": review.body,
-                "reply": reply.text if reply is not None else None,
-                "reply_at": (reply.published_at or reply.created_at) if reply is not None else None,
+                "body": mask_contacts(review.body),
+                # The reply is the shop's own words, approved by a person: shown as approved.
+                "reply": reply.text,
+                "reply_at": reply.published_at or reply.created_at,
             },
         )
         return HTMLResponse(html, headers=PAGE_HEADERS)

@@ -74,6 +74,10 @@ class Config:
     provider_retry_after: float = 5.0
     pg_restart: bool = True
     drain_seconds: float = 240.0
+    # Then, how long every negative review gets to reach an approver (a draft, waiting for a
+    # decision): a run killed with its process is crashed by the heartbeat automation (90 s) or the
+    # never-started check (120 s) and restarted by the next minute's review sweep.
+    review_settle_seconds: float = 300.0
     fuzz_examples: int = 10_000
     seed: int = 8
     # Deliberately broken runs, to prove the checks can fail: "unsigned" posts one delivery with a
@@ -96,6 +100,7 @@ class Config:
             "provider_retry_after": 2.0,
             "pg_restart": False,
             "drain_seconds": 120.0,
+            "review_settle_seconds": 240.0,
             "fuzz_examples": 200,
         }
         base.update(kw)
@@ -537,6 +542,34 @@ def drain(engine: sa.Engine, deadline_s: float) -> tuple[bool, float, dict[str, 
     return False, time.monotonic() - started, left
 
 
+# Reviews that need a reply (triaged negative) and have not reached an approver yet: no draft, or
+# still new/drafting. An approval run killed with its process leaves its review here until a fresh
+# run takes over (tasks/review_sweep.restart_dead_runs).
+REVIEWS_SHORT_OF_AN_APPROVER = (
+    "SELECT r.platform_review_id, r.status, r.flow_run_id,"
+    " (SELECT count(*) FROM review_drafts d WHERE d.review_id = r.id)"
+    " FROM reviews r WHERE r.triage_negative"
+    " AND (r.status IN ('new', 'drafting')"
+    " OR NOT EXISTS (SELECT 1 FROM review_drafts d WHERE d.review_id = r.id))"
+)
+
+
+def settle_reviews(engine: sa.Engine, deadline_s: float) -> tuple[float, list[Any]]:
+    """Wait until every negative review has reached an approver, or the deadline; returns the wait
+    and the reviews still short of one."""
+    started = time.monotonic()
+    left: list[Any] = []
+    while time.monotonic() - started < deadline_s:
+        try:
+            left = _rows(engine, REVIEWS_SHORT_OF_AN_APPROVER)
+        except sa.exc.SQLAlchemyError:
+            left = [("database", "unreachable", None, 0)]
+        if not left:
+            break
+        time.sleep(3)
+    return time.monotonic() - started, left
+
+
 def run(cfg: Config) -> Report:
     """One full fault-suite run on cfg.db; returns its report (print `report.table()`)."""
     if not SCHEMA.exists():
@@ -595,6 +628,16 @@ def run(cfg: Config) -> Report:
                 drained or cfg.break_mode == "no-drain",
                 [f"still unsettled: {left}"],
             )
+            if cfg.break_mode != "no-drain":
+                took, short = settle_reviews(engine, cfg.review_settle_seconds)
+                negative = _scalar(engine, "SELECT count(*) FROM reviews WHERE triage_negative")
+                report.add(
+                    "negative reviews at an approver (a draft, waiting or decided)",
+                    negative - len(short),
+                    f"= {negative}, within {cfg.review_settle_seconds:.0f} s (took {took:.0f} s)",
+                    not short,
+                    [f"{ref} {status} run {run_id} drafts {n}" for ref, status, run_id, n in short],
+                )
             check(report, engine, work, posted, sendgrid, three_pl, faults)
             flow_runs_row(report, topo.cfg.prefect_api_url)
             engine.dispose()

@@ -268,6 +268,7 @@ def test_approve_publishes_the_draft_once_even_when_the_run_is_run_again(env: En
         1,
     )
     assert store.get_review(env.engine, review_id).status == "published"
+    assert f"/reviews/{review.public_id} " in (run.state.message or "")  # where to see it: the public id
     assert decisions(env, review_id) == [("approve", OWNER, draft.id)]
     sla = store.sla(env.engine, review_id)
     assert sla["approval_wait_s"] is not None and sla["to_publish_s"] is not None and not sla["escalated"]
