@@ -132,7 +132,7 @@ _TRAILING = ".,;:!?)]}>、。」』）"
 # Not read as hosts: "exampledotcom" (no separator), other dot look-alikes ("·", "・"), a space
 # inside a label ("e x a m p l e . c o m"), and hosts on TLDs not in the list (they do not resolve).
 SPELLED_TLDS = frozenset(
-    "com net org info biz jp co io ly xyz ru cn uk de tk ai pw gg cc gl ml ga cf gq su".split()
+    "com net org info biz jp co io ly xyz ru cn uk de tk ai pw gg cc gl ml ga cf gq su コム".split()
 )
 # A label never contains "ドット", or "ドットドット…" could split in 2^n ways (catastrophic backtracking).
 _LABEL = r"(?!ドット)[^\W_](?:(?:(?!ドット)[\w\-])*(?!ドット)[^\W_])?"

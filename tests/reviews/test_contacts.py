@@ -63,6 +63,7 @@ HOSTILE = [
     "evil-shop ドット com",
     "evil-shopドットcom",
     "evil-shop ﾄﾞｯﾄ com",
+    "evil-shopドットコム",  # .コム is a TLD, and how "example.com" is read out in Japanese
     # IDN and punycode
     "例え.jp",
     "お名前.com",
