@@ -1,4 +1,6 @@
-"""Script-based language detection and the text clean-ups triage, drafting and guardrails share."""
+"""Script-based language detection and the text clean-ups triage, drafting and guardrails share:
+contact details in any spelling (`find_contact_details`), and untrusted text made inert for the
+approver's markdown (`inert_inline`, `fenced`)."""
 
 from __future__ import annotations
 
