@@ -306,19 +306,22 @@ def test_our_clients_send_the_auth_string_and_are_refused_without_it(locked: Sta
 
 
 def test_prefect_setup_sends_the_clients_auth_string(locked: StackConfig, tmp_path: Path):
-    command = [sys.executable, "-m", "aftercare.cli", "prefect-setup"]
     base = clean_env(PREFECT_API_URL=locked.prefect_api_url, PREFECT_HOME=str(tmp_path / "prefect"))
-    done = subprocess.run(
-        command,
-        env=base | {"PREFECT_API_AUTH_STRING": AUTH},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    with_auth, without = (
+        subprocess.Popen(
+            [sys.executable, "-m", "aftercare.cli", "prefect-setup"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for env in (base | {"PREFECT_API_AUTH_STRING": AUTH}, base)
     )
-    assert done.returncode == 0 and "automations installed" in done.stdout, done.stderr
-    refused = subprocess.run(command, env=base, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1 and "401" in refused.stderr and "PREFECT_API_AUTH_STRING" in refused.stderr
+    out, err = with_auth.communicate(timeout=60)
+    assert with_auth.returncode == 0 and "automations installed" in out, err
+    _, err = without.communicate(timeout=60)
+    assert without.returncode == 1 and "answered 401" in err and "set PREFECT_API_AUTH_STRING" in err, err
 
 
 # -- `aftercare up` refuses before starting anything ------------------------------------------------
