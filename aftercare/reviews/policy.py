@@ -4,6 +4,7 @@ who approves replies (and how fast)."""
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -95,6 +96,14 @@ class ReplyPolicy(_Strict):
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def canonical_approver(name: str) -> str:
+    """An approver's address as typed, compared as listed: surrounding whitespace dropped and ASCII
+    letters lower-cased, nothing else. `str.lower` alone would also turn look-alikes into ASCII
+    (the Kelvin sign K becomes k), so a listed approver could be named in characters not theirs."""
+    return name.strip().translate(_ASCII_LOWER)
 
 
 def _email(value: str, what: str) -> str:
@@ -155,7 +164,7 @@ class ApprovalPolicy(_Strict):
         return self
 
     def is_approver(self, name: str) -> bool:
-        return name.strip().lower() in self.approvers
+        return canonical_approver(name) in self.approvers
 
     @property
     def escalation_recipients(self) -> list[str]:
