@@ -6,11 +6,11 @@ The English set is fetched from the vaderSentiment sdist on first use (aftercare
 cached under var/datasets/): required under CI=true, skipped with the reason elsewhere when the
 package index cannot be reached.
 
-Bars. en: balanced accuracy >= 0.85 on the whole set (the issue's bar; measured 0.863, recall 0.816,
-precision 0.849). ja: measured recall 0.879 and precision 0.872 on 260 sentences; the bar is recall
+Bars. en: balanced accuracy >= 0.85 on the whole set (the issue's bar; measured 0.859, recall 0.808,
+precision 0.847). ja: measured recall 0.879 and precision 0.872 on 260 sentences; the bar is recall
 >= 0.85 and precision >= 0.85 (a missed complaint costs more than a needless draft, which a person
 rejects) and balanced accuracy >= 0.85. The held-out halves (not looked at while choosing thresholds
-and phrases) are held to 0.82: they measured 0.845 (en, 1,209 sentences) and 0.846 (ja, 129).
+and phrases) are held to 0.82: they measured 0.840 (en, 1,209 sentences) and 0.846 (ja, 129).
 """
 
 from __future__ import annotations
@@ -232,6 +232,15 @@ def test_praise_phrase_is_taken_out_before_scoring(policy: ReviewsPolicy):
     assert "praise phrase (not scored): can't beat" in result.reasons
     bare = with_triage(policy, policy.triage.model_copy(update={"positive_phrases": PerLang()}))
     assert triage(Review(id="r", text="For the price you can't beat it.", lang="en"), policy=bare).negative
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Great customer service, they answered within the hour.", "No problems at all, works perfectly."],
+)
+def test_praise_of_the_shop_is_not_a_complaint(policy: ReviewsPolicy, text: str):
+    result = triage(Review(id="r", text=text, lang="en"), policy=policy)
+    assert not result.negative, result.reasons
 
 
 def test_negation_without_sentiment_words_is_negative(policy: ReviewsPolicy):
