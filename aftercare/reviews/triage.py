@@ -292,10 +292,9 @@ class Triager:
         analyser = self.analysers.get(lang or "")
         if not text:
             reasons.append("no text")
-        elif analyser is None:
+        elif analyser is None or lang is None:
             reasons.append(f"text not analysed: no analyser for {lang!r}")
         else:
-            assert lang is not None
             parts = sentences(text) or [text]
             verdicts = [self.judge_sentence(i, s, lang, analyser) for i, s in enumerate(parts, start=1)]
             scored = [v for v in verdicts if v.polarity.hits]
