@@ -251,10 +251,25 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from aftercare.stack import Stack, StackConfig
+    from aftercare.stack import Stack, StackConfig, UnsafePrefectExposure, prefect_auth
 
+    prefect_host = settings.prefect_host if args.prefect_host is None else args.prefect_host
+    try:
+        # Before anything starts: a Prefect UI reachable by others without a login lets anyone
+        # resume a review run and publish a reply.
+        auth = prefect_auth(settings, prefect_host)
+    except UnsafePrefectExposure as exc:
+        sys.stderr.write(f"aftercare: {exc}\n")
+        return 2
     migrate(settings)
-    cfg = StackConfig(var_dir=settings.var_dir, prefect_port=args.prefect_port, web_port=args.web_port)
+    cfg = StackConfig(
+        var_dir=settings.var_dir,
+        prefect_port=args.prefect_port,
+        web_port=args.web_port,
+        prefect_host=prefect_host,
+        prefect_auth_string=auth,
+        prefect_ui_url=settings.prefect_ui_url if "prefect_ui_url" in settings.model_fields_set else None,
+    )
     stack = Stack(cfg)
     stopping = False
 
@@ -268,7 +283,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         stack.start()
         _print(
             "\naftercare is up.\n"
-            f"  Prefect UI (runs, artifacts, approvals): http://127.0.0.1:{cfg.prefect_port}\n"
+            f"  Prefect UI (runs, artifacts, approvals): {cfg.prefect_ui}"
+            + (" (log in with PREFECT_SERVER_API_AUTH_STRING)" if auth else "")
+            + "\n"
             f"  webhooks:  POST {cfg.web_url}/webhooks/shopify   health: {cfg.web_url}/healthz\n"
             f"  mails:     {settings.outbox_dir} (file outbox; AFTERCARE_EMAIL_BACKEND=sendgrid to send)\n"
             "  try:       .venv/bin/aftercare demo     then   .venv/bin/aftercare outbox list\n"
@@ -315,15 +332,28 @@ def cmd_process(args: argparse.Namespace, _settings: Settings) -> int:
 def cmd_prefect_setup(_args: argparse.Namespace, _settings: Settings) -> int:
     """Install the automations that mark a flow run Crashed when its process died (heartbeats stopped,
     or never started) on the Prefect server at PREFECT_API_URL. `aftercare up` does this itself."""
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import get_current_settings
 
     from aftercare.stack import install_zombie_automations
 
-    api_url = PREFECT_API_URL.value()
+    prefect = get_current_settings()
+    api_url = prefect.api.url
     if not api_url:
         _print("PREFECT_API_URL is not set: which Prefect server?")
         return 2
-    install_zombie_automations(api_url)
+    # The same basic auth Prefect's own clients send (PREFECT_API_AUTH_STRING), when there is one.
+    auth = prefect.api.auth_string.get_secret_value() if prefect.api.auth_string else None
+    try:
+        install_zombie_automations(api_url, auth)
+    except urllib.error.HTTPError as exc:
+        hint = (
+            ": set PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING"
+            if exc.code == 401
+            else ""
+        )
+        raise AftercareError(
+            f"the Prefect server at {api_url} answered {exc.code} {exc.reason}{hint}"
+        ) from exc
     _print(f"zombie-run automations installed on {api_url}")
     return 0
 
@@ -337,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run Prefect server + UI, the deployments and the web app (foreground)")
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--web-port", type=int, default=8000)
+    up.add_argument(
+        "--prefect-host",
+        help="where the Prefect server listens (default: AFTERCARE_PREFECT_HOST, 127.0.0.1); beyond "
+        "loopback it needs PREFECT_SERVER_API_AUTH_STRING",
+    )
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="sign and post the sample orders to the running web app")

