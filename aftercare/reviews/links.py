@@ -4,8 +4,9 @@ decision made through it is recorded with the link used up, in one transaction.
 A link is a row (`approval_links`, one per draft per approver) and a token. The token is signed with
 `AFTERCARE_APPROVAL_SECRET` for the purpose "approval-link", expires with the policy's approval
 window (`approval.expire_after_hours`, as the run's wait does), and names the review, the draft, the
-approver and the row's random nonce; the row must agree with every one of them. The token can be
-made again from the row (the mail and the outcome page do), so it is never stored.
+approver (a hash of the address: a signed token is readable, not secret) and the row's random
+nonce; the row must agree with every one of them. The token can be made again from the row (the
+mail and the outcome page do), so it is never stored.
 
 A link decides once: `decide` sets `used_at` with a compare-and-set (`UPDATE ... WHERE used_at IS
 NULL`) and inserts the decision in the same transaction; a draft takes one decision (a unique key),
@@ -14,6 +15,7 @@ to commit wins and the others find its outcome. No Prefect here: the page resume
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -106,9 +108,15 @@ def issue(
     return link
 
 
+def approver_tag(approver: str) -> str:
+    """How a token names its approver."""
+    # The token binds the approver without carrying their address (a signed token is readable).
+    return hashlib.sha256(approver.encode()).hexdigest()[:16]
+
+
 def token(settings: Settings, link: ApprovalLink) -> str:
     """The signed token of a link (made again from the row whenever it is needed)."""
-    claims = {"r": link.review_id, "d": link.draft_id, "a": link.approver, "n": link.nonce}
+    claims = {"r": link.review_id, "d": link.draft_id, "a": approver_tag(link.approver), "n": link.nonce}
     return signing.sign(
         settings.approval_secret.get_secret_value(), LINK_PURPOSE, claims, expires_at=link.expires_at
     )
@@ -135,7 +143,11 @@ def read(engine: Engine, settings: Settings, raw: str, *, now: datetime) -> Appr
         link = session.exec(select(ApprovalLink).where(ApprovalLink.nonce == nonce)).first()
     if link is None:
         raise LinkInvalid("no such link")
-    if (claims.get("r"), claims.get("d"), claims.get("a")) != (link.review_id, link.draft_id, link.approver):
+    if (claims.get("r"), claims.get("d"), claims.get("a")) != (
+        link.review_id,
+        link.draft_id,
+        approver_tag(link.approver),
+    ):
         raise LinkInvalid("the token does not match its link")
     if now >= link.expires_at:
         raise LinkExpired(f"expired at {link.expires_at:%Y-%m-%d %H:%M} UTC")

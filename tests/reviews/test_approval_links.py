@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from itsdangerous import URLSafeSerializer
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
@@ -66,6 +67,10 @@ def test_one_link_per_draft_and_approver_whatever_asks_again(rt):
     assert again.id == first.id and again.nonce == first.nonce and again.expires_at == first.expires_at
     assert other.nonce != first.nonce and len(first.nonce) >= 32
     assert links.url(rt.settings, first) == links.url(rt.settings, again)
+    # The token is signed, not encrypted: it carries no address (a URL ends up in logs and histories).
+    _, claims = URLSafeSerializer("anyone can read it").loads_unsafe(links.token(rt.settings, first))
+    assert set(claims) == {"r", "d", "a", "n", "exp"} and claims["d"] == draft_id
+    assert not any("@" in str(v) or "owner" in str(v).lower() for v in claims.values())
     with Session(rt.engine) as session:
         assert len(session.exec(select(ApprovalLink)).all()) == 2
 

@@ -292,7 +292,7 @@ def test_forged_and_tampered_tokens_are_refused(page: Page):
     token = urls[OWNER].rsplit("/", 1)[1]
     link = link_row(page.rt, draft_id, OWNER)
     secret = page.settings.approval_secret.get_secret_value()
-    claims = {"r": review_id, "d": draft_id, "a": OWNER, "n": link.nonce}
+    claims = {"r": review_id, "d": draft_id, "a": links.approver_tag(OWNER), "n": link.nonce}
     later = utcnow() + timedelta(days=1)
     flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
     forged = {
@@ -308,7 +308,9 @@ def test_forged_and_tampered_tokens_are_refused(page: Page):
         "another draft": signing.sign(
             secret, links.LINK_PURPOSE, {**claims, "d": other_draft}, expires_at=later
         ),
-        "another approver": signing.sign(secret, links.LINK_PURPOSE, {**claims, "a": LEAD}, expires_at=later),
+        "another approver": signing.sign(
+            secret, links.LINK_PURPOSE, {**claims, "a": links.approver_tag(LEAD)}, expires_at=later
+        ),
         "no such link": signing.sign(secret, links.LINK_PURPOSE, {**claims, "n": "x" * 32}, expires_at=later),
         "huge": "a" * 5000,
     }
