@@ -70,8 +70,9 @@ class Resumer(Protocol):
     """Resumes a suspended review-reply run with a decision's input (Prefect in production)."""
 
     async def resume(self, flow_run_id: str, run_input: dict[str, Any]) -> str:
-        """'resumed', or 'not_waiting' when the run is not suspended (it applies the stored
-        decision when it next waits or runs). Raises ResumeFailed when Prefect cannot be asked."""
+        """'resumed'; 'not_waiting' when the run is not suspended (it applies the stored decision
+        when it next waits); 'ended:<state>' when the run has ended (Crashed, Failed...: re-running
+        it applies the decision). Raises ResumeFailed when Prefect cannot be asked."""
         ...
 
 
@@ -86,13 +87,16 @@ class PrefectResumer:
         self.timeout_s = timeout_s
 
     async def resume(self, flow_run_id: str, run_input: dict[str, Any]) -> str:
+        from prefect.client.orchestration import get_client
         from prefect.exceptions import NotPausedError
         from prefect.flow_runs import aresume_flow_run
 
         try:
             await asyncio.wait_for(aresume_flow_run(UUID(flow_run_id), run_input=run_input), self.timeout_s)
         except NotPausedError:
-            return "not_waiting"
+            async with get_client() as client:
+                state = (await client.read_flow_run(UUID(flow_run_id))).state
+            return f"ended:{state.name}" if state is not None and state.is_final() else "not_waiting"
         except Exception as exc:  # the client's errors are many (HTTP, timeouts, a rejected resume)
             raise ResumeFailed(f"{type(exc).__name__}: {exc}") from exc
         return "resumed"
@@ -177,6 +181,7 @@ def router(
             "next_url": None,
             "refresh_s": None,
             "approver": None,
+            "run_ended": None,
         }
         return html("approval_page_notice.html", status, {**base, **values})
 
@@ -188,7 +193,7 @@ def router(
             return f"{settings.web_base_url.rstrip('/')}/reviews/{st.review.id}"
         return None
 
-    def outcome(st: links.LinkState, status: int) -> HTMLResponse:
+    def outcome(st: links.LinkState, status: int, *, run_ended: str | None = None) -> HTMLResponse:
         """What became of the draft's decision: ours (this link's) or someone else's."""
         decision = st.decision
         assert decision is not None
@@ -212,6 +217,8 @@ def router(
                 values["refresh_s"] = REFRESH_S
         elif not applied:
             values["refresh_s"] = REFRESH_S
+        if run_ended and not applied:  # nothing will happen by itself: say so, stop refreshing
+            values.update(run_ended=run_ended, refresh_s=None)
         return notice(kind, status, **values)
 
     def load(raw: str) -> links.LinkState | HTMLResponse:
@@ -223,11 +230,11 @@ def router(
             return notice("not_approver", 403, approver=link.approver)
         return links.state(engine, link)
 
-    def closed(st: links.LinkState, *, posted: bool = False) -> HTMLResponse:
+    def closed(st: links.LinkState, *, posted: bool = False, run_ended: str | None = None) -> HTMLResponse:
         """The page for a link that can no longer decide, with why: its own decision's outcome is
         a plain page to look at (200), refused (409) when something was posted again."""
         if st.decided_here:
-            return outcome(st, 409 if posted else 200)
+            return outcome(st, 409 if posted else 200, run_ended=run_ended)
         if st.superseded:  # redrafted (by whoever): the approver's link to the new draft, when issued
             fresh = links.link_for(engine, st.latest.id, st.link.approver)  # type: ignore[arg-type]
             next_url = links.url(settings, fresh) if fresh is not None and fresh.used_at is None else None
@@ -282,14 +289,15 @@ def router(
         )
         return response
 
-    async def complete(st: links.LinkState) -> None:
+    async def complete(st: links.LinkState) -> str | None:
         """Resume the run when a stored decision of this link has not reached it yet (Prefect was
-        away, or the run was not suspended yet): it applies the stored decision, nothing new."""
+        away, or the run was not suspended yet): it applies the stored decision, nothing new. The
+        state the run ended in, when it ended without applying it (ops re-run it)."""
         decision = st.decision
         if decision is None or not st.decided_here or not st.review.flow_run_id:
-            return
+            return None
         if st.review.status != ReviewStatus.AWAITING_APPROVAL or st.superseded:
-            return  # the run has taken it
+            return None  # the run has taken it
         run_input = {
             "approver": decision.approver,
             "action": decision.action,
@@ -301,8 +309,9 @@ def router(
             result = await the_resumer.resume(st.review.flow_run_id, run_input)
         except ResumeFailed as exc:
             log.warning("review %s: the decision is stored; resuming run failed: %s", st.review.id, exc)
-            return
+            return None
         log.info("review %s: run %s %s", st.review.id, st.review.flow_run_id, result)
+        return result.removeprefix("ended:") if result.startswith("ended:") else None
 
     @api.get("/approvals/{raw}", response_class=HTMLResponse)
     async def approval_page(raw: str, request: Request) -> Response:
@@ -310,9 +319,9 @@ def router(
         if isinstance(st, HTMLResponse):
             return st
         if not st.open:
-            await complete(st)
+            ended = await complete(st)
             st = await run_in_threadpool(links.state, engine, st.link)
-            return await run_in_threadpool(closed, st)
+            return await run_in_threadpool(lambda: closed(st, run_ended=ended))
         cookie = request.cookies.get(COOKIE) or secrets.token_urlsafe(18)
         return await run_in_threadpool(form_page, st, cookie)
 

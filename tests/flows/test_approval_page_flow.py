@@ -16,7 +16,9 @@ from uuid import UUID
 import httpx
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
+from prefect.states import Crashed, Scheduled
 
 from aftercare.db import migrate
 from aftercare.reviews import store
@@ -47,7 +49,7 @@ from tests.reviews.helpers import add_review
 from tests.web.approval_helpers import Served, Tags, csrf_of, loopback_socket
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCENARIOS = ("http", "browser")
+SCENARIOS = ("http", "browser", "ended")
 PHONE = {"width": 390, "height": 844}
 
 
@@ -163,6 +165,32 @@ def test_redraft_then_approve_from_the_links_in_the_mails(env: Env):
     assert REDRAFTED in httpx.get(published).text
     assert decisions(env, review_id) == [("redraft", OWNER, "page"), ("approve", OWNER, "page")]
     assert store.reply_of(env.rt.engine, review_id).approved_by == OWNER
+
+
+def test_a_decision_on_a_run_that_died_is_kept_and_applied_when_the_run_is_run_again(env: Env):
+    review_id, run_id = env.runs["ended"]
+    waiting(run_id, forms=1)
+    draft = store.latest_draft(env.rt.engine, review_id)
+    with get_client(sync_client=True) as client:  # its process died while it waited (a lost machine)
+        client.set_flow_run_state(UUID(run_id), Crashed(message="killed"), force=True)
+    link = env.link_in_mail(draft.id, OWNER)
+    with httpx.Client(timeout=30) as browser:
+        form = browser.get(link)
+        sent = browser.post(link, data={"csrf": csrf_of(form.text), "action": "approve"})
+        assert sent.status_code == 303
+        outcome = browser.get(link)
+    assert 'id="run-ended"' in outcome.text and "(Crashed)" in outcome.text
+    assert decisions(env, review_id) == [("approve", OWNER, "page")]
+    assert store.reply_of(env.rt.engine, review_id) is None
+
+    # Ops re-run it from the UI: it finds the stored decision and publishes, without asking again.
+    crashed = read_run(run_id)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(run_id), Scheduled(), force=True)
+    run = finished(run_id, after_run_count=crashed.run_count)
+    assert run.state.is_completed(), run.state.message
+    assert store.reply_of(env.rt.engine, review_id).status == "published"
+    assert "See the published reply" in httpx.get(link).text
 
 
 def _chromium_or_skip() -> None:

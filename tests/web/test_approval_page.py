@@ -501,3 +501,17 @@ def test_hostile_markdown_html_and_invisible_characters_in_every_field_are_inert
         assert page.decide(urls[OWNER], action="reject", reason="<script>x</script>").status_code == 303
         outcome = page.open(urls[OWNER]).text
         assert Tags(outcome).named("script") == [] and "&lt;script&gt;x&lt;/script&gt;" in outcome
+
+
+def test_a_decision_whose_run_has_ended_says_so_instead_of_waiting_for_ever(
+    rt: Runtime, settings: Settings, tmp_path: Path
+):
+    """The run was marked Crashed (say, its process died): resuming cannot apply the decision, so
+    the page stops refreshing and says who must act; the decision stays stored for a re-run."""
+    for page in app_for(rt, page_settings(settings, tmp_path), RecordingResumer(answer="ended:Crashed")):
+        review_id, _, urls = waiting_review(rt, page.settings)
+        assert page.decide(urls[OWNER], action="approve").status_code == 303
+        outcome = page.open(urls[OWNER])
+        assert outcome.status_code == 200 and 'id="run-ended"' in outcome.text and "(Crashed)" in outcome.text
+        assert 'http-equiv="refresh"' not in outcome.text
+        assert decisions(rt, review_id) == [("approve", OWNER, "page")]
