@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install up test test-fast bench faults lint migrate demo clean data
+.PHONY: install up test test-fast bench faults lint migrate demo clean data chromium
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,16 @@ demo: install
 data: install
 	-$(BIN)/python -m aftercare.reviews.datasets
 
-test: install data
+# The approval page's browser test runs Debian's Chromium (Playwright drives it; its own browser
+# downloads are never used). Installed here when missing: root, or sudo without a password.
+CHROMIUM ?= /usr/bin/chromium
+
+chromium:
+	@test -x $(CHROMIUM) || { \
+		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: install data chromium
 	$(BIN)/pytest -q
 
 bench: install data

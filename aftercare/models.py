@@ -444,10 +444,18 @@ class ReviewDraft(SQLModel, table=True):
     created_at: datetime = ts_field(nullable=False, default_now=True)
 
 
+class DecisionVia(StrEnum):
+    PREFECT = "prefect"  # the Prefect UI's form or its API (resume_flow_run)
+    PAGE = "page"  # our approval page, reached by a signed link (approval_links)
+
+
 class ReviewDecision(SQLModel, table=True):
-    """One approver decision on a review: who, when, what, and the text they approved or wrote."""
+    """One approver decision on a review: who, when, what, and the text they approved or wrote; from
+    where (`via`), and for a decision on our page the link and the client it came from. One
+    decision per draft (0008): the first recorded stands, whoever made it and wherever."""
 
     __tablename__ = "review_decisions"
+    __table_args__ = (sa.UniqueConstraint("draft_id", name="uq_review_decision_draft"),)
 
     id: int | None = Field(default=None, primary_key=True)
     review_id: int = Field(foreign_key="reviews.id", index=True)
@@ -459,6 +467,31 @@ class ReviewDecision(SQLModel, table=True):
     reason: str | None = None
     guardrails: list[dict[str, Any]] = json_field(list)
     decided_at: datetime = ts_field(nullable=False, default_now=True)
+    via: str = Field(default=DecisionVia.PREFECT, max_length=16)
+    link_id: int | None = Field(default=None, foreign_key="approval_links.id")
+    client_ip: str | None = Field(default=None, max_length=64)
+    client_agent: str | None = Field(default=None, max_length=512)
+
+
+class ApprovalLink(SQLModel, table=True):
+    """A signed link to the approval page, issued to one approver for one draft of a review (one
+    per draft per approver). The token carries `nonce`, which names this row; the link is used once
+    (`used_at`, set by a compare-and-set together with the decision it made)."""
+
+    __tablename__ = "approval_links"
+    __table_args__ = (
+        sa.UniqueConstraint("draft_id", "approver", name="uq_approval_link_draft_approver"),
+        sa.UniqueConstraint("nonce", name="uq_approval_link_nonce"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    review_id: int = Field(foreign_key="reviews.id", index=True)
+    draft_id: int = Field(foreign_key="review_drafts.id")
+    approver: str = Field(max_length=255)
+    nonce: str = Field(max_length=64)
+    issued_at: datetime = ts_field(nullable=False, default_now=True)
+    expires_at: datetime = ts_field(nullable=False)
+    used_at: datetime | None = ts_field()
 
 
 class ReplyStatus(StrEnum):

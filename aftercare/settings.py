@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     shopify_shops: Annotated[list[str], NoDecode] = [DEMO_SHOP_DOMAIN]
     # Signs POST /webhooks/reviews (X-Aftercare-Hmac-Sha256: base64 HMAC-SHA256 of the raw body).
     reviews_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
+    # Signs the approval links mailed to approvers (/approvals/<token>) and the page's form tokens.
+    approval_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
     # The hard cap on a webhook body. Shopify's orders can exceed 1 MiB (hundreds of lines, long
     # notes); an authentic body up to the cap is stored and processed like any other, above it 413,
     # nothing stored, and a warning with topic, shop and webhook id so ops can ask for it again.
@@ -184,6 +186,7 @@ class Settings(BaseSettings):
         for variable, secret in (
             ("AFTERCARE_SHOPIFY_WEBHOOK_SECRET", self.shopify_webhook_secret),
             ("AFTERCARE_REVIEWS_WEBHOOK_SECRET", self.reviews_webhook_secret),
+            ("AFTERCARE_APPROVAL_SECRET", self.approval_secret),
         ):
             if secret.get_secret_value() in _PLACEHOLDERS:
                 raise ConfigError(

@@ -242,11 +242,14 @@ def zombie_automations() -> list[dict[str, object]]:
 
     runs = ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]})
     final = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    # A run waiting for a person (review-reply, suspended for hours) has no process and sends no
+    # heartbeat: it has not died. Its resume starts a new run of heartbeats.
+    waiting = {f"prefect.flow-run.{s}" for s in ("Suspended", "Paused")}
     silent = AutomationCore(
         name="aftercare: crash flow runs whose heartbeats stopped",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat"} | final,
+            expect={"prefect.flow-run.heartbeat"} | final | waiting,
             match=runs,
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,

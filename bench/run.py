@@ -135,6 +135,7 @@ def base_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
         AFTERCARE_VAR_DIR=str(workdir),
         AFTERCARE_SHOPIFY_WEBHOOK_SECRET=SECRET,
         AFTERCARE_REVIEWS_WEBHOOK_SECRET=REVIEWS_SECRET,
+        AFTERCARE_APPROVAL_SECRET=REVIEWS_SECRET + "-approval",
         AFTERCARE_SHOPIFY_SHOPS=BENCH_SHOP,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=str(PROJECT_ROOT),
@@ -183,6 +184,7 @@ def bare_loop(sendgrid_url: str, n: int) -> dict[str, float]:
         sendgrid_base_url=sendgrid_url,
         shopify_webhook_secret=SECRET,
         reviews_webhook_secret=REVIEWS_SECRET,
+        approval_secret=REVIEWS_SECRET + "-approval",
     )
     backend = SendGridBackend.from_settings(settings)
     context = {
@@ -292,6 +294,7 @@ def receipt_phase(
                 "AFTERCARE_DATABASE_URL": url,
                 "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": SECRET,
                 "AFTERCARE_REVIEWS_WEBHOOK_SECRET": REVIEWS_SECRET,
+                "AFTERCARE_APPROVAL_SECRET": REVIEWS_SECRET + "-approval",
                 "AFTERCARE_SHOPIFY_SHOPS": BENCH_SHOP,
                 "AFTERCARE_EMAIL_BACKEND": "sendgrid",
                 "AFTERCARE_SENDGRID_API_KEY": API_KEY,

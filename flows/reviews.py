@@ -1,5 +1,6 @@
 """A reply to a review is drafted, checked, and waits for a person: they approve it, edit it, ask for
-a redraft or reject it, in the Prefect UI or through the API; only then is it published, once.
+a redraft or reject it, on our approval page, in the Prefect UI or through the API; only then is it
+published, once.
 
 One flow run per review (run name `<platform> <review id>`). The run suspends while it waits, so
 nothing runs for the hours an approver takes; when resumed it runs again from the top. Every step
@@ -8,6 +9,11 @@ and the flow picks up from what is stored (the newest draft, the decision on it)
 pause key `draft-<draft id>-<n>`: a resumed run asks for the newest key it used and gets the
 approver's input back; an input that cannot be applied is shown as an error in a fresh form
 (`n + 1`), and the run keeps waiting.
+
+Approvers decide on the approval page (each has a signed link in the request mail,
+`aftercare.web.approvals`: the page stores the decision, then resumes the run with the same input
+as the form) or in Prefect's form (ops). A draft takes one decision, the first stored, and every
+decision says where it was made (`via`: page or prefect).
 
 The flow is async only because an async flow run ends ~1 s sooner than a sync one (Prefect 3.8's
 sync engine joins a heartbeat thread that sleeps in 1 s steps), and every resume is a run's start
@@ -23,7 +29,7 @@ from prefect.flow_runs import asuspend_flow_run
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from aftercare.models import ReviewDraft, utcnow
+from aftercare.models import DecisionVia, ReviewDraft, utcnow
 from aftercare.reviews import store
 from aftercare.reviews.approval import DecisionRefused, Resolution, approval_markdown, resolve_decision
 from aftercare.reviews.policy import ReviewsPolicy
@@ -60,10 +66,11 @@ def _used_pause_keys(flow_run_id: str) -> set[str]:
 
 async def await_decision(
     rt: Runtime, policy: ReviewsPolicy, review_id: int, draft: ReviewDraft, run_id: str
-) -> Resolution:
+) -> Resolution | None:
     """Ask for a decision on `draft` and return it once it can be applied. Suspends the run (the
     process exits) until an approver resumes it; an input that cannot be applied is refused with
-    its reason shown in a new form, and the run waits again."""
+    its reason shown in a new form, and the run waits again. None when the draft was decided on the
+    approval page (stored by the page) before the run got to wait."""
     logger = get_run_logger()
     prefix = f"draft-{draft.id}-"
     used = [
@@ -99,6 +106,10 @@ async def await_decision(
             deadline=approval_deadline(ctx.review, policy),
         )
         form_type = decision_form(markdown, draft.text)
+        if not resumed and store.decision_on_draft(rt.engine, draft.id) is not None:
+            # An approver decided on the approval page while this run was getting ready to wait: the
+            # page could not resume a run that was not suspended yet, so the decision is applied now.
+            return None
         # Suspends (and exits) on a fresh key; returns the input at once for a key that has fired.
         form = await asuspend_flow_run(wait_for_input=form_type, key=f"{prefix}{n}", timeout=timeout)
         try:
@@ -145,18 +156,40 @@ async def review_reply(review_id: int) -> State:
                 if run_id is None:
                     return Failed(message="review-reply waits for an approver: run it as a deployment")
                 resolution = await await_decision(rt, policy, review_id, draft, run_id)
-                decision = store.record_decision(
-                    rt.engine,
+                if resolution is None:
+                    decision = decision_on(rt.engine, review_id, draft.id)
+                    assert decision is not None
+                else:
+                    # One decision per draft: when the approval page recorded one first, it stands.
+                    decision = store.record_decision(
+                        rt.engine,
+                        review_id,
+                        approver=resolution.approver,
+                        action=resolution.action,
+                        text=resolution.text,
+                        instructions=resolution.instructions,
+                        reason=resolution.reason,
+                        guardrails=resolution.checks,
+                        draft_id=draft.id,
+                        via=DecisionVia.PREFECT,
+                    )
+                    if decision.via != DecisionVia.PREFECT:
+                        logger.warning(
+                            "review %s: %s's %s through Prefect came second; %s's %s on the approval "
+                            "page stands",
+                            review_id,
+                            resolution.approver,
+                            resolution.action,
+                            decision.approver,
+                            decision.action,
+                        )
+                logger.info(
+                    "review %s: %s by %s (via %s)",
                     review_id,
-                    approver=resolution.approver,
-                    action=resolution.action,
-                    text=resolution.text,
-                    instructions=resolution.instructions,
-                    reason=resolution.reason,
-                    guardrails=resolution.checks,
-                    draft_id=draft.id,
+                    decision.action,
+                    decision.approver,
+                    decision.via,
                 )
-                logger.info("review %s: %s by %s", review_id, decision.action, decision.approver)
             if decision.action == "redraft":
                 store.set_status(rt.engine, review_id, "drafting", only_from=OPEN)
                 draft_reply(review_id, instructions=decision.instructions)

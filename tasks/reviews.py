@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from prefect import get_run_logger, task
@@ -22,17 +22,11 @@ from aftercare import outbox
 from aftercare.models import Review as ReviewRow
 from aftercare.models import ReviewDecision, ReviewDraft, utcnow
 from aftercare.rendering import Renderer
-from aftercare.reviews import intake, notify, store
-from aftercare.reviews.approval import (
-    DecisionForm,
-    ReviewParties,
-    guarded_from_stored,
-    redraft_feedback,
-    reply_request,
-    review_parties,
-)
+from aftercare.reviews import context, intake, notify, store
+from aftercare.reviews.approval import DecisionForm, guarded_from_stored, redraft_feedback
+from aftercare.reviews.context import DraftContext
 from aftercare.reviews.drafting import Drafter, build_drafter
-from aftercare.reviews.guardrails import GuardedDraft, GuardrailContext, draft_with_guardrails
+from aftercare.reviews.guardrails import GuardedDraft, draft_with_guardrails
 from aftercare.reviews.models import Draft, ReplyRequest
 from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.reviews.publishing import make_platform, publish_reply
@@ -78,30 +72,15 @@ class _Instructed:
         return self.inner.draft(request, feedback=[*self.instructions, *feedback])
 
 
-@dataclass(frozen=True)
-class DraftContext:
-    review: ReviewRow
-    request: ReplyRequest
-    parties: ReviewParties
-    policy: ReviewsPolicy
-
-    @property
-    def guardrails(self) -> GuardrailContext:
-        return GuardrailContext(request=self.request, policy=self.policy, private=self.parties.private)
-
-
 def draft_context(rt: Runtime, review_id: int, policy: ReviewsPolicy | None = None) -> DraftContext:
     """Everything drafting and checking a reply to this review needs, read from the database."""
-    review = store.get_review(rt.engine, review_id)
-    if review is None:
-        raise store.ReviewNotFound(f"no review with id {review_id}")
-    policy = policy or reviews_policy(rt)
-    parties = review_parties(rt.engine, review)
-    facts = store.order_facts(rt.engine, review, shipping=rt.policies.shipping)
-    request = reply_request(
-        review, order=facts, parties=parties, policy=policy, shop_name=rt.settings.shop_name
+    return context.draft_context(
+        rt.engine,
+        review_id,
+        policy=policy or reviews_policy(rt),
+        shipping=rt.policies.shipping,
+        shop_name=rt.settings.shop_name,
     )
-    return DraftContext(review=review, request=request, parties=parties, policy=policy)
 
 
 def make_draft(

@@ -10,6 +10,7 @@ from aftercare.settings import LOCAL_DEV_SECRET, Settings
 
 SHOP_SECRET = "a-real-shop-secret-123"
 REVIEWS_SECRET = "a-real-reviews-secret-456"
+APPROVAL_SECRET = "a-real-approval-secret-789"
 
 REAL_BACKENDS = {
     "sendgrid": {"email_backend": "sendgrid", "sendgrid_api_key": "SG.real"},
@@ -38,6 +39,7 @@ def test_a_real_backend_refuses_a_public_shopify_secret(database_url, tmp_path, 
             environment=environment,
             shopify_webhook_secret=public,
             reviews_webhook_secret=REVIEWS_SECRET,
+            approval_secret=APPROVAL_SECRET,
             **REAL_BACKENDS[backend],
         )
     assert "public placeholder" in str(err.value)
@@ -51,12 +53,28 @@ def test_a_real_backend_refuses_the_public_reviews_secret(database_url, tmp_path
 
 
 @pytest.mark.parametrize("backend", REAL_BACKENDS)
+@pytest.mark.parametrize("public", [LOCAL_DEV_SECRET, "", "changethis"])
+def test_a_real_backend_refuses_a_public_approval_secret(database_url, tmp_path, backend, public):
+    """Anyone holding the public secret could sign an approval link and publish a reply."""
+    with pytest.raises(ConfigError, match="AFTERCARE_APPROVAL_SECRET"):
+        build(
+            database_url,
+            tmp_path,
+            shopify_webhook_secret=SHOP_SECRET,
+            reviews_webhook_secret=REVIEWS_SECRET,
+            approval_secret=public,
+            **REAL_BACKENDS[backend],
+        )
+
+
+@pytest.mark.parametrize("backend", REAL_BACKENDS)
 def test_a_real_backend_with_real_secrets_is_accepted(database_url, tmp_path, backend):
     settings = build(
         database_url,
         tmp_path,
         shopify_webhook_secret=SHOP_SECRET,
         reviews_webhook_secret=REVIEWS_SECRET,
+        approval_secret=APPROVAL_SECRET,
         **REAL_BACKENDS[backend],
     )
     assert settings.real_backends()

@@ -201,6 +201,7 @@ def test_an_escalation_claimed_by_a_process_killed_before_sending_is_sent_by_the
         "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": settings.shopify_webhook_secret.get_secret_value(),
         # A real backend (SendGrid) refuses the public development secrets.
         "AFTERCARE_REVIEWS_WEBHOOK_SECRET": "staff-mail-test-reviews-secret",
+        "AFTERCARE_APPROVAL_SECRET": "staff-mail-test-approval-secret",
         "AFTERCARE_WAKE_PREFECT": "false",
         "AFTERCARE_EMAIL_BACKEND": "sendgrid",
         "AFTERCARE_SENDGRID_API_KEY": fake.api_key,

@@ -3,11 +3,12 @@ escalation notice when nobody decided within the policy's window.
 
 These are staff mails: outbox rows without a touchpoint (many reviews have no order), one per
 message per recipient (`outbox.enqueue_staff`), claimed, sent, retried and settled by the same
-machinery as customer mail; no code here talks to the provider. Each row is inserted in one
-transaction with what records that the mail is owed: an approval request with the review's move to
-`awaiting_approval` (keyed by the draft, so a resumed run or a retried task inserts nothing new), an
-escalation with its claim on `reviews.escalated_at`. A crash after that commit loses nothing: the
-row waits for the next drain.
+machinery as customer mail; an approval request carries each approver's own signed link to the
+approval page (`links`, issued in the same transaction as the rows). No code here talks to the
+provider. Each row is inserted in one transaction with what records that the mail is owed: an
+approval request with the review's move to `awaiting_approval` (keyed by the draft, so a resumed run
+or a retried task inserts nothing new), an escalation with its claim on `reviews.escalated_at`. A
+crash after that commit loses nothing: the row waits for the next drain.
 
 A Slack-compatible incoming webhook, when configured, gets the same news in one line with the
 link to the run. It is best effort, posted only by the call that inserted the rows (never again on
@@ -31,6 +32,7 @@ from aftercare import outbox
 from aftercare.models import Review as ReviewRow
 from aftercare.models import utcnow
 from aftercare.rendering import Renderer
+from aftercare.reviews import links
 from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.settings import Settings
 
@@ -150,6 +152,7 @@ def notify_approval_request(
         if first_asked is None:  # decided, or gone, meanwhile: nobody is asked
             return []
         deadline = first_asked + timedelta(hours=policy.approval.window_hours)
+        expires_at = now + timedelta(hours=policy.approval.expire_after_hours)
         context = {
             "review": _review_context(review),
             "draft_text": guarded.draft.reply.reply_text,
@@ -161,18 +164,29 @@ def notify_approval_request(
             "deadline": deadline.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "approvers": policy.approval.approvers,
         }
-        rows = enqueue_staff_email(
-            session,
-            settings,
-            renderer,
-            StaffEmail(
-                APPROVAL_REQUEST,
-                f"draft-{draft_id}",
-                policy.approval.approvers,
-                policy.approval.locale,
-                context,
-            ),
-        )
+        rows: list[outbox.Enqueued] = []
+        for approver in policy.approval.approvers:
+            # Each approver's own signed link to the approval page (the Prefect link stays for ops).
+            link = links.issue(
+                session,
+                review_id=review.id,
+                draft_id=draft_id,
+                approver=approver,
+                expires_at=expires_at,
+                now=now,
+            )
+            rows += enqueue_staff_email(
+                session,
+                settings,
+                renderer,
+                StaffEmail(
+                    APPROVAL_REQUEST,
+                    f"draft-{draft_id}",
+                    [approver],
+                    policy.approval.locale,
+                    {**context, "approval_url": links.url(settings, link)},
+                ),
+            )
         session.commit()
     if any(row.inserted for row in rows):
         post_webhook(

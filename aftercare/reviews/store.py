@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 
 from aftercare.errors import AftercareError
 from aftercare.models import (
+    DecisionVia,
     Order,
     Refund,
     ReplyStatus,
@@ -229,35 +230,96 @@ def record_decision(
     guardrails: Iterable[GuardrailResult | Mapping[str, Any]] | None = None,
     draft_id: int | None = None,
     decided_at: datetime | None = None,
+    via: str = DecisionVia.PREFECT,
 ) -> ReviewDecision:
-    """Store one approver decision (who, when, what, the text approved or edited). A settling
-    decision (approve, edit, reject) also sets the review's `decided_at` if it is not set yet."""
+    """Store one approver decision (who, when, what, the text approved or edited, from where). A
+    settling decision (approve, edit, reject) also sets the review's `decided_at` if it is not set
+    yet. A draft takes one decision: when one is recorded already (another approver was first, on
+    the approval page or in Prefect), nothing is stored and that first decision is returned."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            row = add_decision(
+                session,
+                review_id,
+                approver=approver,
+                action=action,
+                text=text,
+                instructions=instructions,
+                reason=reason,
+                guardrails=guardrails,
+                draft_id=draft_id,
+                decided_at=decided_at or utcnow(),
+                via=via,
+            )
+            session.commit()
+            return row
+        except IntegrityError:
+            session.rollback()
+            if draft_id is None:
+                raise
+    first = decision_on_draft(engine, draft_id)
+    if first is None:  # the conflict was not the draft's decision: nothing we can settle here
+        raise AftercareError(f"could not record the decision on draft {draft_id} of review {review_id}")
+    return first
+
+
+def add_decision(
+    session: Session,
+    review_id: int,
+    *,
+    approver: str,
+    action: str,
+    decided_at: datetime,
+    via: str,
+    text: str | None = None,
+    instructions: str | None = None,
+    reason: str | None = None,
+    guardrails: Iterable[GuardrailResult | Mapping[str, Any]] | None = None,
+    draft_id: int | None = None,
+    link_id: int | None = None,
+    client_ip: str | None = None,
+    client_agent: str | None = None,
+) -> ReviewDecision:
+    """Add a decision to the caller's transaction (flushed: a second decision on the same draft
+    raises IntegrityError here, and the caller rolls back whatever went with it)."""
     if action not in DECISION_ACTIONS:
         raise ValueError(f"decision action must be one of {sorted(DECISION_ACTIONS)}, got {action!r}")
     if not approver or not approver.strip():
         raise ValueError("a decision needs the approver's name")
-    at = decided_at or utcnow()
-    with Session(engine, expire_on_commit=False) as session:
-        review = session.get(Review, review_id)
-        if review is None:
-            raise ReviewNotFound(f"no review with id {review_id}")
-        row = ReviewDecision(
-            review_id=review_id,
-            draft_id=draft_id,
-            approver=approver.strip()[:255],
-            action=action,
-            text=text,
-            instructions=instructions,
-            reason=reason,
-            guardrails=_checks_as_json(guardrails),
-            decided_at=at,
-        )
-        session.add(row)
-        if action in FINAL_ACTIONS and review.decided_at is None:
-            review.decided_at = at
-            session.add(review)
-        session.commit()
-        return row
+    if via not in DecisionVia._value2member_map_:
+        raise ValueError(f"decision via must be one of {sorted(DecisionVia._value2member_map_)}, got {via!r}")
+    if decided_at.tzinfo is None:
+        raise ValueError("decided_at must be timezone-aware")
+    review = session.get(Review, review_id)
+    if review is None:
+        raise ReviewNotFound(f"no review with id {review_id}")
+    row = ReviewDecision(
+        review_id=review_id,
+        draft_id=draft_id,
+        approver=approver.strip()[:255],
+        action=action,
+        text=text,
+        instructions=instructions,
+        reason=reason,
+        guardrails=_checks_as_json(guardrails),
+        decided_at=decided_at,
+        via=str(via),
+        link_id=link_id,
+        client_ip=client_ip[:64] if client_ip else None,
+        client_agent=client_agent[:512] if client_agent else None,
+    )
+    session.add(row)
+    session.flush()
+    if action in FINAL_ACTIONS and review.decided_at is None:
+        review.decided_at = decided_at
+        session.add(review)
+    return row
+
+
+def decision_on_draft(engine: Engine, draft_id: int) -> ReviewDecision | None:
+    """The decision made on this draft (one at most), or None."""
+    with Session(engine) as session:
+        return session.exec(select(ReviewDecision).where(ReviewDecision.draft_id == draft_id)).first()
 
 
 def decisions(engine: Engine, review_id: int) -> list[ReviewDecision]:

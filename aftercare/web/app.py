@@ -1,5 +1,6 @@
 """FastAPI app: Shopify and review webhooks (store, then acknowledge), the public review page (published
-replies only, by unguessable id), health. The API docs only with AFTERCARE_API_DOCS=true."""
+replies only, by unguessable id), the approval page (aftercare/web/approvals.py), health. The API
+docs only with AFTERCARE_API_DOCS=true."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from aftercare.reviews import intake as review_intake
 from aftercare.reviews.masking import mask_contacts
 from aftercare.reviews.text import normalise_lang
 from aftercare.settings import Settings, normalise_shop
+from aftercare.web import approvals
 from aftercare.web.wake import NoWaker, PrefectWaker, Waker
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,9 @@ def _not_found() -> HTMLResponse:
     return HTMLResponse("<!doctype html><title>Not found</title><p>Not found</p>", 404, headers=PAGE_HEADERS)
 
 
-def create_app(settings: Settings | None = None, *, waker: Waker | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, waker: Waker | None = None, resumer: approvals.Resumer | None = None
+) -> FastAPI:
     settings = settings or Settings()
     engine = make_engine(settings, background_checkpoints=True)
     secret = settings.shopify_webhook_secret.get_secret_value()
@@ -310,6 +314,8 @@ def create_app(settings: Settings | None = None, *, waker: Waker | None = None) 
             },
         )
         return HTMLResponse(html, headers=PAGE_HEADERS)
+
+    app.include_router(approvals.router(settings, engine, resumer=resumer))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

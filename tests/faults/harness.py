@@ -252,6 +252,7 @@ def harness_env(
         "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": secrets["shopify"],
         "AFTERCARE_SHOPIFY_SHOPS": wl.SHOP,
         "AFTERCARE_REVIEWS_WEBHOOK_SECRET": secrets["reviews"],
+        "AFTERCARE_APPROVAL_SECRET": secrets["reviews"] + "-approval",
         "AFTERCARE_EMAIL_BACKEND": "sendgrid",
         "AFTERCARE_SENDGRID_API_KEY": API_KEY,
         "AFTERCARE_SENDGRID_BASE_URL": sg_url,
