@@ -20,10 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from aftercare.errors import AftercareError
-from aftercare.models import ReplyStatus, utcnow
+from aftercare.models import ReplyStatus, ReviewDecision, ReviewDraft, utcnow
 from aftercare.models import Review as ReviewRow
 from aftercare.rendering import Renderer
-from aftercare.reviews import intake, notify
+from aftercare.reviews import intake, links, notify
 from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.reviews.publishing import make_platform, publish_reply, recover_stale
 from aftercare.runtime import current
@@ -113,18 +113,21 @@ def review_sweep(limit: int = 20) -> dict[str, list[int]]:
         # loop retries. (Sending is the outbox's: the notices go out with this round's mail.)
         log.exception("escalating overdue reviews failed; retried next loop")
     restarted: list[int] = []
+    delivered: list[int] = []
     global _last_restart_check
     if time.monotonic() - _last_restart_check >= RESTART_CHECK_EVERY_S:
         _last_restart_check = time.monotonic()
         try:
             restarted = restart_dead_runs()
+            delivered = deliver_stored_decisions()
         except Exception as exc:  # Prefect unreachable: the next check tries again
-            log.warning("could not check the approval runs for dead ones (retried later): %s", exc)
+            log.warning("could not check the approval runs (retried later): %s", exc)
     return {
         "started": started,
         "escalated": escalated,
         "recovered": recover_replies(),
         "restarted": restarted,
+        "delivered": delivered,
     }
 
 
@@ -262,3 +265,70 @@ def recover_replies() -> list[int]:
         log.exception("settling replies left publishing failed; retried next loop")
         return []
     return sorted(outcome)
+
+
+# A decision stored by the approval page resumes its run at once; this long after, a run still
+# waiting did not get it (Prefect was away, or the run had not suspended yet).
+DECISION_GRACE_S = 30.0
+
+
+def deliver_stored_decisions(
+    now: datetime | None = None, *, grace_s: float = DECISION_GRACE_S, limit: int = 50
+) -> list[int]:
+    """Resume each waiting run whose review has a decision stored on its newest draft (made on the
+    approval page, aftercare/web/approvals.py) that has not reached the run, and return the review
+    ids. The page resumes the run itself right after storing the decision; when Prefect could not
+    be reached then, nothing else would, and the approver's decision would wait for ever while the
+    review is escalated as undecided. The resumed run reads the stored decision (flows/reviews.py),
+    so delivering it twice applies it once. Runs that are not suspended are left alone: a crashed
+    one is `restart_dead_runs`'s, and a running one is applying it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    rt = current()
+    now = now or utcnow()
+    newest = (
+        select(sa.func.max(ReviewDraft.id))
+        .where(ReviewDraft.review_id == ReviewRow.id)
+        .correlate(ReviewRow)
+        .scalar_subquery()
+    )
+    with Session(rt.engine) as session:
+        rows = session.exec(
+            select(ReviewRow.id, ReviewRow.flow_run_id, ReviewDecision)
+            .join(ReviewDecision, ReviewDecision.review_id == ReviewRow.id)  # type: ignore[arg-type]
+            .where(
+                ReviewRow.status == "awaiting_approval",
+                ReviewRow.flow_run_id.is_not(None),  # type: ignore[union-attr]
+                ReviewDecision.draft_id == newest,
+                ReviewDecision.decided_at <= now - timedelta(seconds=grace_s),
+            )
+            .order_by(ReviewRow.id)
+            .limit(limit)
+        ).all()
+    delivered: list[int] = []
+    if not rows:
+        return delivered
+    with get_client(sync_client=True) as client:
+        for review_id, run_id, decision in rows:
+            try:
+                run = client.read_flow_run(UUID(str(run_id)))
+            except Exception as exc:  # not a run id, or Prefect does not know it
+                log.warning("review %s: cannot read its run %s: %s", review_id, run_id, exc)
+                continue
+            if run.state_type != StateType.PAUSED:
+                continue
+            response = client.resume_flow_run(run.id, run_input=links.run_input(decision))
+            if response.status.value != "ACCEPT":
+                log.warning("review %s: resuming run %s was refused: %s", review_id, run.id, response.details)
+                continue
+            log.warning(
+                "review %s: its %s decision (%s, %s) had not reached run %s: resumed",
+                review_id,
+                decision.action,
+                decision.via,
+                decision.decided_at,
+                run.id,
+            )
+            delivered.append(int(review_id))
+    return delivered

@@ -286,3 +286,15 @@ def decide(
             session.rollback()
             raise AlreadyDecided(f"draft {link.draft_id} was decided meanwhile") from exc
         return row
+
+
+def run_input(decision: ReviewDecision) -> dict[str, Any]:
+    """A stored decision as the input of the Prefect form it stands for (`DecisionForm`): what the
+    page, and the sweep that delivers a decision the page could not, resume the run with."""
+    return {
+        "approver": decision.approver,
+        "action": decision.action,
+        "edited_text": (decision.text or "") if decision.action == "edit" else "",
+        "instructions": decision.instructions or "",
+        "reason": decision.reason or "",
+    }

@@ -304,15 +304,8 @@ def router(
             return None
         if st.review.status != ReviewStatus.AWAITING_APPROVAL or st.superseded:
             return None  # the run has taken it
-        run_input = {
-            "approver": decision.approver,
-            "action": decision.action,
-            "edited_text": (decision.text or "") if decision.action == "edit" else "",
-            "instructions": decision.instructions or "",
-            "reason": decision.reason or "",
-        }
         try:
-            result = await the_resumer.resume(st.review.flow_run_id, run_input)
+            result = await the_resumer.resume(st.review.flow_run_id, links.run_input(decision))
         except ResumeFailed as exc:
             log.warning("review %s: the decision is stored; resuming run failed: %s", st.review.id, exc)
             return None

@@ -10,6 +10,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -21,12 +22,14 @@ from prefect.flow_runs import resume_flow_run
 from prefect.states import Crashed, Scheduled
 
 from aftercare.db import migrate
-from aftercare.reviews import store
+from aftercare.models import utcnow
+from aftercare.reviews import links, store
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import PROJECT_ROOT, Settings
 from aftercare.web.app import create_app
 from aftercare.web.approvals import PrefectResumer
 from aftercare.web.wake import NoWaker
+from tasks.review_sweep import DECISION_GRACE_S, deliver_stored_decisions
 from tasks.reviews import review_sweep
 from tests.conftest import IN_CI
 from tests.flows.test_review_approval import (
@@ -49,7 +52,7 @@ from tests.reviews.helpers import add_review
 from tests.web.approval_helpers import Served, Tags, csrf_of, loopback_socket
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCENARIOS = ("http", "browser", "ended")
+SCENARIOS = ("http", "browser", "ended", "undelivered")
 PHONE = {"width": 390, "height": 844}
 
 
@@ -191,6 +194,35 @@ def test_a_decision_on_a_run_that_died_is_kept_and_applied_when_the_run_is_run_a
     assert run.state.is_completed(), run.state.message
     assert store.reply_of(env.rt.engine, review_id).status == "published"
     assert "See the published reply" in httpx.get(link).text
+
+
+def test_a_decision_that_could_not_reach_its_run_is_delivered_by_the_sweep(env: Env):
+    """Prefect was away when the page stored the decision: the run kept waiting. The review sweep
+    resumes it with the stored decision (once the page has had its chance), and it is applied once."""
+    review_id, run_id = env.runs["undelivered"]
+    waiting(run_id, forms=1)
+    draft = store.latest_draft(env.rt.engine, review_id)
+    link = links.link_for(env.rt.engine, draft.id, OWNER)
+    decided = utcnow()
+    links.decide(  # what the page stores before it resumes the run (the resume never happened)
+        env.rt.engine,
+        link,
+        action="approve",
+        text=draft.text,
+        instructions=None,
+        reason=None,
+        guardrails=draft.guardrails,
+        client=links.Client(ip="192.0.2.7", user_agent="phone"),
+        now=decided,
+    )
+    assert read_run(run_id).state.is_paused()
+    assert deliver_stored_decisions(decided + timedelta(seconds=5)) == []  # the page's own moment
+    assert deliver_stored_decisions(decided + timedelta(seconds=DECISION_GRACE_S + 1)) == [review_id]
+    run = finished(run_id)
+    assert run.state.is_completed(), run.state.message
+    assert store.reply_of(env.rt.engine, review_id).status == "published"
+    assert decisions(env, review_id) == [("approve", OWNER, "page")]
+    assert deliver_stored_decisions(utcnow() + timedelta(minutes=5)) == []  # applied: nothing owed
 
 
 def _chromium_or_skip() -> None:
