@@ -44,22 +44,26 @@ def start_review_flow(
     return the first run), named `<platform> <platform's review id>`, and remember its id on the
     review. Returns the flow run id.
 
-    `after` names a run of this review that died (`restart_dead_runs`): the new run's key is
-    `review-<id>-after-<dead run id>`, so each dead run is followed by one new run, however many
-    sweeps see it, and the new run carries the tag `restart-<restarts>`."""
+    The key is the review's random public id (`review-<public id>`), not its database id: Prefect
+    keeps keys per flow for good, so a database id would hand a review the run of another
+    installation's (or a reset database's) review of the same number. `after` names a run of this
+    review that died (`restart_dead_runs`): the new run's key is `review-<public id>-after-<dead
+    run id>`, so each dead run is followed by one new run, however many sweeps see it, and the new
+    run carries the tag `restart-<restarts>`."""
     engine = current().engine
+    with Session(engine) as session:
+        review = session.get(ReviewRow, review_id)
+    if review is None:
+        raise AftercareError(f"no review with id {review_id}")
     if name is None:
-        with Session(engine) as session:
-            review = session.get(ReviewRow, review_id)
-        if review is None:
-            raise AftercareError(f"no review with id {review_id}")
         name = f"{review.platform} {review.platform_review_id}"
+    key = f"review-{review.public_id}"
     run = run_deployment(
         REVIEW_DEPLOYMENT,
         parameters={"review_id": review_id},
         flow_run_name=name,
         timeout=0,
-        idempotency_key=f"review-{review_id}" if after is None else f"review-{review_id}-after-{after}",
+        idempotency_key=key if after is None else f"{key}-after-{after}",
         tags=[f"restart-{restarts}"] if restarts else None,
         as_subflow=False,
     )

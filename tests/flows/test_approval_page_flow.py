@@ -155,6 +155,14 @@ def test_redraft_then_approve_from_the_links_in_the_mails(env: Env):
     second = store.latest_draft(env.rt.engine, review_id)
     assert second.id != first.id and second.text == REDRAFTED and second.instructions == "Mention the glaze."
     next_link = env.link_in_mail(second.id, OWNER)
+
+    # The new draft shows as soon as it is stored; its link once the run has issued it (the page
+    # refreshes itself until then).
+    def linked() -> str | None:
+        page = httpx.get(link, timeout=10).text
+        return page if Tags(page).named("a") else None
+
+    outcome = wait_for(linked, "the outcome page to link the new draft", 60)
     assert [a["href"] for a in Tags(outcome).named("a")] == [next_link]  # the same link as in the new mail
 
     with httpx.Client(timeout=30) as browser:
