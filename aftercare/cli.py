@@ -211,8 +211,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         ref = payload.get("name", "")
         _print(f"  {topic:<20} {what:<9} {ref:<10} -> HTTP {status} {text}")
     if not args.orders_only:
-        # A disappointed customer's review of the gift order: drafted, checked, then it waits in the
-        # Prefect UI for an approver (Runs -> the `review-reply` run -> Resume).
+        # A disappointed customer's review of the gift order: drafted, checked, then it waits for an
+        # approver: each gets a mail with their own link to the approval page (/approvals/<token>).
         review_url = url.rsplit("/webhooks/", 1)[0] + "/webhooks/reviews"
         body = json.dumps(samples.review("ja-late-gift"), ensure_ascii=False).encode()
         signature = shopify.sign(settings.reviews_webhook_secret.get_secret_value(), body)
@@ -226,6 +226,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     _print(
         f"\nruns: {settings.prefect_ui_url}/runs   mails: {settings.outbox_dir}   list: aftercare outbox list"
     )
+    if not args.orders_only:
+        _print(
+            f"the review's approvers: their mails in {settings.outbox_dir / 'staff'} link to "
+            f"{settings.web_base_url.rstrip('/')}/approvals/..., a page to decide on (a phone will do)"
+        )
     if args.wait:
         deadline = time.monotonic() + args.wait
         names = {o["name"] for o in orders}

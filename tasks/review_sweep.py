@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -91,6 +93,24 @@ def reviews_needing_a_run(engine: Engine, policy: ReviewsPolicy, limit: int = 20
         return [(i, f"{platform} {ref}") for i, platform, ref in rows if i is not None]
 
 
+@contextmanager
+def prefect_briefly() -> Iterator[None]:
+    """Prefect's API with a short timeout and one retry: the review sweep runs inside process-inbox's
+    loop, and orders must not wait minutes behind a Prefect server that answers 503 or not at all
+    (its client's defaults: 60 s a request, 5 retries with backoff). What fails is retried by the
+    next loop. Found by the fault suite: a Prefect server under load held order processing for six
+    minutes."""
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    with temporary_settings(
+        {PREFECT_API_REQUEST_TIMEOUT: PREFECT_BRIEF_TIMEOUT_S, PREFECT_CLIENT_MAX_RETRIES: 1}
+    ):
+        yield
+
+
+PREFECT_BRIEF_TIMEOUT_S = 10.0
+
+
 def review_sweep(limit: int = 20) -> dict[str, list[int]]:
     """Plain calls, cheap when there is nothing to do (two indexed queries): start an approval run
     for each new review that needs one, and escalate the ones waiting past the policy's window.
@@ -98,15 +118,19 @@ def review_sweep(limit: int = 20) -> dict[str, list[int]]:
     rt = current()
     policy = intake.reviews_policy(rt.settings.policies_dir)
     started: list[int] = []
-    for review_id, name in reviews_needing_a_run(rt.engine, policy, limit):
-        try:
-            start_review_flow(review_id, name)
-        except Exception as exc:  # any Prefect/HTTP error: the review stays new, retried next loop
-            log.warning(
-                "could not start the approval run for review %s (retried next loop): %s", review_id, exc
-            )
-            continue
-        started.append(review_id)
+    with prefect_briefly():
+        for review_id, name in reviews_needing_a_run(rt.engine, policy, limit):
+            try:
+                start_review_flow(review_id, name)
+            except Exception as exc:  # any Prefect/HTTP error: the reviews stay new, retried next loop
+                log.warning(
+                    "could not start the approval run for review %s (it and the rest are retried next "
+                    "loop): %s",
+                    review_id,
+                    exc,
+                )
+                break  # Prefect is struggling: orders must not wait behind more attempts
+            started.append(review_id)
     escalated: list[int] = []
     try:
         escalated = notify.escalate_overdue(
@@ -122,8 +146,9 @@ def review_sweep(limit: int = 20) -> dict[str, list[int]]:
     if time.monotonic() - _last_restart_check >= RESTART_CHECK_EVERY_S:
         _last_restart_check = time.monotonic()
         try:
-            restarted = restart_dead_runs()
-            delivered = deliver_stored_decisions()
+            with prefect_briefly():
+                restarted = restart_dead_runs()
+                delivered = deliver_stored_decisions()
         except Exception as exc:  # Prefect unreachable: the next check tries again
             log.warning("could not check the approval runs (retried later): %s", exc)
     return {
@@ -145,6 +170,7 @@ NEVER_STARTED_S = 120.0
 # A review whose runs keep dying is left Crashed in the UI for ops after this many fresh runs.
 MAX_RESTARTS = 5
 RESTART_CHECK_EVERY_S = 60.0
+MAX_RESTARTS_PER_CHECK = 5
 _last_restart_check = float("-inf")
 
 
@@ -229,6 +255,8 @@ def restart_dead_runs(
                     review_id,
                 )
                 continue
+            if len(restarted) >= MAX_RESTARTS_PER_CHECK:
+                break  # the rest next minute: a crowd of fresh runs at once would swamp the server
             new_id = start_review_flow(review_id, name, after=str(run.id), restarts=n)
             log.warning(
                 "review %s: its approval run %s (%s) died; fresh run %s",
