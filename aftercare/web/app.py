@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -151,6 +152,25 @@ def _not_found() -> HTMLResponse:
     return HTMLResponse("<!doctype html><title>Not found</title><p>Not found</p>", 404, headers=PAGE_HEADERS)
 
 
+def review_runs_patrol(settings: Settings) -> Callable[[], object]:
+    """Once a minute from the waker: restart review-reply runs that died, deliver page decisions
+    that did not reach their run (tasks/review_sweep.py). process-inbox does the same, but only while
+    a run of it gets to run; a flood of scheduled runs behind a held concurrency slot, or a Prefect
+    server too busy to fire its automations, left reviews waiting in the fault suite."""
+    built: list[Any] = []
+
+    def patrol() -> object:
+        from aftercare.runtime import Runtime, use_runtime
+        from tasks.review_sweep import deliver_stored_decisions, prefect_briefly, restart_dead_runs
+
+        if not built:
+            built.append(Runtime.build(settings))
+        with use_runtime(built[0]), prefect_briefly():
+            return restart_dead_runs(), deliver_stored_decisions()
+
+    return patrol
+
+
 def create_app(
     settings: Settings | None = None, *, waker: Waker | None = None, resumer: approvals.Resumer | None = None
 ) -> FastAPI:
@@ -160,7 +180,11 @@ def create_app(
     reviews_secret = settings.reviews_webhook_secret.get_secret_value()
     renderer = Renderer(settings.templates_dir)
     the_waker: Waker = waker or (
-        PrefectWaker(settings.wake_deployment, live_runs=lambda: live_holders(engine, settings.workers))
+        PrefectWaker(
+            settings.wake_deployment,
+            live_runs=lambda: live_holders(engine, settings.workers),
+            side_patrol=review_runs_patrol(settings),
+        )
         if settings.wake_prefect
         else NoWaker()
     )

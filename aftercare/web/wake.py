@@ -60,6 +60,8 @@ class PrefectWaker:
         starting_s: float = 20.0,
         pending_s: float = 45.0,
         patrol_s: float = 10.0,
+        side_patrol: Callable[[], object] | None = None,
+        side_patrol_every_s: float = 60.0,
     ):
         self.deployment_name = deployment_name
         self.min_interval_s = min_interval_s
@@ -72,6 +74,13 @@ class PrefectWaker:
         self._deployment_id = None
         self.created_runs = 0
         self.crashed_runs = 0
+        # Something else to check now and then from this long-lived process, in a thread (the review
+        # runs' patrol: tasks/review_sweep.py), so that it does not depend on a run of the deployment
+        # getting to run.
+        self.side_patrol = side_patrol
+        self.side_patrol_every_s = side_patrol_every_s
+        self._side_patrolled = float("-inf")
+        self.side_patrols = 0
 
     def poke(self) -> None:
         self._event.set()
@@ -100,6 +109,13 @@ class PrefectWaker:
                 await self._wake_once(create=poked)
             except Exception as exc:
                 log.warning("could not wake Prefect (%s); the scheduled sweep will pick the work up", exc)
+            if self.side_patrol is not None and started - self._side_patrolled >= self.side_patrol_every_s:
+                self._side_patrolled = started
+                try:
+                    await asyncio.to_thread(self.side_patrol)
+                    self.side_patrols += 1
+                except Exception as exc:
+                    log.warning("the patrol %s failed (tried again later): %s", self.side_patrol, exc)
             await asyncio.sleep(max(0.0, self.min_interval_s - (time.monotonic() - started)))
 
     async def _wake_once(self, *, create: bool = True) -> None:

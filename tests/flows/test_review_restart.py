@@ -161,3 +161,17 @@ def test_prefect_unreachable_leaves_every_review_as_it_is(
     assert result["restarted"] == []
     assert _run_of(rt, review_id) == run
     assert restart_dead_runs(utcnow()) == [review_id]  # Prefect back: the next check restarts it
+
+
+def test_the_web_apps_patrol_restarts_dead_runs_without_any_process_inbox_run(deployment: Runtime):
+    """What the waker runs once a minute (aftercare/web/app.review_runs_patrol), on the app's own
+    settings: a dead run is followed by a fresh one even when no process-inbox run gets to run."""
+    from aftercare.web.app import review_runs_patrol
+
+    rt = deployment
+    review_id = add_review(rt.engine, platform_review_id="patrolled", status="new")
+    run = start(review_id)
+    _set(run, Crashed())
+    restarted, delivered = review_runs_patrol(rt.settings)()  # type: ignore[misc]
+    assert restarted == [review_id] and delivered == []
+    assert _run_of(rt, review_id) != run
