@@ -133,7 +133,12 @@ def test_up_needs_the_auth_string_beyond_loopback_in_production_and_behind_a_pub
         ({"prefect_host": "0.0.0.0"}, "AFTERCARE_PREFECT_HOST=0.0.0.0"),
         ({"prefect_host": "prefect.internal"}, "AFTERCARE_PREFECT_HOST=prefect.internal"),
         (
-            {"environment": "production", "shopify_webhook_secret": AUTH, "reviews_webhook_secret": AUTH},
+            {
+                "environment": "production",
+                "shopify_webhook_secret": AUTH,
+                "reviews_webhook_secret": AUTH,
+                "approval_secret": AUTH,
+            },
             "AFTERCARE_ENVIRONMENT=production",
         ),
         ({"prefect_ui_url": "https://prefect.shop.example"}, "AFTERCARE_PREFECT_UI_URL"),
