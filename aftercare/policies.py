@@ -21,6 +21,16 @@ _WEEKDAYS: list[str] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
+def known_zone(name: str) -> str:
+    """`name` if it is an IANA time zone this machine knows; ValueError naming it otherwise. One
+    check for every policy that names a zone (shipping, contact)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+    return name
+
+
 class _Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     version: str = Field(min_length=1, max_length=32)
@@ -36,11 +46,7 @@ class ShippingPolicy(_Policy):
     @field_validator("shop_timezone")
     @classmethod
     def _known_zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r}") from exc
-        return v
+        return known_zone(v)
 
     @field_validator("business_weekdays")
     @classmethod

@@ -9,12 +9,12 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aftercare.errors import ConfigError
-from aftercare.policies import load_policy_file
+from aftercare.policies import known_zone, load_policy_file
 
 
 class MessageClass(StrEnum):
@@ -161,11 +161,7 @@ class ContactPolicy(BaseModel):
     @field_validator("shop_timezone")
     @classmethod
     def _known_zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r}") from exc
-        return v
+        return known_zone(v)
 
     @model_validator(mode="after")
     def _lists_and_consent(self) -> ContactPolicy:
