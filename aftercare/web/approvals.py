@@ -249,6 +249,17 @@ def router(
             return outcome(st, 409)
         return notice("not_waiting", 409, review=st.review)
 
+    def drafted(st: links.LinkState, p: ReviewsPolicy) -> tuple[Any, Any]:
+        """The link's draft as it was checked, and the context it is checked in (an edit too)."""
+        ctx = context.draft_context(
+            engine,
+            st.review.id,
+            policy=p,
+            shipping=shipping,
+            shop_name=settings.shop_name,  # type: ignore[arg-type]
+        )
+        return ctx, guarded_from_stored(st.draft, p.version)
+
     def form_page(
         st: links.LinkState,
         cookie: str,
@@ -258,14 +269,7 @@ def router(
         sent: Submitted | None = None,
     ) -> HTMLResponse:
         p = policy()
-        ctx = context.draft_context(
-            engine,
-            st.review.id,
-            policy=p,
-            shipping=shipping,
-            shop_name=settings.shop_name,  # type: ignore[arg-type]
-        )
-        guarded = guarded_from_stored(st.draft, p.version)
+        ctx, guarded = drafted(st, p)
         requested = st.review.approval_requested_at or clock()
         review = st.review
         response = html(
@@ -372,14 +376,7 @@ def router(
             except ValidationError as exc:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 return form_page(st, cookie, status=422, error=problems, sent=sent)
-            ctx = context.draft_context(
-                engine,
-                st.review.id,
-                policy=p,
-                shipping=shipping,
-                shop_name=settings.shop_name,  # type: ignore[arg-type]
-            )
-            guarded = guarded_from_stored(st.draft, p.version)
+            ctx, guarded = drafted(st, p)
             try:
                 resolution = resolve_decision(
                     form,
