@@ -16,8 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare import inbox, samples, shopify
-from aftercare.db import make_engine, migrate
+from aftercare.spine import inbox
+from aftercare import samples
+from aftercare.orders import shopify
+from aftercare.spine.db import make_engine, migrate
 from aftercare.errors import AftercareError
 from aftercare.models import InboxEvent, InboxStatus, OutboxMessage, OutboxStatus, utcnow
 from aftercare.settings import Settings
@@ -309,7 +311,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
     """Everything that happened to an order and what is still planned."""
-    from aftercare import timeline
+    from aftercare.orders import timeline
     from aftercare.policies import load_policies
 
     policies = load_policies(settings.policies_dir)

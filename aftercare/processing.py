@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
-from aftercare import inbox, receipt, shipping, warehouse
+from aftercare.spine import inbox
+from aftercare.orders import receipt, shipping, warehouse
 from aftercare.errors import InvalidPayload
 from aftercare.models import (
     Customer,
@@ -22,11 +23,11 @@ from aftercare.models import (
     Touchpoint,
     TouchpointStatus,
 )
-from aftercare.outbox import Enqueued, enqueue
-from aftercare.outbox import find as find_message
+from aftercare.spine.outbox import Enqueued, enqueue
+from aftercare.spine.outbox import find as find_message
 from aftercare.reviews import intake as review_intake
 from aftercare.runtime import Runtime
-from aftercare.shopify import (
+from aftercare.orders.shopify import (
     FULFILLMENT_EVENT_TOPICS,
     FULFILLMENT_TOPICS,
     ORDER_TOPICS,

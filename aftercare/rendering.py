@@ -12,7 +12,7 @@ from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, UndefinedError, select_autoescape
 
-from aftercare.addresses import clean_name
+from aftercare.spine.addresses import clean_name
 from aftercare.errors import TemplateMissingVariable
 
 # Babel locales used for formatting each language we have templates for.

@@ -10,13 +10,13 @@ from functools import cache
 
 from sqlalchemy.engine import Engine
 
-from aftercare.db import make_engine
-from aftercare.email import EmailBackend, make_backend
-from aftercare.inventory import InventoryPort, TrustOrderInventory
+from aftercare.spine.db import make_engine
+from aftercare.spine.email import EmailBackend, make_backend
+from aftercare.orders.inventory import InventoryPort, TrustOrderInventory
 from aftercare.policies import Policies, load_policies
 from aftercare.rendering import Renderer
 from aftercare.settings import Settings
-from aftercare.warehouse import WarehousePort, make_warehouse
+from aftercare.orders.warehouse import WarehousePort, make_warehouse
 
 
 @dataclass

@@ -31,7 +31,7 @@ import httpx
 import openai
 from sqlmodel import Session
 
-from aftercare.db import migrate
+from aftercare.spine.db import migrate
 from aftercare.models import Review, utcnow
 from aftercare.reviews import store
 from aftercare.reviews.drafting import build_drafter

@@ -27,9 +27,10 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
-from aftercare import samples, shopify
-from aftercare.db import make_engine, migrate
-from aftercare.email import OutgoingEmail, SendGridBackend
+from aftercare import samples
+from aftercare.orders import shopify
+from aftercare.spine.db import make_engine, migrate
+from aftercare.spine.email import OutgoingEmail, SendGridBackend
 from aftercare.policies import load_policies
 from aftercare.rendering import Renderer
 from aftercare.settings import PROJECT_ROOT, Settings

@@ -4,7 +4,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import aftercare.models  # noqa: F401  (registers the tables)
-from aftercare.db import make_engine
+from aftercare.spine.db import make_engine
 from aftercare.settings import Settings
 
 config = context.config

@@ -18,7 +18,7 @@ from pydantic import Field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare import outbox
+from aftercare.spine import outbox
 from aftercare.models import Review as ReviewRow
 from aftercare.models import ReviewDecision, ReviewDraft, utcnow
 from aftercare.rendering import Renderer

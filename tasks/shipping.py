@@ -1,4 +1,4 @@
-"""Prefect tasks for the warehouse hand-off: thin wrappers over aftercare.warehouse, named by order
+"""Prefect tasks for the warehouse hand-off: thin wrappers over aftercare.orders.warehouse, named by order
 number (task-run names, artifact keys) so ops find each order's hand-off in the UI."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import task_run
 from sqlmodel import Session
 
-from aftercare import warehouse
-from aftercare.db import get_many
+from aftercare.orders import warehouse
+from aftercare.spine.db import get_many
 from aftercare.models import WarehouseHandoff, utcnow
 from aftercare.reviews import notify
 from aftercare.runtime import current

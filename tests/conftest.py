@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
-from aftercare.db import make_engine, migrate
+from aftercare.spine.db import make_engine, migrate
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import DEMO_SHOP_DOMAIN, Settings
 from tests.factories import SHOP

@@ -7,8 +7,9 @@ import json
 import uuid
 from typing import Any
 
-from aftercare import samples, shopify
-from aftercare.inbox import Delivery, store_delivery
+from aftercare import samples
+from aftercare.orders import shopify
+from aftercare.spine.inbox import Delivery, store_delivery
 
 SHOP = "test-shop.myshopify.com"
 

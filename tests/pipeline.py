@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 from sqlmodel import Session, select
 
-from aftercare import warehouse
-from aftercare.inbox import claim_batch
+from aftercare.orders import warehouse
+from aftercare.spine.inbox import claim_batch
 from aftercare.processing import Outcome, process_row
 from tests.factories import deliver
 from tests.fakes.warehouse import FakeThreePL
@@ -56,7 +56,7 @@ def http_port(fake: FakeThreePL, timeout: float = 2.0) -> warehouse.HttpWarehous
 
 def send_outbox(rt: Any, now: datetime | None = None) -> list[Any]:
     """What the drain loop does with the outbox: claim every due row (customer or staff), send it."""
-    from aftercare import outbox
+    from aftercare.spine import outbox
 
     claimed = outbox.claim_due(rt.engine, 100, "test-drain", now=now)
     return [outbox.deliver(rt.engine, c.outbox_id, rt.backend, rt.settings) for c in claimed]

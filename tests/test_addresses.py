@@ -14,11 +14,12 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlmodel import Session
 
-from aftercare import outbox, timeline, warehouse
-from aftercare.addresses import FLAG_EMAIL_NOT_ADDRESS, FLAG_EMAIL_UNUSUAL
-from aftercare.email import FileOutboxBackend, OutgoingEmail, SendGridBackend
+from aftercare.spine import outbox
+from aftercare.orders import timeline, warehouse
+from aftercare.spine.addresses import FLAG_EMAIL_NOT_ADDRESS, FLAG_EMAIL_UNUSUAL
+from aftercare.spine.email import FileOutboxBackend, OutgoingEmail, SendGridBackend
 from aftercare.errors import TransientSendError
-from aftercare.inbox import customer_keys
+from aftercare.spine.inbox import customer_keys
 from aftercare.models import (
     Customer,
     HandoffStatus,

@@ -20,9 +20,9 @@ from sqlmodel import Session, select
 from aftercare import samples
 from aftercare.cli import main
 from aftercare.errors import PermanentSendError
-from aftercare.inbox import Delivery, claim_batch, store_delivery
+from aftercare.spine.inbox import Delivery, claim_batch, store_delivery
 from aftercare.models import InboxEvent, InboxStatus, OutboxMessage, OutboxStatus
-from aftercare.outbox import claim_due, deliver
+from aftercare.spine.outbox import claim_due, deliver
 from aftercare.processing import process_row
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
@@ -222,7 +222,7 @@ def test_inbox_list_json_shows_an_invalid_row_with_its_reason(env, rt, capsys):
 
 
 def test_inbox_retry_requeues_a_failed_row_and_refuses_a_missing_or_unfailed_one(env, rt, capsys):
-    from aftercare.inbox import Retry, mark_failed
+    from aftercare.spine.inbox import Retry, mark_failed
 
     failed_id = deliver_webhook(rt.engine, order_payload("ja-first-gift"))
     done_id = deliver_webhook(rt.engine, order_payload("en-first"))

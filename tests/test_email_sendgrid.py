@@ -16,9 +16,9 @@ import pytest
 from pydantic import SecretStr
 from sqlmodel import Session
 
-from aftercare.email import SendGridBackend
+from aftercare.spine.email import SendGridBackend
 from aftercare.models import OutboxMessage, OutboxStatus, utcnow
-from aftercare.outbox import DeliveryResult, claim_due, deliver, get
+from aftercare.spine.outbox import DeliveryResult, claim_due, deliver, get
 from aftercare.processing import process_row
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session
 
-from aftercare import shipping
-from aftercare.inbox import Delivery, claim_batch, store_delivery
+from aftercare.orders import shipping
+from aftercare.spine.inbox import Delivery, claim_batch, store_delivery
 from aftercare.models import InboxEvent, InboxWait, OutboxMessage, Shipment, ShipmentEvent, Touchpoint
 from aftercare.processing import process_row
-from aftercare.timeline import order_timeline, timeline_json, timeline_text
+from aftercare.orders.timeline import order_timeline, timeline_json, timeline_text
 from aftercare.web.app import classify_shopify
 from tests.conftest import shared_path
 from tests.factories import SHOP, body_of, deliver, fulfillment_payload, order_payload, refund_payload
@@ -461,7 +461,7 @@ def test_carrier_text_is_stored_cut_short_without_nul_and_shown_as_text(rt):
     assert out.status == "done"
     [event] = rows(rt, ShipmentEvent)
     assert "\x00" not in event.message and len(event.message) == 500
-    from aftercare.timeline import render_markdown
+    from aftercare.orders.timeline import render_markdown
 
     md = render_markdown(order_timeline(rt.engine, "#1101", rt.policies.delivery))
     assert all(line.count(" | ") <= 3 for line in md.splitlines() if line.startswith("| "))

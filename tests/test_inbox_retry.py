@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare import outbox, warehouse
+from aftercare.spine import outbox
+from aftercare.orders import warehouse
 from aftercare.models import (
     InboxEvent,
     Order,
@@ -166,7 +167,7 @@ def test_a_delivery_that_kills_its_worker_is_given_up_and_ops_are_told_once(rt3)
 
 
 def test_concurrent_sweeps_tell_ops_about_each_exhausted_row_once(rt3):
-    from aftercare import inbox
+    from aftercare.spine import inbox
     from tasks.receipt import inbox_alerts
 
     for i in range(6):
@@ -200,7 +201,7 @@ def test_concurrent_sweeps_tell_ops_about_each_exhausted_row_once(rt3):
 
 
 def test_a_retried_row_is_processed_and_may_alert_again(rt3):
-    from aftercare import inbox
+    from aftercare.spine import inbox
     from tasks.receipt import inbox_alerts
 
     inbox_id = deliver(rt3.engine, order_payload("ja-first-gift"))

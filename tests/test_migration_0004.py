@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from aftercare.db import alembic_config, make_engine, migrate
+from aftercare.spine.db import alembic_config, make_engine, migrate
 from aftercare.models import InboxEvent, InboxWait
 
 

@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare import warehouse
-from aftercare.inbox import claim_batch
+from aftercare.orders import warehouse
+from aftercare.spine.inbox import claim_batch
 from aftercare.models import (
     HandoffStatus,
     Order,

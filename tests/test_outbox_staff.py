@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare import outbox
-from aftercare.email import make_backend
+from aftercare.spine import outbox
+from aftercare.spine.email import make_backend
 from aftercare.models import OutboxMessage, OutboxStatus
 from aftercare.rendering import RenderedEmail
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from sqlmodel import Session, select
 
-from aftercare.inbox import claim_batch
-from aftercare.inventory import FixedStockInventory
+from aftercare.spine.inbox import claim_batch
+from aftercare.orders.inventory import FixedStockInventory
 from aftercare.models import InboxEvent, Order, OrderLine, OutboxMessage, Touchpoint
 from aftercare.processing import process_row
 from tests.conftest import shared_path

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session
 
-from aftercare import outbox as outbox_mod
-from aftercare import shipping
-from aftercare.inbox import claim_batch
+from aftercare.spine import outbox as outbox_mod
+from aftercare.orders import shipping
+from aftercare.spine.inbox import claim_batch
 from aftercare.models import InboxEvent, InboxWait, OutboxMessage, Refund, Shipment, Touchpoint
 from aftercare.web.app import classify_shopify
 from tests.conftest import shared_path

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from aftercare.db import make_engine
+from aftercare.spine.db import make_engine
 from aftercare.errors import ConfigError
 from aftercare.models import (
     InboxEvent,

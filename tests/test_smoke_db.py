@@ -15,7 +15,7 @@ def test_delivery_is_stored_once(rt):
 def test_sqlite_durability_is_what_make_engine_says(rt):
     """The docstring is what a reader trusts about durability: it must name the mode the engine sets
     (NORMAL, chosen in docs/architecture.md), not promise FULL. PostgreSQL has no such pragma."""
-    from aftercare.db import make_engine
+    from aftercare.spine.db import make_engine
 
     doc = " ".join((make_engine.__doc__ or "").split())
     assert "synchronous=NORMAL" in doc and "synchronous=FULL" not in doc

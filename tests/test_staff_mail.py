@@ -20,9 +20,9 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
-from aftercare import outbox
+from aftercare.spine import outbox
 from aftercare.cli import outbox_rows
-from aftercare.email import make_backend
+from aftercare.spine.email import make_backend
 from aftercare.models import OutboxMessage, Review, WarehouseHandoff, utcnow
 from aftercare.rendering import Renderer
 from aftercare.reviews import intake, notify

@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import Session
 
-from aftercare import warehouse
-from aftercare.inbox import claim_batch
+from aftercare.orders import warehouse
+from aftercare.spine.inbox import claim_batch
 from aftercare.models import Order
 from aftercare.processing import process_row
-from aftercare.timeline import OrderNotFound, order_timeline, render_markdown, timeline_json, timeline_text
+from aftercare.orders.timeline import OrderNotFound, order_timeline, render_markdown, timeline_json, timeline_text
 from tests.factories import deliver, fulfillment_payload, order_payload, refund_payload
 
 

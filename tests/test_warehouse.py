@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from aftercare import warehouse
+from aftercare.orders import warehouse
 from aftercare.errors import ConfigError
 from aftercare.models import WarehouseHandoff, utcnow
 from aftercare.settings import Settings

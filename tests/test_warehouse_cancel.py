@@ -9,9 +9,9 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
-from aftercare import warehouse
+from aftercare.orders import warehouse
 from aftercare.models import WarehouseHandoff, utcnow
-from aftercare.timeline import order_timeline, timeline_json
+from aftercare.orders.timeline import order_timeline, timeline_json
 from tasks.shipping import handoff_markdown
 from tests.factories import SHOP, fulfillment_payload, order_payload
 from tests.pipeline import http_port, receive, send_all

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aftercare import warehouse
+from aftercare.orders import warehouse
 from tests.factories import SHOP, order_payload
 from tests.pipeline import receive, send_all
 

@@ -26,7 +26,7 @@ def cmd_reviews_triage(args: argparse.Namespace, settings: Any) -> int:
 def cmd_reviews_import(args: argparse.Namespace, settings: Any) -> int:
     """Store a file of reviews through the inbox; print the counts and every bad line. Exit status 1
     when any line could not be stored."""
-    from aftercare.db import make_engine
+    from aftercare.spine.db import make_engine
     from aftercare.reviews.intake import import_reviews
 
     path = Path(args.file)

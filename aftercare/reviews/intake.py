@@ -44,13 +44,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.errors import InvalidPayload
-from aftercare.inbox import Delivery, store_delivery
+from aftercare.spine.inbox import Delivery, store_delivery
 from aftercare.models import InboxEvent, InboxStatus, Order, Review, ReviewStatus
 from aftercare.reviews.models import Review as ReviewText
 from aftercare.reviews.policy import ReviewsPolicy, load_reviews_policy
 from aftercare.reviews.triage import Analyser, Triager
-from aftercare.shopify import parse_json
-from aftercare.timeline import OrderNotFound, find_order
+from aftercare.orders.shopify import parse_json
+from aftercare.orders.timeline import OrderNotFound, find_order
 
 SOURCE = "reviews"
 TOPIC = "reviews/create"

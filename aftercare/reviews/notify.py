@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare import outbox
+from aftercare.spine import outbox
 from aftercare.models import Review as ReviewRow
 from aftercare.models import utcnow
 from aftercare.rendering import Renderer

@@ -38,7 +38,7 @@ DECISION_ACTIONS = frozenset({"approve", "edit", "redraft", "reject"})
 # Decisions that settle a review (a redraft asks for another draft and leaves it open).
 FINAL_ACTIONS = frozenset({"approve", "edit", "reject"})
 STATUS_TIMESTAMPS = frozenset({"approval_requested_at", "escalated_at", "decided_at", "published_at"})
-# Shipment statuses after which nothing left the warehouse (as in aftercare.shipping).
+# Shipment statuses after which nothing left the warehouse (as in aftercare.orders.shipping).
 _VOID_SHIPMENTS = frozenset({"cancelled", "error", "failure"})
 
 

@@ -18,8 +18,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from aftercare import inbox, shopify
-from aftercare.db import make_engine, ping, start_checkpointer
+from aftercare.spine import inbox
+from aftercare.orders import shopify
+from aftercare.spine.db import make_engine, ping, start_checkpointer
 from aftercare.drainers import live_holders
 from aftercare.errors import InvalidPayload
 from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply, ReviewStatus

@@ -10,9 +10,9 @@ import yaml
 
 from aftercare.contact.policy import ContactPolicy, MessageClass, UnknownMessageKind, load_contact_policy
 from aftercare.errors import ConfigError
-from aftercare.receipt import CONFIRMATION
+from aftercare.orders.receipt import CONFIRMATION
 from aftercare.settings import PROJECT_ROOT
-from aftercare.shipping import DELIVERY_SURVEY, REVIEW_REQUEST, SHIPMENT_NOTICE
+from aftercare.orders.shipping import DELIVERY_SURVEY, REVIEW_REQUEST, SHIPMENT_NOTICE
 
 SHIPPED = PROJECT_ROOT / "policies" / "contact.yaml"
 POLICY = load_contact_policy(SHIPPED)

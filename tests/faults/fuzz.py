@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
-from aftercare import inbox, samples
+from aftercare.spine import inbox
+from aftercare import samples
 from aftercare.models import InboxEvent, InboxStatus
 from aftercare.processing import process_row
 from aftercare.reviews import intake as review_intake

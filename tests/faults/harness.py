@@ -31,7 +31,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from aftercare.db import make_engine, migrate
+from aftercare.spine.db import make_engine, migrate
 from aftercare.settings import PROJECT_ROOT, Settings
 from aftercare.stack import (
     Stack,

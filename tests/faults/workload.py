@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aftercare import samples, shopify
+from aftercare import samples
+from aftercare.orders import shopify
 
 SHOP = "faults.myshopify.com"
 PAID_SAMPLES = ("ja-first-gift", "en-first", "ja-repeat", "en-repeat-gift")

@@ -21,7 +21,7 @@ from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
 from prefect.states import Crashed, Scheduled
 
-from aftercare.db import migrate
+from aftercare.spine.db import migrate
 from aftercare.models import utcnow
 from aftercare.reviews import links, store
 from aftercare.runtime import Runtime, use_runtime

@@ -24,7 +24,7 @@ from tests.factories import deliver, order_payload
 
 HOLDER = """
 import sys, time
-from aftercare.db import make_engine
+from aftercare.spine.db import make_engine
 from aftercare.drainers import drain_slot
 from aftercare.settings import Settings
 engine = make_engine(Settings(database_url=sys.argv[1]))

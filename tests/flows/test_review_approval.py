@@ -33,7 +33,7 @@ from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Scheduled
 
-from aftercare.db import migrate
+from aftercare.spine.db import migrate
 from aftercare.models import Review, utcnow
 from aftercare.reviews import store
 from aftercare.runtime import Runtime, use_runtime

@@ -22,7 +22,7 @@ import yaml
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL
 
-from aftercare.db import migrate
+from aftercare.spine.db import migrate
 from aftercare.reviews import store
 from aftercare.reviews.approval import DecisionForm, DecisionRefused, Resolution, resolve_decision
 from aftercare.reviews.guardrails import GuardedDraft, GuardrailContext, check

@@ -186,7 +186,7 @@ def test_migration_0008_creates_what_the_models_declare(rt):
 def test_migration_0008_goes_down_and_up_again(own_database):
     from alembic import command
 
-    from aftercare.db import alembic_config, make_engine, migrate
+    from aftercare.spine.db import alembic_config, make_engine, migrate
 
     settings = own_database
     migrate(settings)

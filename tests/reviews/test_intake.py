@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from aftercare import samples
 from aftercare.errors import InvalidPayload
-from aftercare.inbox import store_delivery
+from aftercare.spine.inbox import store_delivery
 from aftercare.models import InboxEvent, InboxStatus, Order, Review
 from aftercare.reviews.cli import cmd_reviews_import
 from aftercare.reviews.intake import (

@@ -31,7 +31,7 @@ WORKER = textwrap.dedent(
     """
     import sys, time
     import httpx
-    from aftercare.db import make_engine
+    from aftercare.spine.db import make_engine
     from aftercare.settings import Settings
     from aftercare.reviews import publishing
 

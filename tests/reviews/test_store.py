@@ -377,7 +377,7 @@ def test_migration_0003_creates_the_review_tables_as_the_models_declare_them(rt)
 def test_migration_0003_downgrades_and_upgrades_again(own_database):
     from alembic import command
 
-    from aftercare.db import alembic_config, make_engine, migrate
+    from aftercare.spine.db import alembic_config, make_engine, migrate
 
     settings = own_database
     migrate(settings)

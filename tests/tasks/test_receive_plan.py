@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aftercare.inbox import ClaimedRow, customer_keys
+from aftercare.spine.inbox import ClaimedRow, customer_keys
 from tasks.receipt import receive_plan
 from tests.factories import deliver, order_payload
 

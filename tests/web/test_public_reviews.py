@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 from sqlmodel import Session, select
 
-from aftercare.db import alembic_config, make_engine, migrate
+from aftercare.spine.db import alembic_config, make_engine, migrate
 from aftercare.models import InboxEvent, ReplyStatus, Review, ReviewReply, ReviewStatus
 from aftercare.reviews import store
 from aftercare.reviews.intake import parse_review, reviews_policy, upsert_review

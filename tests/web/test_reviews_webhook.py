@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.db import make_engine
+from aftercare.spine.db import make_engine
 from aftercare.errors import ConfigError
 from aftercare.models import InboxEvent, InboxStatus
 from aftercare.settings import LOCAL_DEV_SECRET, Settings

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare import shopify
-from aftercare.db import make_engine
+from aftercare.orders import shopify
+from aftercare.spine.db import make_engine
 from aftercare.models import InboxEvent, InboxStatus, Order, OrderLine
 from aftercare.settings import Settings
 from aftercare.web.app import create_app

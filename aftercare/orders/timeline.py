@@ -30,7 +30,7 @@ from aftercare.models import (
     utcnow,
 )
 from aftercare.policies import DeliveryPolicy
-from aftercare.shipping import (
+from aftercare.orders.shipping import (
     VOID_STATUSES,
     OrderDelivery,
     events_of,
@@ -38,7 +38,7 @@ from aftercare.shipping import (
     shipments_of,
     shippable_quantities,
 )
-from aftercare.warehouse import call_back, is_cancellation
+from aftercare.orders.warehouse import call_back, is_cancellation
 
 
 class OrderNotFound(AftercareError):

@@ -19,8 +19,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.db import claim_rows
-from aftercare.email import EmailBackend, OutgoingEmail
+from aftercare.spine.db import claim_rows
+from aftercare.spine.email import EmailBackend, OutgoingEmail
 from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
 from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, utcnow
 from aftercare.rendering import RenderedEmail

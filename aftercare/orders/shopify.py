@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aftercare import addresses
+from aftercare.spine import addresses
 from aftercare.errors import InvalidPayload
 
 ORDER_TOPICS = frozenset({"orders/create", "orders/paid", "orders/updated", "orders/cancelled"})
@@ -119,7 +119,7 @@ class ShopifyOrder(_Lenient):
     id: ShopifyId
     name: str = Field(min_length=1, max_length=64)
     order_number: Count | None = None
-    # Kept as written (trimmed): an address's syntax never drops an order. aftercare.addresses judges
+    # Kept as written (trimmed): an address's syntax never drops an order. aftercare.spine.addresses judges
     # it later (flagged, attempted or not).
     email: str | None = None
     contact_email: str | None = None

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare import addresses
+from aftercare.spine import addresses
 from aftercare.errors import InvalidPayload
 from aftercare.models import (
     Customer,
@@ -37,7 +37,7 @@ from aftercare.models import (
 )
 from aftercare.policies import DeliveryPolicy, Policies
 from aftercare.rendering import RenderedEmail, Renderer
-from aftercare.shopify import ShopifyFulfillment, ShopifyFulfillmentEvent, ShopifyRefund
+from aftercare.orders.shopify import ShopifyFulfillment, ShopifyFulfillmentEvent, ShopifyRefund
 
 SHIPMENT_NOTICE = "shipment_notice"
 DELIVERY_SURVEY = "delivery_survey"

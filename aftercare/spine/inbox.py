@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from aftercare import addresses
-from aftercare.db import claim_rows
+from aftercare.spine import addresses
+from aftercare.spine.db import claim_rows
 from aftercare.errors import AftercareError
 from aftercare.models import InboxEvent, InboxStatus, utcnow
 from aftercare.settings import Settings
@@ -183,7 +183,7 @@ def give_up_abandoned(
 
 def customer_keys(engine: Engine, inbox_ids: list[int]) -> dict[int, str]:
     """The customer each of these order deliveries is for ('email:<address>'), read from the stored
-    bodies the way receiving reads them (aftercare.addresses.customer_key); rows without an address a
+    bodies the way receiving reads them (aftercare.spine.addresses.customer_key); rows without an address a
     customer is recognised by are left out. Lets callers keep one customer's orders in order while
     receiving different customers' at the same time."""
     if not inbox_ids:
