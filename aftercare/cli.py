@@ -16,13 +16,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare.spine import inbox
 from aftercare import samples
-from aftercare.orders import shopify
-from aftercare.spine.db import make_engine, migrate
 from aftercare.errors import AftercareError
 from aftercare.models import InboxEvent, InboxStatus, OutboxMessage, OutboxStatus, utcnow
+from aftercare.orders import shopify
 from aftercare.settings import Settings
+from aftercare.spine import inbox
+from aftercare.spine.db import make_engine, migrate
 
 
 def _print(text: str) -> None:

@@ -181,7 +181,11 @@ class Touchpoint(SQLModel, table=True):
     """Something we owe a customer, planned by policy: unique per (order, kind, sequence)."""
 
     __tablename__ = "touchpoints"
-    __table_args__ = (sa.UniqueConstraint("order_id", "kind", "seq", name="uq_touchpoint"),)
+    __table_args__ = (
+        sa.UniqueConstraint("order_id", "kind", "seq", name="uq_touchpoint"),
+        # The due query of timed contact (migration 0009): planned touchpoints by due time.
+        sa.Index("ix_touchpoints_status_due", "status", "due_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     order_id: int = Field(foreign_key="orders.id", index=True)
@@ -192,6 +196,12 @@ class Touchpoint(SQLModel, table=True):
     reason: str | None = None
     policy_version: str = Field(max_length=32)
     created_at: datetime = ts_field(nullable=False, default_now=True)
+    # Timed contact (migration 0009): the last verdict of the contact rules (aftercare/contact/rules.py,
+    # `Verdict.as_dict()`), when it was made, and the time a hold postponed the touchpoint to (the
+    # stale limit counts from it). None for touchpoints the rules never judged (transactional ones).
+    verdict: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    decided_at: datetime | None = ts_field()
+    held_until: datetime | None = ts_field()
 
 
 class OutboxStatus(StrEnum):
@@ -234,6 +244,9 @@ class OutboxMessage(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime = ts_field(nullable=False, default_now=True)
     sent_at: datetime | None = ts_field()
+    # Extra mail headers (migration 0009), e.g. List-Unsubscribe and List-Unsubscribe-Post (RFC 8058)
+    # on every non-transactional mail. None: none.
+    headers: dict[str, str] | None = Field(default=None, sa_type=sa.JSON)
 
 
 # --- Shipping: fulfillments, refunds, warehouse hand-offs (migration 0002) ---------------------------
@@ -520,3 +533,100 @@ class ReviewReply(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime = ts_field(nullable=False, default_now=True)
     published_at: datetime | None = ts_field()
+
+
+# --- Timed contact: consent, suppressions, surveys, privacy requests (migration 0009) --------------
+
+
+class ConsentRecord(SQLModel, table=True):
+    """Every consent event we were told of, kept (history): who (shop + address key), what state, as
+    of when (Shopify's consent_updated_at), from which payload, under which wording. Whether it
+    changed what we hold, and why, is `applied`/`reason` (aftercare/contact/consent.apply)."""
+
+    __tablename__ = "consent_records"
+    __table_args__ = (sa.Index("ix_consent_records_subject", "shop_domain", "email_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_domain: str = Field(max_length=255)
+    email_key: str = Field(max_length=320)
+    customer_shopify_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    state: str = Field(max_length=32)
+    opt_in_level: str | None = Field(default=None, max_length=32)
+    consent_updated_at: datetime = ts_field(nullable=False)
+    source: str = Field(max_length=64)  # a webhook topic, "order buyer_accepts_marketing", "unsubscribe page"
+    weak: bool = False
+    wording_version: str | None = Field(default=None, max_length=64)
+    inbox_id: int | None = Field(default=None, foreign_key="inbox.id")
+    applied: bool = False
+    reason: str | None = None
+    recorded_at: datetime = ts_field(nullable=False, default_now=True)
+
+
+class CustomerConsent(SQLModel, table=True):
+    """The consent state we hold for one address of one shop: the newest event that counts."""
+
+    __tablename__ = "customer_consents"
+    __table_args__ = (sa.UniqueConstraint("shop_domain", "email_key", name="uq_customer_consent"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_domain: str = Field(max_length=255)
+    email_key: str = Field(max_length=320)
+    state: str = Field(max_length=32)
+    opt_in_level: str | None = Field(default=None, max_length=32)
+    consent_updated_at: datetime = ts_field(nullable=False)
+    source: str = Field(max_length=64)
+    weak: bool = False
+    wording_version: str | None = Field(default=None, max_length=64)
+    record_id: int | None = Field(default=None, foreign_key="consent_records.id")
+    updated_at: datetime = ts_field(nullable=False, default_now=True)
+
+
+class Suppression(SQLModel, table=True):
+    """An address that left a list ("surveys", "review_requests", a class such as "feedback", or
+    "all"). Keyed by a hash of the address, so it outlives a redaction that erases the address."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (sa.UniqueConstraint("shop_domain", "email_hash", "list_name", name="uq_suppression"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    shop_domain: str = Field(max_length=255)
+    email_hash: str = Field(max_length=64)  # aftercare.contact.store.email_hash(email_key)
+    list_name: str = Field(max_length=32)
+    source: str = Field(max_length=64)  # "unsubscribe page", "list-unsubscribe post", "customers/redact"
+    touchpoint_id: int | None = Field(default=None, foreign_key="touchpoints.id")
+    created_at: datetime = ts_field(nullable=False, default_now=True)
+
+
+class SurveyResponse(SQLModel, table=True):
+    """One answer to a survey touchpoint. A customer may change their answer while the survey is
+    open: every answer is kept, the newest (highest id) is the one that counts."""
+
+    __tablename__ = "survey_responses"
+
+    id: int | None = Field(default=None, primary_key=True)
+    touchpoint_id: int = Field(foreign_key="touchpoints.id", index=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    scale: str = Field(max_length=16)  # "csat5" (1-5) or "nps10" (0-10), from the policy at send time
+    score: int
+    comment: str | None = None
+    reasons: list[str] = json_field(list)
+    answered_at: datetime = ts_field(nullable=False, default_now=True, index=True)
+    client_agent: str | None = Field(default=None, max_length=512)
+
+
+class PrivacyRequest(SQLModel, table=True):
+    """A Shopify compliance webhook we carried out (customers/redact, shop/redact,
+    customers/data_request): one per inbox delivery, with what was done."""
+
+    __tablename__ = "privacy_requests"
+    __table_args__ = (sa.UniqueConstraint("inbox_id", name="uq_privacy_request_inbox"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    inbox_id: int = Field(foreign_key="inbox.id")
+    topic: str = Field(max_length=64)
+    shop_domain: str = Field(max_length=255)
+    customer_shopify_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    email_hash: str | None = Field(default=None, max_length=64)
+    summary: dict[str, Any] = json_field()
+    export_path: str | None = None
+    done_at: datetime = ts_field(nullable=False, default_now=True)

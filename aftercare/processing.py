@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
-from aftercare.spine import inbox
-from aftercare.orders import receipt, shipping, warehouse
 from aftercare.errors import InvalidPayload
 from aftercare.models import (
     Customer,
@@ -23,10 +21,7 @@ from aftercare.models import (
     Touchpoint,
     TouchpointStatus,
 )
-from aftercare.spine.outbox import Enqueued, enqueue
-from aftercare.spine.outbox import find as find_message
-from aftercare.reviews import intake as review_intake
-from aftercare.runtime import Runtime
+from aftercare.orders import receipt, shipping, warehouse
 from aftercare.orders.shopify import (
     FULFILLMENT_EVENT_TOPICS,
     FULFILLMENT_TOPICS,
@@ -37,6 +32,11 @@ from aftercare.orders.shopify import (
     parse_order,
     parse_refund,
 )
+from aftercare.reviews import intake as review_intake
+from aftercare.runtime import Runtime
+from aftercare.spine import inbox
+from aftercare.spine.outbox import Enqueued, enqueue
+from aftercare.spine.outbox import find as find_message
 
 
 @dataclass

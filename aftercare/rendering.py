@@ -12,8 +12,8 @@ from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, UndefinedError, select_autoescape
 
-from aftercare.spine.addresses import clean_name
 from aftercare.errors import TemplateMissingVariable
+from aftercare.spine.addresses import clean_name
 
 # Babel locales used for formatting each language we have templates for.
 BABEL_LOCALES = {"ja": "ja_JP", "en": "en_US"}

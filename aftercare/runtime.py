@@ -10,13 +10,13 @@ from functools import cache
 
 from sqlalchemy.engine import Engine
 
-from aftercare.spine.db import make_engine
-from aftercare.spine.email import EmailBackend, make_backend
 from aftercare.orders.inventory import InventoryPort, TrustOrderInventory
+from aftercare.orders.warehouse import WarehousePort, make_warehouse
 from aftercare.policies import Policies, load_policies
 from aftercare.rendering import Renderer
 from aftercare.settings import Settings
-from aftercare.orders.warehouse import WarehousePort, make_warehouse
+from aftercare.spine.db import make_engine
+from aftercare.spine.email import EmailBackend, make_backend
 
 
 @dataclass

@@ -31,13 +31,13 @@ import httpx
 import openai
 from sqlmodel import Session
 
-from aftercare.spine.db import migrate
 from aftercare.models import Review, utcnow
 from aftercare.reviews import store
 from aftercare.reviews.drafting import build_drafter
 from aftercare.reviews.settings import LLMSettings
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
+from aftercare.spine.db import migrate
 from tasks.reviews import make_draft, reviews_policy
 
 COMPLAINTS = [

@@ -29,11 +29,11 @@ import sqlalchemy as sa
 
 from aftercare import samples
 from aftercare.orders import shopify
-from aftercare.spine.db import make_engine, migrate
-from aftercare.spine.email import OutgoingEmail, SendGridBackend
 from aftercare.policies import load_policies
 from aftercare.rendering import Renderer
 from aftercare.settings import PROJECT_ROOT, Settings
+from aftercare.spine.db import make_engine, migrate
+from aftercare.spine.email import OutgoingEmail, SendGridBackend
 from aftercare.stack import Stack, StackConfig, wait_http, web_app_args
 from bench import loadgen
 from tests.fakes.warehouse import FakeThreePL

@@ -4,8 +4,8 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import aftercare.models  # noqa: F401  (registers the tables)
-from aftercare.spine.db import make_engine
 from aftercare.settings import Settings
+from aftercare.spine.db import make_engine
 
 config = context.config
 target_metadata = SQLModel.metadata

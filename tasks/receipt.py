@@ -17,14 +17,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import task_run
 from sqlalchemy.exc import SQLAlchemyError
 
-from aftercare.spine import addresses, inbox, outbox
 from aftercare import processing
-from aftercare.orders import shipping, timeline
-from aftercare.spine.db import get_many, session_scope
 from aftercare.errors import AftercareError
 from aftercare.models import OutboxMessage
-from aftercare.runtime import current
+from aftercare.orders import shipping, timeline
 from aftercare.orders.shopify import FULFILLMENT_EVENT_TOPICS, FULFILLMENT_TOPICS, ORDER_TOPICS, REFUND_TOPICS
+from aftercare.runtime import current
+from aftercare.spine import addresses, inbox, outbox
+from aftercare.spine.db import get_many, session_scope
 
 T = TypeVar("T")
 R = TypeVar("R")

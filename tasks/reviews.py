@@ -18,7 +18,6 @@ from pydantic import Field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.spine import outbox
 from aftercare.models import Review as ReviewRow
 from aftercare.models import ReviewDecision, ReviewDraft, utcnow
 from aftercare.rendering import Renderer
@@ -32,6 +31,7 @@ from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.reviews.publishing import make_platform, publish_reply
 from aftercare.reviews.settings import LLMSettings
 from aftercare.runtime import Runtime, current
+from aftercare.spine import outbox
 
 # Re-exported: process-inbox imports them from tasks.review_sweep, which stays light (no LLM SDK).
 from tasks.review_sweep import REVIEW_DEPLOYMENT, review_sweep, start_review_flow  # noqa: F401

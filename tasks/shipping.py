@@ -11,11 +11,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import task_run
 from sqlmodel import Session
 
-from aftercare.orders import warehouse
-from aftercare.spine.db import get_many
 from aftercare.models import WarehouseHandoff, utcnow
+from aftercare.orders import warehouse
 from aftercare.reviews import notify
 from aftercare.runtime import current
+from aftercare.spine.db import get_many
 from tasks.receipt import BatchFailed, artifact_key, each_concurrently, refs_label
 
 WAREHOUSE_ALERT = "warehouse_alert"

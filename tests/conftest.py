@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
-from aftercare.spine.db import make_engine, migrate
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import DEMO_SHOP_DOMAIN, Settings
+from aftercare.spine.db import make_engine, migrate
 from tests.factories import SHOP
 from tests.fakes.warehouse import FakeThreePL
 from tests.shared_dir import find_shared

@@ -10,8 +10,8 @@ import httpx
 from sqlmodel import Session, select
 
 from aftercare.orders import warehouse
-from aftercare.spine.inbox import claim_batch
 from aftercare.processing import Outcome, process_row
+from aftercare.spine.inbox import claim_batch
 from tests.factories import deliver
 from tests.fakes.warehouse import FakeThreePL
 

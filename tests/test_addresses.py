@@ -14,12 +14,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlmodel import Session
 
-from aftercare.spine import outbox
-from aftercare.orders import timeline, warehouse
-from aftercare.spine.addresses import FLAG_EMAIL_NOT_ADDRESS, FLAG_EMAIL_UNUSUAL
-from aftercare.spine.email import FileOutboxBackend, OutgoingEmail, SendGridBackend
 from aftercare.errors import TransientSendError
-from aftercare.spine.inbox import customer_keys
 from aftercare.models import (
     Customer,
     HandoffStatus,
@@ -32,7 +27,12 @@ from aftercare.models import (
     TouchpointStatus,
     WarehouseHandoff,
 )
+from aftercare.orders import timeline, warehouse
 from aftercare.rendering import RenderedEmail, Renderer
+from aftercare.spine import outbox
+from aftercare.spine.addresses import FLAG_EMAIL_NOT_ADDRESS, FLAG_EMAIL_UNUSUAL
+from aftercare.spine.email import FileOutboxBackend, OutgoingEmail, SendGridBackend
+from aftercare.spine.inbox import customer_keys
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tasks.receipt import preview_markdown

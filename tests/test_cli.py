@@ -20,12 +20,12 @@ from sqlmodel import Session, select
 from aftercare import samples
 from aftercare.cli import main
 from aftercare.errors import PermanentSendError
-from aftercare.spine.inbox import Delivery, claim_batch, store_delivery
 from aftercare.models import InboxEvent, InboxStatus, OutboxMessage, OutboxStatus
-from aftercare.spine.outbox import claim_due, deliver
 from aftercare.processing import process_row
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
+from aftercare.spine.inbox import Delivery, claim_batch, store_delivery
+from aftercare.spine.outbox import claim_due, deliver
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tests.conftest import TEST_SECRET

@@ -16,12 +16,12 @@ import pytest
 from pydantic import SecretStr
 from sqlmodel import Session
 
-from aftercare.spine.email import SendGridBackend
 from aftercare.models import OutboxMessage, OutboxStatus, utcnow
-from aftercare.spine.outbox import DeliveryResult, claim_due, deliver, get
 from aftercare.processing import process_row
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
+from aftercare.spine.email import SendGridBackend
+from aftercare.spine.outbox import DeliveryResult, claim_due, deliver, get
 from tests import factories
 from tests.conftest import shared_path
 from tests.fakes.sendgrid import FakeSendGrid, serve

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session
 
-from aftercare.orders import shipping
-from aftercare.spine.inbox import Delivery, claim_batch, store_delivery
 from aftercare.models import InboxEvent, InboxWait, OutboxMessage, Shipment, ShipmentEvent, Touchpoint
-from aftercare.processing import process_row
+from aftercare.orders import shipping
 from aftercare.orders.timeline import order_timeline, timeline_json, timeline_text
+from aftercare.processing import process_row
+from aftercare.spine.inbox import Delivery, claim_batch, store_delivery
 from aftercare.web.app import classify_shopify
 from tests.conftest import shared_path
 from tests.factories import SHOP, body_of, deliver, fulfillment_payload, order_payload, refund_payload

@@ -18,8 +18,6 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare.spine import outbox
-from aftercare.orders import warehouse
 from aftercare.models import (
     InboxEvent,
     Order,
@@ -28,8 +26,10 @@ from aftercare.models import (
     WarehouseHandoff,
     utcnow,
 )
+from aftercare.orders import warehouse
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import Settings
+from aftercare.spine import outbox
 from tasks.receipt import ReceiveFailed, claim_inbox, claim_outbox, receive
 from tests.factories import deliver, order_payload
 from tests.pipeline import rows

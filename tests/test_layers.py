@@ -37,16 +37,20 @@ def test_every_wing_exists_as_a_package() -> None:
 @pytest.mark.parametrize("path", modules("spine"), ids=lambda p: p.name)
 def test_the_spine_imports_no_wing(path: Path) -> None:
     upward = {
-        m for m in imports_of(path)
+        m
+        for m in imports_of(path)
         if m.startswith(tuple(f"aftercare.{w}" for w in WINGS)) or m.startswith("aftercare.processing")
     }
     assert not upward, f"{path.name} imports {sorted(upward)}"
 
 
-@pytest.mark.parametrize("path", [p for w in CORE for p in modules(w)], ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path", [p for w in CORE for p in modules(w)], ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_the_core_imports_no_prefect_and_no_web(path: Path) -> None:
     outward = {
-        m for m in imports_of(path)
+        m
+        for m in imports_of(path)
         if m.split(".")[0] in {"prefect", "fastapi", "starlette", "uvicorn"} or m.startswith("aftercare.web")
     }
     assert not outward, f"{path.relative_to(PACKAGE)} imports {sorted(outward)}"

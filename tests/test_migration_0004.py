@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from aftercare.spine.db import alembic_config, make_engine, migrate
 from aftercare.models import InboxEvent, InboxWait
+from aftercare.spine.db import alembic_config, make_engine, migrate
 
 
 def test_migrated_schema_is_the_one_the_models_declare(rt):

@@ -20,8 +20,6 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare.orders import warehouse
-from aftercare.spine.inbox import claim_batch
 from aftercare.models import (
     HandoffStatus,
     Order,
@@ -32,8 +30,10 @@ from aftercare.models import (
     TouchpointStatus,
     WarehouseHandoff,
 )
+from aftercare.orders import warehouse
 from aftercare.processing import process_row
 from aftercare.runtime import Runtime
+from aftercare.spine.inbox import claim_batch
 from tests.factories import deliver, fulfillment_payload, order_payload
 from tests.pipeline import drain, jst, receive, send_all
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare.spine import outbox
-from aftercare.spine.email import make_backend
 from aftercare.models import OutboxMessage, OutboxStatus
 from aftercare.rendering import RenderedEmail
+from aftercare.spine import outbox
+from aftercare.spine.email import make_backend
 
 MAIL = RenderedEmail(subject="A reply waits", text="Please decide.", html="<p>Please decide.</p>")
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from sqlmodel import Session, select
 
-from aftercare.spine.inbox import claim_batch
-from aftercare.orders.inventory import FixedStockInventory
 from aftercare.models import InboxEvent, Order, OrderLine, OutboxMessage, Touchpoint
+from aftercare.orders.inventory import FixedStockInventory
 from aftercare.processing import process_row
+from aftercare.spine.inbox import claim_batch
 from tests.conftest import shared_path
 from tests.factories import deliver, order_payload
 

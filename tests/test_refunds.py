@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session, select
 
-from aftercare.spine import outbox
-from aftercare.orders import warehouse
 from aftercare.errors import TransientSendError
 from aftercare.models import InboxEvent, OutboxMessage, Refund, Touchpoint, WarehouseHandoff
+from aftercare.orders import warehouse
 from aftercare.orders.timeline import order_timeline
+from aftercare.spine import outbox
 from tests.factories import deliver, fulfillment_payload, order_payload, refund_payload
 from tests.pipeline import drain, http_port, receive, rows, send_all
 

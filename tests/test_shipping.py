@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session
 
-from aftercare.spine import outbox as outbox_mod
-from aftercare.orders import shipping
-from aftercare.spine.inbox import claim_batch
 from aftercare.models import InboxEvent, InboxWait, OutboxMessage, Refund, Shipment, Touchpoint
+from aftercare.orders import shipping
+from aftercare.spine import outbox as outbox_mod
+from aftercare.spine.inbox import claim_batch
 from aftercare.web.app import classify_shopify
 from tests.conftest import shared_path
 from tests.factories import body_of, deliver, fulfillment_payload, order_payload, refund_payload

@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from aftercare.spine.db import make_engine
 from aftercare.errors import ConfigError
 from aftercare.models import (
     InboxEvent,
@@ -25,6 +24,7 @@ from aftercare.models import (
 )
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
+from aftercare.spine.db import make_engine
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tests.conftest import TEST_SECRET

@@ -20,9 +20,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
-from aftercare.spine import outbox
 from aftercare.cli import outbox_rows
-from aftercare.spine.email import make_backend
 from aftercare.models import OutboxMessage, Review, WarehouseHandoff, utcnow
 from aftercare.rendering import Renderer
 from aftercare.reviews import intake, notify
@@ -30,6 +28,8 @@ from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.reviews.settings import LLMSettings
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import PROJECT_ROOT, Settings
+from aftercare.spine import outbox
+from aftercare.spine.email import make_backend
 from tasks.reviews import make_draft, notify_approvers
 from tasks.shipping import warehouse_alerts
 from tests.conftest import shared_path

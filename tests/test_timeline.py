@@ -9,11 +9,17 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import Session
 
-from aftercare.orders import warehouse
-from aftercare.spine.inbox import claim_batch
 from aftercare.models import Order
+from aftercare.orders import warehouse
+from aftercare.orders.timeline import (
+    OrderNotFound,
+    order_timeline,
+    render_markdown,
+    timeline_json,
+    timeline_text,
+)
 from aftercare.processing import process_row
-from aftercare.orders.timeline import OrderNotFound, order_timeline, render_markdown, timeline_json, timeline_text
+from aftercare.spine.inbox import claim_batch
 from tests.factories import deliver, fulfillment_payload, order_payload, refund_payload
 
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from aftercare.orders import warehouse
 from aftercare.errors import ConfigError
 from aftercare.models import WarehouseHandoff, utcnow
+from aftercare.orders import warehouse
 from aftercare.settings import Settings
 from tests.factories import SHOP, fulfillment_payload, order_payload
 from tests.pipeline import http_port, receive, send_all

@@ -10,12 +10,12 @@ import pytest
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
-from aftercare.orders import warehouse
 from aftercare.errors import ConfigError
 from aftercare.models import WarehouseHandoff, utcnow
+from aftercare.orders import warehouse
+from aftercare.orders.timeline import order_timeline, render_markdown
 from aftercare.policies import RequestsPolicy, load_policy_file
 from aftercare.runtime import Runtime, use_runtime
-from aftercare.orders.timeline import order_timeline, render_markdown
 from tasks.shipping import WAREHOUSE_ALERT, warehouse_alerts
 from tests.factories import order_payload
 from tests.pipeline import http_port, receive, send_all, send_outbox, staff_mails

@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
-from aftercare.orders import warehouse
 from aftercare.models import WarehouseHandoff, utcnow
+from aftercare.orders import warehouse
 from aftercare.orders.timeline import order_timeline, timeline_json
 from tasks.shipping import handoff_markdown
 from tests.factories import SHOP, fulfillment_payload, order_payload

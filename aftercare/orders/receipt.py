@@ -11,12 +11,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from aftercare.spine import addresses
-from aftercare.orders.inventory import InventoryPort, StockRequest
 from aftercare.models import Customer, Order, OrderLine, Touchpoint, TouchpointStatus, utcnow
+from aftercare.orders.inventory import InventoryPort, StockRequest
+from aftercare.orders.shopify import ShopifyOrder
 from aftercare.policies import MessagesPolicy, Policies
 from aftercare.rendering import RenderedEmail, Renderer
-from aftercare.orders.shopify import ShopifyOrder
+from aftercare.spine import addresses
 
 CONFIRMATION = "order_confirmation"
 
@@ -26,7 +26,7 @@ FLAG_PAYMENT_PENDING = "payment_pending"
 FLAG_NO_LINES = "no_line_items"
 FLAG_STOCK_SHORT = "stock_short"
 FLAG_EMAIL_UNUSUAL = addresses.FLAG_EMAIL_UNUSUAL  # kept as written, mailed; the provider judges it
-FLAG_EMAIL_NOT_ADDRESS = addresses.FLAG_EMAIL_NOT_ADDRESS  # kept, never mailed (see aftercare.spine.addresses)
+FLAG_EMAIL_NOT_ADDRESS = addresses.FLAG_EMAIL_NOT_ADDRESS  # kept, never mailed (spine.addresses)
 
 PAID_STATUSES = {"paid", "partially_paid", "partially_refunded"}
 PENDING_STATUSES = {"pending", "authorized"}

@@ -17,7 +17,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.spine import addresses
 from aftercare.errors import InvalidPayload
 from aftercare.models import (
     Customer,
@@ -35,9 +34,10 @@ from aftercare.models import (
     TouchpointStatus,
     utcnow,
 )
+from aftercare.orders.shopify import ShopifyFulfillment, ShopifyFulfillmentEvent, ShopifyRefund
 from aftercare.policies import DeliveryPolicy, Policies
 from aftercare.rendering import RenderedEmail, Renderer
-from aftercare.orders.shopify import ShopifyFulfillment, ShopifyFulfillmentEvent, ShopifyRefund
+from aftercare.spine import addresses
 
 SHIPMENT_NOTICE = "shipment_notice"
 DELIVERY_SURVEY = "delivery_survey"

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aftercare.spine import addresses
 from aftercare.errors import InvalidPayload
+from aftercare.spine import addresses
 
 ORDER_TOPICS = frozenset({"orders/create", "orders/paid", "orders/updated", "orders/cancelled"})
 FULFILLMENT_TOPICS = frozenset({"fulfillments/create", "fulfillments/update"})

@@ -29,7 +29,6 @@ from aftercare.models import (
     WarehouseHandoff,
     utcnow,
 )
-from aftercare.policies import DeliveryPolicy
 from aftercare.orders.shipping import (
     VOID_STATUSES,
     OrderDelivery,
@@ -39,6 +38,7 @@ from aftercare.orders.shipping import (
     shippable_quantities,
 )
 from aftercare.orders.warehouse import call_back, is_cancellation
+from aftercare.policies import DeliveryPolicy
 
 
 class OrderNotFound(AftercareError):

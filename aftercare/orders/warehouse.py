@@ -29,14 +29,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.spine.db import claim_rows
 from aftercare.errors import PermanentWarehouseError, TransientWarehouseError
 from aftercare.models import HandoffStatus, Order, OrderLine, Refund, Shipment, WarehouseHandoff, utcnow
-from aftercare.policies import Policies, RequestsPolicy
 from aftercare.orders.receipt import FLAG_MISSING_ADDRESS, payment_state
+from aftercare.orders.shipping import shippable_quantities
+from aftercare.policies import Policies, RequestsPolicy
 from aftercare.rendering import Renderer
 from aftercare.settings import Settings
-from aftercare.orders.shipping import shippable_quantities
+from aftercare.spine.db import claim_rows
 
 log = logging.getLogger(__name__)
 

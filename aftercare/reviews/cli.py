@@ -26,8 +26,8 @@ def cmd_reviews_triage(args: argparse.Namespace, settings: Any) -> int:
 def cmd_reviews_import(args: argparse.Namespace, settings: Any) -> int:
     """Store a file of reviews through the inbox; print the counts and every bad line. Exit status 1
     when any line could not be stored."""
-    from aftercare.spine.db import make_engine
     from aftercare.reviews.intake import import_reviews
+    from aftercare.spine.db import make_engine
 
     path = Path(args.file)
     if not path.is_file():

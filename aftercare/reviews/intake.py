@@ -44,13 +44,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.errors import InvalidPayload
-from aftercare.spine.inbox import Delivery, store_delivery
 from aftercare.models import InboxEvent, InboxStatus, Order, Review, ReviewStatus
+from aftercare.orders.shopify import parse_json
+from aftercare.orders.timeline import OrderNotFound, find_order
 from aftercare.reviews.models import Review as ReviewText
 from aftercare.reviews.policy import ReviewsPolicy, load_reviews_policy
 from aftercare.reviews.triage import Analyser, Triager
-from aftercare.orders.shopify import parse_json
-from aftercare.orders.timeline import OrderNotFound, find_order
+from aftercare.spine.inbox import Delivery, store_delivery
 
 SOURCE = "reviews"
 TOPIC = "reviews/create"

@@ -28,13 +28,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.spine import outbox
 from aftercare.models import Review as ReviewRow
 from aftercare.models import utcnow
 from aftercare.rendering import Renderer
 from aftercare.reviews import links
 from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.settings import Settings
+from aftercare.spine import outbox
 
 if TYPE_CHECKING:  # the guardrails load the drafting stack; the sweep that escalates needs none of it
     from aftercare.reviews.guardrails import GuardedDraft

@@ -17,9 +17,9 @@ from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Category, Content, CustomArg, From, Mail, Personalization, To
 
-from aftercare.spine.addresses import clean_name
 from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
 from aftercare.settings import Settings
+from aftercare.spine.addresses import clean_name
 
 
 @dataclass(frozen=True)

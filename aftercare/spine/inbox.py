@@ -13,11 +13,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from aftercare.spine import addresses
-from aftercare.spine.db import claim_rows
 from aftercare.errors import AftercareError
 from aftercare.models import InboxEvent, InboxStatus, utcnow
 from aftercare.settings import Settings
+from aftercare.spine import addresses
+from aftercare.spine.db import claim_rows
 
 # A failed row is retried by the sweep this many times, then left failed for ops: no crash loop.
 MAX_PROCESS_ATTEMPTS = 10

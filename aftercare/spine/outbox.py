@@ -19,12 +19,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.spine.db import claim_rows
-from aftercare.spine.email import EmailBackend, OutgoingEmail
 from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
 from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, utcnow
 from aftercare.rendering import RenderedEmail
 from aftercare.settings import Settings
+from aftercare.spine.db import claim_rows
+from aftercare.spine.email import EmailBackend, OutgoingEmail
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,17 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from aftercare.spine import inbox
-from aftercare.orders import shopify
-from aftercare.spine.db import make_engine, ping, start_checkpointer
 from aftercare.drainers import live_holders
 from aftercare.errors import InvalidPayload
 from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply, ReviewStatus
+from aftercare.orders import shopify
 from aftercare.rendering import Renderer
 from aftercare.reviews import intake as review_intake
 from aftercare.reviews.masking import mask_contacts
 from aftercare.reviews.text import normalise_lang
 from aftercare.settings import Settings, normalise_shop
+from aftercare.spine import inbox
+from aftercare.spine.db import make_engine, ping, start_checkpointer
 from aftercare.web import approvals
 from aftercare.web.wake import NoWaker, PrefectWaker, Waker
 

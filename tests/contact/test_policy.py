@@ -11,8 +11,8 @@ import yaml
 from aftercare.contact.policy import ContactPolicy, MessageClass, UnknownMessageKind, load_contact_policy
 from aftercare.errors import ConfigError
 from aftercare.orders.receipt import CONFIRMATION
-from aftercare.settings import PROJECT_ROOT
 from aftercare.orders.shipping import DELIVERY_SURVEY, REVIEW_REQUEST, SHIPMENT_NOTICE
+from aftercare.settings import PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "policies" / "contact.yaml"
 POLICY = load_contact_policy(SHIPPED)

@@ -31,13 +31,13 @@ from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
-from aftercare.spine import inbox
 from aftercare import samples
 from aftercare.models import InboxEvent, InboxStatus
 from aftercare.processing import process_row
 from aftercare.reviews import intake as review_intake
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
+from aftercare.spine import inbox
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from aftercare.spine.db import make_engine, migrate
 from aftercare.settings import PROJECT_ROOT, Settings
+from aftercare.spine.db import make_engine, migrate
 from aftercare.stack import (
     Stack,
     StackConfig,

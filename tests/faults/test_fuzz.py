@@ -15,16 +15,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from aftercare.spine.db import migrate
-from aftercare.spine.inbox import Delivery, claim_batch, store_delivery
 from aftercare.models import InboxEvent, InboxStatus, Order, Shipment
+from aftercare.orders.shopify import sign
 from aftercare.processing import process_row
 from aftercare.reviews.intake import SIGNATURE_HEADER, import_reviews, review_delivery
 from aftercare.reviews.policy import load_reviews_policy
 from aftercare.reviews.triage import run_triage_jsonl
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
-from aftercare.orders.shopify import sign
+from aftercare.spine.db import migrate
+from aftercare.spine.inbox import Delivery, claim_batch, store_delivery
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tests.conftest import TEST_SECRET

@@ -21,11 +21,11 @@ from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
 from prefect.states import Crashed, Scheduled
 
-from aftercare.spine.db import migrate
 from aftercare.models import utcnow
 from aftercare.reviews import links, store
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import PROJECT_ROOT, Settings
+from aftercare.spine.db import migrate
 from aftercare.web.app import create_app
 from aftercare.web.approvals import PrefectResumer
 from aftercare.web.wake import NoWaker

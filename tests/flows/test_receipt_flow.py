@@ -12,9 +12,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from sqlmodel import Session, select
 
+from aftercare.models import Customer, InboxEvent, Order, OutboxMessage, utcnow
 from aftercare.spine import outbox as outbox_mod
 from aftercare.spine.email import FileOutboxBackend
-from aftercare.models import Customer, InboxEvent, Order, OutboxMessage, utcnow
 from flows.receipt import process_inbox
 from tests.factories import deliver, order_payload
 
@@ -69,8 +69,8 @@ def test_a_worker_killed_mid_send_is_settled_without_a_second_mail(flow_rt):
     deliver(flow_rt.engine, order_payload("ja-repeat"))
     # First run writes both confirmations; then simulate a worker that claimed them and died:
     # one after the provider (the .eml file) had it, one before.
-    from aftercare.spine.inbox import claim_batch
     from aftercare.processing import process_row
+    from aftercare.spine.inbox import claim_batch
 
     for row in claim_batch(flow_rt.engine, 10):
         process_row(flow_rt, row.inbox_id)
@@ -96,8 +96,8 @@ def test_a_worker_killed_mid_send_is_settled_without_a_second_mail(flow_rt):
 
 def test_unknown_backend_state_becomes_uncertain_not_resent(flow_rt):
     deliver(flow_rt.engine, order_payload("en-first"))
-    from aftercare.spine.inbox import claim_batch
     from aftercare.processing import process_row
+    from aftercare.spine.inbox import claim_batch
 
     for row in claim_batch(flow_rt.engine, 10):
         process_row(flow_rt, row.inbox_id)
@@ -180,8 +180,8 @@ def test_concurrent_workers_claim_disjoint_rows(rt):
     """SKIP LOCKED on PostgreSQL; the conditional UPDATE (compare-and-set) on SQLite."""
     for i in range(40):
         deliver(rt.engine, order_payload("en-first", id=5000 + i, name=f"#{5000 + i}"))
-    from aftercare.spine.inbox import claim_batch
     from aftercare.processing import process_row
+    from aftercare.spine.inbox import claim_batch
 
     for row in claim_batch(rt.engine, 100):
         process_row(rt, row.inbox_id)

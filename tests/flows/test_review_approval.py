@@ -33,11 +33,11 @@ from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Scheduled
 
-from aftercare.spine.db import migrate
 from aftercare.models import Review, utcnow
 from aftercare.reviews import store
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import PROJECT_ROOT, Settings
+from aftercare.spine.db import migrate
 from flows.reviews import review_reply
 from tasks.reviews import REVIEW_DEPLOYMENT, review_sweep, start_review_flow
 from tests.pipeline import send_outbox, staff_mails

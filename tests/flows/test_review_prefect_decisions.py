@@ -22,7 +22,6 @@ import yaml
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL
 
-from aftercare.spine.db import migrate
 from aftercare.reviews import store
 from aftercare.reviews.approval import DecisionForm, DecisionRefused, Resolution, resolve_decision
 from aftercare.reviews.guardrails import GuardedDraft, GuardrailContext, check
@@ -30,6 +29,7 @@ from aftercare.reviews.models import Draft, DraftReply
 from aftercare.reviews.policy import ApprovalPolicy, load_reviews_policy
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import PROJECT_ROOT, Settings
+from aftercare.spine.db import migrate
 from tasks.reviews import review_sweep
 from tests.flows.test_review_approval import BackgroundRunner, finished, form_text, read_run, waiting
 from tests.reviews.factories import CUSTOMER, make_request

@@ -11,8 +11,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from sqlmodel import Session, select
 
-from aftercare.orders import warehouse
 from aftercare.models import InboxEvent, OutboxMessage, Touchpoint, WarehouseHandoff
+from aftercare.orders import warehouse
 from flows.receipt import process_inbox
 from tests.factories import SHOP, deliver, fulfillment_payload, order_payload
 from tests.fakes.warehouse import FakeThreePL

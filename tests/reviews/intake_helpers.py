@@ -9,10 +9,10 @@ from typing import Any
 
 from aftercare import samples
 from aftercare.orders import shopify
-from aftercare.spine.inbox import claim_batch, store_delivery
 from aftercare.processing import Outcome, process_row
 from aftercare.reviews.intake import review_delivery
 from aftercare.runtime import Runtime
+from aftercare.spine.inbox import claim_batch, store_delivery
 from tests.factories import deliver, order_payload
 
 

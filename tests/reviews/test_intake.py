@@ -13,7 +13,6 @@ from sqlmodel import Session, select
 
 from aftercare import samples
 from aftercare.errors import InvalidPayload
-from aftercare.spine.inbox import store_delivery
 from aftercare.models import InboxEvent, InboxStatus, Order, Review
 from aftercare.reviews.cli import cmd_reviews_import
 from aftercare.reviews.intake import (
@@ -24,6 +23,7 @@ from aftercare.reviews.intake import (
     parse_review,
     review_delivery,
 )
+from aftercare.spine.inbox import store_delivery
 from tests.reviews.intake_helpers import (
     process_all,
     receive_order,

@@ -18,7 +18,6 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 from sqlmodel import Session, select
 
-from aftercare.spine.db import alembic_config, make_engine, migrate
 from aftercare.models import InboxEvent, ReplyStatus, Review, ReviewReply, ReviewStatus
 from aftercare.reviews import store
 from aftercare.reviews.intake import parse_review, reviews_policy, upsert_review
@@ -32,6 +31,7 @@ from aftercare.reviews.publishing import (
 )
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
+from aftercare.spine.db import alembic_config, make_engine, migrate
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tests.reviews.intake_helpers import process_all, review_body, review_payload, signed_headers

@@ -15,10 +15,10 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.spine.db import make_engine
 from aftercare.errors import ConfigError
 from aftercare.models import InboxEvent, InboxStatus
 from aftercare.settings import LOCAL_DEV_SECRET, Settings
+from aftercare.spine.db import make_engine
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tests.conftest import TEST_SECRET

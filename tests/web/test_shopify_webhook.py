@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from aftercare.orders import shopify
-from aftercare.spine.db import make_engine
 from aftercare.models import InboxEvent, InboxStatus, Order, OrderLine
+from aftercare.orders import shopify
 from aftercare.settings import Settings
+from aftercare.spine.db import make_engine
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tests.conftest import TEST_SECRET
