@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     reviews_webhook_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
     # Signs the approval links mailed to approvers (/approvals/<token>) and the page's form tokens.
     approval_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
+    # Signs the links in customers' mails (unsubscribe, survey answers): opaque, per purpose, expiring.
+    link_secret: SecretStr = SecretStr(LOCAL_DEV_SECRET)
     # The hard cap on a webhook body. Shopify's orders can exceed 1 MiB (hundreds of lines, long
     # notes); an authentic body up to the cap is stored and processed like any other, above it 413,
     # nothing stored, and a warning with topic, shop and webhook id so ops can ask for it again.
@@ -66,6 +68,8 @@ class Settings(BaseSettings):
     templates_dir: Path = PROJECT_ROOT / "templates"
 
     web_base_url: str = "http://127.0.0.1:8000"
+    # Where customers reach our pages (unsubscribe, survey): AFTERCARE_PUBLIC_URL, else web_base_url.
+    public_url: str | None = None
     # FastAPI's /docs, /redoc and /openapi.json: off unless asked for (they map every route for
     # whoever reaches the web app).
     api_docs: bool = False
@@ -187,12 +191,18 @@ class Settings(BaseSettings):
             ("AFTERCARE_SHOPIFY_WEBHOOK_SECRET", self.shopify_webhook_secret),
             ("AFTERCARE_REVIEWS_WEBHOOK_SECRET", self.reviews_webhook_secret),
             ("AFTERCARE_APPROVAL_SECRET", self.approval_secret),
+            ("AFTERCARE_LINK_SECRET", self.link_secret),
         ):
             if secret.get_secret_value() in _PLACEHOLDERS:
                 raise ConfigError(
                     f"{variable} is empty or a public placeholder; set a real secret "
                     f"(required with {', '.join(why)})"
                 )
+
+    @property
+    def customer_base_url(self) -> str:
+        """The base of every link a customer gets (no trailing slash)."""
+        return (self.public_url or self.web_base_url).rstrip("/")
 
     def serves_shop(self, shop_domain: str | None) -> bool:
         """Whether a delivery naming this shop is one of ours (the header is not signed)."""

@@ -137,6 +137,7 @@ def base_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
         AFTERCARE_SHOPIFY_WEBHOOK_SECRET=SECRET,
         AFTERCARE_REVIEWS_WEBHOOK_SECRET=REVIEWS_SECRET,
         AFTERCARE_APPROVAL_SECRET=REVIEWS_SECRET + "-approval",
+        AFTERCARE_LINK_SECRET=REVIEWS_SECRET + "-link",
         AFTERCARE_SHOPIFY_SHOPS=BENCH_SHOP,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=str(PROJECT_ROOT),
@@ -186,6 +187,7 @@ def bare_loop(sendgrid_url: str, n: int) -> dict[str, float]:
         shopify_webhook_secret=SECRET,
         reviews_webhook_secret=REVIEWS_SECRET,
         approval_secret=REVIEWS_SECRET + "-approval",
+        link_secret=REVIEWS_SECRET + "-link",
     )
     backend = SendGridBackend.from_settings(settings)
     context = {
@@ -296,6 +298,7 @@ def receipt_phase(
                 "AFTERCARE_SHOPIFY_WEBHOOK_SECRET": SECRET,
                 "AFTERCARE_REVIEWS_WEBHOOK_SECRET": REVIEWS_SECRET,
                 "AFTERCARE_APPROVAL_SECRET": REVIEWS_SECRET + "-approval",
+                "AFTERCARE_LINK_SECRET": REVIEWS_SECRET + "-link",
                 "AFTERCARE_SHOPIFY_SHOPS": BENCH_SHOP,
                 "AFTERCARE_EMAIL_BACKEND": "sendgrid",
                 "AFTERCARE_SENDGRID_API_KEY": API_KEY,

@@ -138,6 +138,7 @@ def test_up_needs_the_auth_string_beyond_loopback_in_production_and_behind_a_pub
                 "shopify_webhook_secret": AUTH,
                 "reviews_webhook_secret": AUTH,
                 "approval_secret": AUTH,
+                "link_secret": AUTH,
             },
             "AFTERCARE_ENVIRONMENT=production",
         ),

@@ -11,6 +11,7 @@ from aftercare.settings import LOCAL_DEV_SECRET, Settings
 SHOP_SECRET = "a-real-shop-secret-123"
 REVIEWS_SECRET = "a-real-reviews-secret-456"
 APPROVAL_SECRET = "a-real-approval-secret-789"
+LINK_SECRET = "a-real-link-secret-246"
 
 REAL_BACKENDS = {
     "sendgrid": {"email_backend": "sendgrid", "sendgrid_api_key": "SG.real"},
@@ -40,6 +41,7 @@ def test_a_real_backend_refuses_a_public_shopify_secret(database_url, tmp_path, 
             shopify_webhook_secret=public,
             reviews_webhook_secret=REVIEWS_SECRET,
             approval_secret=APPROVAL_SECRET,
+            link_secret=LINK_SECRET,
             **REAL_BACKENDS[backend],
         )
     assert "public placeholder" in str(err.value)
@@ -68,6 +70,30 @@ def test_a_real_backend_refuses_a_public_approval_secret(database_url, tmp_path,
 
 
 @pytest.mark.parametrize("backend", REAL_BACKENDS)
+@pytest.mark.parametrize("public", [LOCAL_DEV_SECRET, "", "changethis"])
+def test_a_real_backend_refuses_a_public_link_secret(database_url, tmp_path, backend, public):
+    """Anyone holding the public secret could sign a customer's unsubscribe or survey link."""
+    with pytest.raises(ConfigError, match="AFTERCARE_LINK_SECRET"):
+        build(
+            database_url,
+            tmp_path,
+            shopify_webhook_secret=SHOP_SECRET,
+            reviews_webhook_secret=REVIEWS_SECRET,
+            approval_secret=APPROVAL_SECRET,
+            link_secret=public,
+            **REAL_BACKENDS[backend],
+        )
+
+
+def test_customer_links_use_the_public_url_else_the_web_base_url(database_url, tmp_path):
+    assert build(database_url, tmp_path, web_base_url="http://10.0.0.5:8000/").customer_base_url == (
+        "http://10.0.0.5:8000"
+    )
+    public = build(database_url, tmp_path, public_url="https://care.shop.example/")
+    assert public.customer_base_url == "https://care.shop.example"
+
+
+@pytest.mark.parametrize("backend", REAL_BACKENDS)
 def test_a_real_backend_with_real_secrets_is_accepted(database_url, tmp_path, backend):
     settings = build(
         database_url,
@@ -75,6 +101,7 @@ def test_a_real_backend_with_real_secrets_is_accepted(database_url, tmp_path, ba
         shopify_webhook_secret=SHOP_SECRET,
         reviews_webhook_secret=REVIEWS_SECRET,
         approval_secret=APPROVAL_SECRET,
+        link_secret=LINK_SECRET,
         **REAL_BACKENDS[backend],
     )
     assert settings.real_backends()

@@ -202,6 +202,7 @@ def test_an_escalation_claimed_by_a_process_killed_before_sending_is_sent_by_the
         # A real backend (SendGrid) refuses the public development secrets.
         "AFTERCARE_REVIEWS_WEBHOOK_SECRET": "staff-mail-test-reviews-secret",
         "AFTERCARE_APPROVAL_SECRET": "staff-mail-test-approval-secret",
+        "AFTERCARE_LINK_SECRET": "staff-mail-test-link-secret",
         "AFTERCARE_WAKE_PREFECT": "false",
         "AFTERCARE_EMAIL_BACKEND": "sendgrid",
         "AFTERCARE_SENDGRID_API_KEY": fake.api_key,

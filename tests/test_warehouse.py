@@ -349,5 +349,6 @@ def test_http_backend_needs_a_url_and_a_real_secret(tmp_path):
         shopify_webhook_secret="the-shops-real-secret",
         reviews_webhook_secret="the-reviews-real-secret",
         approval_secret="the-approval-real-secret",
+        link_secret="the-link-real-secret",
     )
     assert isinstance(warehouse.make_warehouse(ok), warehouse.HttpWarehouse)

@@ -43,8 +43,8 @@ class ComposeContext:
     unsubscribe_url: str  # the visible link in the body (a page: GET changes nothing)
     # The shop as the footer shows it, in the recipient's language (`sender.ShopPolicy.for_locale`).
     shop: dict[str, str | None]
-    web_base_url: str  # where our own pages live (survey page, ...)
-    secret: bytes  # the key that signs this installation's links (aftercare.signing)
+    base_url: str  # where customers reach our pages (Settings.customer_base_url), no trailing slash
+    link_secret: str  # signs this installation's customer links (aftercare.signing; Settings.link_secret)
 
     def footer_vars(self) -> dict[str, Any]:
         """What `{% include locale ~ "/_feedback_footer.txt" %}` (and .html) needs."""

@@ -253,6 +253,7 @@ def harness_env(
         "AFTERCARE_SHOPIFY_SHOPS": wl.SHOP,
         "AFTERCARE_REVIEWS_WEBHOOK_SECRET": secrets["reviews"],
         "AFTERCARE_APPROVAL_SECRET": secrets["reviews"] + "-approval",
+        "AFTERCARE_LINK_SECRET": secrets["reviews"] + "-link",
         "AFTERCARE_EMAIL_BACKEND": "sendgrid",
         "AFTERCARE_SENDGRID_API_KEY": API_KEY,
         "AFTERCARE_SENDGRID_BASE_URL": sg_url,

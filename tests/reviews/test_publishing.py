@@ -264,6 +264,7 @@ def test_make_platform_picks_the_api_when_configured_else_our_store(tmp_path):
         shopify_webhook_secret="shop-secret-for-a-real-backend",
         reviews_webhook_secret="reviews-secret-for-a-real-backend",
         approval_secret="approval-secret-for-a-real-backend",
+        link_secret="link-secret-for-a-real-backend",
         google_business_token="g",
         trustpilot_token="t",
         trustpilot_business_user_id="u",
