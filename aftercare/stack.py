@@ -43,7 +43,7 @@ class StackConfig:
     web_port: int = 8000
     # The web app's address, and the Prefect server's unless `prefect_host` says otherwise.
     host: str = "127.0.0.1"
-    sweep_seconds: int = 30
+    sweep_seconds: int = 300
     extra_env: dict[str, str] = field(default_factory=dict)
     # Where the Prefect server listens (AFTERCARE_PREFECT_HOST); beyond loopback it needs the auth string.
     prefect_host: str | None = None

@@ -25,7 +25,7 @@ from tasks.receipt import (
     receive_lanes,
     send,
 )
-from tasks.review_sweep import review_sweep
+from tasks.review_sweep import review_housekeeping
 from tasks.shipping import claim_handoffs, hand_off, warehouse_alerts
 
 
@@ -87,7 +87,9 @@ def _drain(batch_size: int, linger_seconds: float, max_seconds: float) -> State:
         settle([(receive.submit(lane), "received", len(lane)) for lane in lanes])
         for chunk in after:
             tally(receive(chunk, return_state=True), "received", len(chunk))
-        review_sweep()  # approval runs for new reviews, escalation of overdue ones; cheap when idle
+        # Escalation of overdue reviews, replies left publishing: database only, cheap when idle. The
+        # approval runs are started by the web app's patrol: no Prefect call holds up an order.
+        review_housekeeping()
 
         # The previous round is collected before more is claimed: claimed work never queues in
         # this process, where a wait past its lease would look like a dead worker's.

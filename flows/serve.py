@@ -1,6 +1,8 @@
 """Serve aftercare's deployments from this process (what `make up` runs). Each run executes in a
-subprocess; the inbox sweep runs every 30 s so nothing depends on a wake arriving. review-reply runs
-are created per review by process-inbox and resumed by approvers."""
+subprocess. process-inbox is woken by the web app (after each delivery, and by its patrol when work
+falls due: aftercare/due.py); its schedule is a safety sweep every 5 min, so an idle system makes no
+empty runs and nothing depends on a wake arriving. review-reply runs are created per review by the
+web app's patrol and resumed by approvers."""
 
 from __future__ import annotations
 
@@ -13,17 +15,17 @@ from flows.reviews import review_reply
 
 
 def main() -> None:
-    sweep_seconds = int(os.environ.get("AFTERCARE_SWEEP_SECONDS", "30"))
+    sweep_seconds = int(os.environ.get("AFTERCARE_SWEEP_SECONDS", "300"))
     serve(
         process_inbox.to_deployment(
             name="process-inbox",
             interval=sweep_seconds,
             concurrency_limit=int(os.environ.get("AFTERCARE_WORKERS", "1")),
             description="Receive webhooks from the inbox and send what the outbox owes. Woken by the web "
-            "app after each delivery; also runs on a schedule as the sweep.",
+            "app after each delivery and when work falls due; also every 5 min as a safety sweep.",
             tags=["aftercare"],
         ),
-        # One run per review awaiting approval: started by process-inbox (tasks.reviews.start_review_flow),
+        # One run per review awaiting approval: started by the web app's patrol (tasks.review_sweep),
         # suspended while it waits for a person, resumed from the UI form or the API.
         review_reply.to_deployment(
             name="review-reply",

@@ -111,10 +111,10 @@ def prefect_briefly() -> Iterator[None]:
 PREFECT_BRIEF_TIMEOUT_S = 10.0
 
 
-def review_sweep(limit: int = 20) -> dict[str, list[int]]:
-    """Plain calls, cheap when there is nothing to do (two indexed queries): start an approval run
-    for each new review that needs one, and escalate the ones waiting past the policy's window.
-    A Prefect error leaves the review as it is, for the next loop."""
+def start_new_review_runs(limit: int = 20) -> list[int]:
+    """Start an approval run for each new review that needs one (cheap when there is none: one
+    indexed query). A Prefect error leaves the review new, for the next turn, and stops this turn:
+    Prefect is struggling."""
     rt = current()
     policy = intake.reviews_policy(rt.settings.policies_dir)
     started: list[int] = []
@@ -122,15 +122,32 @@ def review_sweep(limit: int = 20) -> dict[str, list[int]]:
         for review_id, name in reviews_needing_a_run(rt.engine, policy, limit):
             try:
                 start_review_flow(review_id, name)
-            except Exception as exc:  # any Prefect/HTTP error: the reviews stay new, retried next loop
+            except Exception as exc:  # any Prefect/HTTP error: the reviews stay new, retried next turn
                 log.warning(
                     "could not start the approval run for review %s (it and the rest are retried next "
-                    "loop): %s",
+                    "turn): %s",
                     review_id,
                     exc,
                 )
-                break  # Prefect is struggling: orders must not wait behind more attempts
+                break
             started.append(review_id)
+    return started
+
+
+def check_review_runs() -> tuple[list[int], list[int]]:
+    """Restart approval runs whose process died, deliver page decisions that never reached their run.
+    Once a minute is plenty (the caller's pace)."""
+    with prefect_briefly():
+        return restart_dead_runs(), deliver_stored_decisions()
+
+
+def review_housekeeping() -> dict[str, list[int]]:
+    """What process-inbox does on each loop: database work only, no Prefect call (an order never
+    waits behind Prefect). Escalate the reviews waiting past the policy's window (the notices go out
+    with this round's mail) and settle replies left `publishing` by a dead worker. The approval
+    runs themselves are started and restarted by the web app's patrol (aftercare/web/patrol.py)."""
+    rt = current()
+    policy = intake.reviews_policy(rt.settings.policies_dir)
     escalated: list[int] = []
     try:
         escalated = notify.escalate_overdue(
@@ -138,26 +155,26 @@ def review_sweep(limit: int = 20) -> dict[str, list[int]]:
         )
     except (AftercareError, SQLAlchemyError):
         # Escalation must never hold up orders; a failed transaction claimed nothing, so the next
-        # loop retries. (Sending is the outbox's: the notices go out with this round's mail.)
+        # loop retries.
         log.exception("escalating overdue reviews failed; retried next loop")
+    return {"escalated": escalated, "recovered": recover_replies()}
+
+
+def review_sweep(limit: int = 20) -> dict[str, list[int]]:
+    """Everything at once, for tests and one-off calls: start new approval runs, the housekeeping,
+    and (at most once a minute) the dead-run check."""
+    started = start_new_review_runs(limit)
+    done = review_housekeeping()
     restarted: list[int] = []
     delivered: list[int] = []
     global _last_restart_check
     if time.monotonic() - _last_restart_check >= RESTART_CHECK_EVERY_S:
         _last_restart_check = time.monotonic()
         try:
-            with prefect_briefly():
-                restarted = restart_dead_runs()
-                delivered = deliver_stored_decisions()
+            restarted, delivered = check_review_runs()
         except Exception as exc:  # Prefect unreachable: the next check tries again
             log.warning("could not check the approval runs (retried later): %s", exc)
-    return {
-        "started": started,
-        "escalated": escalated,
-        "recovered": recover_replies(),
-        "restarted": restarted,
-        "delivered": delivered,
-    }
+    return {"started": started, **done, "restarted": restarted, "delivered": delivered}
 
 
 # -- approval runs whose process died --------------------------------------------------------------

@@ -920,16 +920,9 @@ class Unacknowledged:
         return f"hand-off {self.order_name} v{self.version}: {why}"
 
 
-def claim_alerts(
-    db: Engine | Session, window: timedelta, limit: int = 100, *, now: datetime | None = None
-) -> list[Unacknowledged]:
-    """Hand-offs ops have not been told about yet that the warehouse refused (failed), or has not
-    acknowledged within `window` of their preparation; each is marked alerted in the same
-    compare-and-set, so concurrent sweeps tell ops once. Given a Session, the claim is made in its
-    transaction: insert the alert's mails in it before committing, so the claim never stands
-    without them (there is no giving a claim back: the mail rows are the record)."""
-    now = now or utcnow()
-    due = sa.and_(
+def alert_due(now: datetime, window: timedelta) -> sa.ColumnElement[bool]:
+    """Hand-offs ops must be told about: refused, or not acknowledged within `window`, not yet told."""
+    return sa.and_(
         WarehouseHandoff.alerted_at.is_(None),  # type: ignore[union-attr]
         sa.or_(
             WarehouseHandoff.status == HandoffStatus.FAILED,
@@ -939,6 +932,18 @@ def claim_alerts(
             ),
         ),
     )
+
+
+def claim_alerts(
+    db: Engine | Session, window: timedelta, limit: int = 100, *, now: datetime | None = None
+) -> list[Unacknowledged]:
+    """Hand-offs ops have not been told about yet that the warehouse refused (failed), or has not
+    acknowledged within `window` of their preparation; each is marked alerted in the same
+    compare-and-set, so concurrent sweeps tell ops once. Given a Session, the claim is made in its
+    transaction: insert the alert's mails in it before committing, so the claim never stands
+    without them (there is no giving a claim back: the mail rows are the record)."""
+    now = now or utcnow()
+    due = alert_due(now, window)
     columns = [
         WarehouseHandoff.order_name,
         WarehouseHandoff.version,

@@ -269,6 +269,15 @@ class Exhausted:
         )
 
 
+def exhausted_unalerted(retry: Retry) -> sa.ColumnElement[bool]:
+    """Rows out of attempts that ops have not been told about yet."""
+    return sa.and_(
+        InboxEvent.status == InboxStatus.FAILED,
+        InboxEvent.attempts >= retry.max_attempts,
+        InboxEvent.alerted_at.is_(None),  # type: ignore[union-attr]
+    )
+
+
 def claim_alerts(
     session: Session, retry: Retry = DEFAULT_RETRY, *, now: datetime | None = None, limit: int = 100
 ) -> list[Exhausted]:
@@ -277,11 +286,7 @@ def claim_alerts(
     Runs in the caller's transaction, so the mail that tells ops is written with the claim: both
     commit, or neither does."""
     now = now or utcnow()
-    exhausted = sa.and_(
-        InboxEvent.status == InboxStatus.FAILED,
-        InboxEvent.attempts >= retry.max_attempts,
-        InboxEvent.alerted_at.is_(None),  # type: ignore[union-attr]
-    )
+    exhausted = exhausted_unalerted(retry)
     candidates = sa.select(InboxEvent.id).where(exhausted).order_by(InboxEvent.id).limit(limit)
     rows = session.execute(
         sa.update(InboxEvent)

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from aftercare.drainers import live_holders
 from aftercare.errors import InvalidPayload
-from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply, ReviewStatus
+from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply, ReviewStatus, utcnow
 from aftercare.orders import shopify
 from aftercare.rendering import Renderer
 from aftercare.reviews import intake as review_intake
@@ -30,6 +30,7 @@ from aftercare.settings import Settings, normalise_shop
 from aftercare.spine import inbox
 from aftercare.spine.db import make_engine, ping, start_checkpointer
 from aftercare.web import approvals
+from aftercare.web.patrol import Patrol
 from aftercare.web.wake import NoWaker, PrefectWaker, Waker
 
 log = logging.getLogger(__name__)
@@ -153,27 +154,53 @@ def _not_found() -> HTMLResponse:
     return HTMLResponse("<!doctype html><title>Not found</title><p>Not found</p>", 404, headers=PAGE_HEADERS)
 
 
-def review_runs_patrol(settings: Settings) -> Callable[[], object]:
-    """Once a minute from the waker: restart review-reply runs that died, deliver page decisions
-    that did not reach their run (tasks/review_sweep.py). process-inbox does the same, but only while
-    a run of it gets to run; a flood of scheduled runs behind a held concurrency slot, or a Prefect
-    server too busy to fire its automations, left reviews waiting in the fault suite."""
+def prefect_patrol(settings: Settings, waker: Waker | None = None) -> Patrol:
+    """The jobs the web app's patrol thread runs (aftercare/web/patrol.py): wake process-inbox when
+    the database holds work that is due (every 5 s; aftercare/due.py), so that its schedule is only
+    a low-frequency safety sweep and an idle system makes no empty runs; start the approval run of
+    each new review (every 2 s); restart review runs that died and deliver page decisions that did
+    not reach their run (once a minute). The order path itself makes no Prefect call."""
     built: list[Any] = []
 
-    def patrol() -> object:
-        from aftercare.runtime import Runtime, use_runtime
-        from tasks.review_sweep import deliver_stored_decisions, prefect_briefly, restart_dead_runs
+    def in_runtime(fn: Callable[[], object]) -> Callable[[], object]:
+        def job() -> object:
+            from aftercare.runtime import Runtime, use_runtime
 
-        if not built:
-            built.append(Runtime.build(settings))
-        with use_runtime(built[0]), prefect_briefly():
-            return restart_dead_runs(), deliver_stored_decisions()
+            if not built:
+                built.append(Runtime.build(settings))
+            with use_runtime(built[0]):
+                return fn()
 
+        return job
+
+    from tasks.review_sweep import check_review_runs, start_new_review_runs
+
+    patrol = Patrol()
+    if waker is not None:
+        the_waker = waker
+
+        def wake_for_due_work() -> list[str]:
+            from aftercare.due import work_due
+            from aftercare.runtime import current
+
+            rt = current()
+            due = work_due(rt.engine, rt.settings, rt.policies.requests, utcnow())
+            if due:
+                the_waker.poke_from_thread()
+            return due
+
+        patrol.add("wake process-inbox for due work", 5.0, in_runtime(wake_for_due_work))
+    patrol.add("start approval runs for new reviews", 2.0, in_runtime(start_new_review_runs))
+    patrol.add("restart dead approval runs, deliver stored decisions", 60.0, in_runtime(check_review_runs))
     return patrol
 
 
 def create_app(
-    settings: Settings | None = None, *, waker: Waker | None = None, resumer: approvals.Resumer | None = None
+    settings: Settings | None = None,
+    *,
+    waker: Waker | None = None,
+    resumer: approvals.Resumer | None = None,
+    patrol: Patrol | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
     engine = make_engine(settings, background_checkpoints=True)
@@ -184,17 +211,22 @@ def create_app(
         PrefectWaker(
             settings.wake_deployment,
             live_runs=lambda: live_holders(engine, settings.workers),
-            side_patrol=review_runs_patrol(settings),
         )
         if settings.wake_prefect
         else NoWaker()
     )
 
+    patrol = (patrol or prefect_patrol(settings, the_waker)) if settings.wake_prefect else patrol
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         stop_checkpointer = start_checkpointer(engine)
         await the_waker.start()
+        if patrol is not None:
+            patrol.start()
         yield
+        if patrol is not None:
+            patrol.stop()
         await the_waker.stop()
         stop_checkpointer()
         engine.dispose()

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 class Waker(Protocol):
     def poke(self) -> None: ...
+    def poke_from_thread(self) -> None: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
@@ -36,6 +37,9 @@ class NoWaker:
     pokes = 0
 
     def poke(self) -> None:
+        self.pokes += 1
+
+    def poke_from_thread(self) -> None:
         self.pokes += 1
 
     async def start(self) -> None:
@@ -60,8 +64,6 @@ class PrefectWaker:
         starting_s: float = 20.0,
         pending_s: float = 45.0,
         patrol_s: float = 10.0,
-        side_patrol: Callable[[], object] | None = None,
-        side_patrol_every_s: float = 60.0,
     ):
         self.deployment_name = deployment_name
         self.min_interval_s = min_interval_s
@@ -70,22 +72,23 @@ class PrefectWaker:
         self.pending_s = pending_s
         self.patrol_s = patrol_s
         self._event = asyncio.Event()
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._deployment_id = None
         self.created_runs = 0
         self.crashed_runs = 0
-        # Something else to check now and then from this long-lived process, in a thread (the review
-        # runs' patrol: tasks/review_sweep.py), so that it does not depend on a run of the deployment
-        # getting to run.
-        self.side_patrol = side_patrol
-        self.side_patrol_every_s = side_patrol_every_s
-        self._side_patrolled = float("-inf")
-        self.side_patrols = 0
 
     def poke(self) -> None:
         self._event.set()
 
+    def poke_from_thread(self) -> None:
+        """A poke from another thread (the patrol's): asyncio's event belongs to the app's loop."""
+        loop = self._loop_ref
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._event.set)
+
     async def start(self) -> None:
+        self._loop_ref = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._loop(), name="prefect-waker")
 
     async def stop(self) -> None:
@@ -109,13 +112,6 @@ class PrefectWaker:
                 await self._wake_once(create=poked)
             except Exception as exc:
                 log.warning("could not wake Prefect (%s); the scheduled sweep will pick the work up", exc)
-            if self.side_patrol is not None and started - self._side_patrolled >= self.side_patrol_every_s:
-                self._side_patrolled = started
-                try:
-                    await asyncio.to_thread(self.side_patrol)
-                    self.side_patrols += 1
-                except Exception as exc:
-                    log.warning("the patrol %s failed (tried again later): %s", self.side_patrol, exc)
             await asyncio.sleep(max(0.0, self.min_interval_s - (time.monotonic() - started)))
 
     async def _wake_once(self, *, create: bool = True) -> None:

@@ -275,7 +275,11 @@ def harness_env(
 class Embedded(Topology):
     """SQLite: what `aftercare up` runs (aftercare.stack.Stack)."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], sweep_seconds: int = 5):
+    # What `aftercare up` runs, schedule included: process-inbox is woken by the web app (each
+    # delivery, and its patrol when work falls due), the schedule is the 5-minute safety sweep. (A
+    # 5 s sweep here once queued ~100 scheduled runs behind the concurrency slot and loaded the
+    # embedded Prefect server more than the faults did.)
+    def __init__(self, workdir: Path, env: dict[str, str], sweep_seconds: int = StackConfig.sweep_seconds):
         self.cfg = StackConfig(
             var_dir=workdir,
             prefect_port=free_port(),

@@ -163,15 +163,24 @@ def test_prefect_unreachable_leaves_every_review_as_it_is(
     assert restart_dead_runs(utcnow()) == [review_id]  # Prefect back: the next check restarts it
 
 
-def test_the_web_apps_patrol_restarts_dead_runs_without_any_process_inbox_run(deployment: Runtime):
-    """What the waker runs once a minute (aftercare/web/app.review_runs_patrol), on the app's own
-    settings: a dead run is followed by a fresh one even when no process-inbox run gets to run."""
-    from aftercare.web.app import review_runs_patrol
+def test_the_web_apps_patrol_starts_and_restarts_runs_without_any_process_inbox_run(deployment: Runtime):
+    """The web app's patrol thread (aftercare/web/app.prefect_patrol), on the app's own settings:
+    a new review gets its approval run, and a dead run is followed by a fresh one, with no run of
+    process-inbox at all (process-inbox makes no Prefect call)."""
+    from aftercare.web.app import prefect_patrol
 
     rt = deployment
     review_id = add_review(rt.engine, platform_review_id="patrolled", status="new")
     run = start(review_id)
     _set(run, Crashed())
-    restarted, delivered = review_runs_patrol(rt.settings)()  # type: ignore[misc]
+    fresh_id = add_review(rt.engine, platform_review_id="patrolled-new", status="new")
+    patrol = prefect_patrol(rt.settings)
+    assert len(patrol.run_due()) == 2  # both jobs, each once
+    starts, checks = patrol.jobs
+    assert starts.last_error is None and checks.last_error is None
+    assert fresh_id in starts.last_result  # type: ignore[operator]
+    assert _run_of(rt, fresh_id) is not None
+    restarted, delivered = checks.last_result  # type: ignore[misc]
     assert restarted == [review_id] and delivered == []
     assert _run_of(rt, review_id) != run
+    assert patrol.run_due() == []  # neither job's turn again yet

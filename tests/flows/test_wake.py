@@ -53,31 +53,3 @@ def test_a_wake_that_cannot_reach_its_deployment_is_logged_not_raised(prefect_se
     with caplog.at_level(logging.WARNING, logger="aftercare.web.wake"):
         assert asyncio.run(scenario()) == 0
     assert "scheduled sweep will pick the work up" in caplog.text
-
-
-def test_the_side_patrol_runs_in_a_thread_now_and_then_and_survives_its_own_failure():
-    """The review runs' patrol rides on the waker (aftercare/web/app.review_runs_patrol): it runs
-    without any run of process-inbox, at most once per `side_patrol_every_s`, off the event loop,
-    and an exception in it (Prefect down) is logged, not the end of the waker."""
-    import threading
-
-    calls: list[str] = []
-
-    def patrol() -> None:
-        calls.append(threading.current_thread().name)
-        if len(calls) == 1:
-            raise RuntimeError("Prefect is down")
-
-    async def main() -> PrefectWaker:
-        waker = PrefectWaker(
-            "nobody/serves-this", 0.01, patrol_s=0.02, side_patrol=patrol, side_patrol_every_s=0.2
-        )
-        await waker.start()
-        await asyncio.sleep(0.7)
-        await waker.stop()
-        return waker
-
-    waker = asyncio.run(main())
-    assert 3 <= len(calls) <= 5  # about every 0.2 s over 0.7 s, not every 0.02 s patrol
-    assert waker.side_patrols == len(calls) - 1  # the first one failed, the rest went on
-    assert all(name != "MainThread" for name in calls)
