@@ -231,7 +231,7 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
             session.commit()
         return Done(list_name, result.created, len(result.cancelled_touchpoints))
 
-    @api.get("/unsubscribe/{raw}", response_class=HTMLResponse)
+    @api.get("/unsubscribe/{raw:path}", response_class=HTMLResponse)
     def unsubscribe_page(raw: str, request: Request) -> HTMLResponse:
         """The choice, and nothing else: a GET changes nothing (scanners fetch links)."""
         claims = claims_of(raw)
@@ -249,7 +249,7 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
             },
         )
 
-    @api.post("/unsubscribe/{raw}", response_class=HTMLResponse)
+    @api.post("/unsubscribe/{raw:path}", response_class=HTMLResponse)
     async def unsubscribe_post(raw: str, request: Request) -> HTMLResponse:
         """One-click (RFC 8058) or our form: unsubscribed at once, 200, never a redirect."""
         try:
