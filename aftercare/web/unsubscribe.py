@@ -210,13 +210,12 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
                     .join(Customer, Customer.id == Order.customer_id)  # type: ignore[arg-type]
                     .where(Touchpoint.id == claims.touchpoint_id)
                 ).first()
-                if found is not None:
-                    touchpoint_id = found.id
-                    if (
-                        found.shop_domain == claims.shop_domain
-                        and store.email_hash(found.email_key) == claims.email_hash
-                    ):
-                        email_key = found.email_key
+                if (
+                    found is not None
+                    and found.shop_domain == claims.shop_domain
+                    and store.email_hash(found.email_key) == claims.email_hash
+                ):
+                    email_key, touchpoint_id = found.email_key, found.id
             result = store.suppress(
                 session,
                 shop_domain=claims.shop_domain,

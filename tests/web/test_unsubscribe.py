@@ -342,3 +342,18 @@ def test_a_token_whose_touchpoint_is_another_customers_cancels_none_of_theirs(
         (SHOP, store.email_hash(hanako.email), "surveys", "list-unsubscribe post")
     ]
     assert statuses(rt.engine, taro) == ALL_PLANNED
+
+
+def test_a_database_that_cannot_be_reached_is_a_503_page_and_the_choice_still_shows(
+    settings: Settings, tmp_path
+) -> None:
+    """The page needs no database (GET reads nothing); the POST says plainly that nothing was stored
+    and to try again (503, Retry-After), never a 500 with a traceback, never a claim it worked."""
+    down = settings.model_copy(update={"database_url": "postgresql://postgres@127.0.0.1:9/nowhere"})
+    planned = Planned("hanako@example.jp", 1, 1, touchpoints={"delivery_survey": 1})
+    url = path(token_for(down, planned))
+    with TestClient(create_app(down, waker=NoWaker()), raise_server_exceptions=False) as c:
+        assert c.get(url).status_code == 200
+        response = c.post(url, data=ONE_CLICK)
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert 'data-reason="unavailable"' in response.text and "何も変更されていません" in response.text
