@@ -5,6 +5,7 @@ published Mail Send contract; no test really sleeps (deliver's `sleep` is a reco
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -16,12 +17,13 @@ import pytest
 from pydantic import SecretStr
 from sqlmodel import Session
 
-from aftercare.models import OutboxMessage, OutboxStatus, utcnow
+from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, utcnow
 from aftercare.processing import process_row
+from aftercare.rendering import RenderedEmail
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
-from aftercare.spine.email import SendGridBackend
-from aftercare.spine.outbox import DeliveryResult, claim_due, deliver, get
+from aftercare.spine.email import RESERVED_HEADERS, InvalidHeader, SendGridBackend, check_headers
+from aftercare.spine.outbox import DeliveryResult, claim_due, deliver, enqueue, get
 from tests import factories
 from tests.conftest import shared_path
 from tests.fakes.sendgrid import FakeSendGrid, serve
@@ -429,3 +431,67 @@ def test_a_provider_down_for_minutes_is_waited_out_not_failed(
         s.commit()
     final = send(rt, outbox_id, SendGridBackend.from_settings(live), live, sleeps)
     assert final.status == "sent" and fake.requests[-1].status == 202
+
+
+# -- extra headers (List-Unsubscribe, RFC 8058) -----------------------------------------------------
+
+
+def _reserved_in_contract() -> set[str]:
+    """The headers SendGrid's Mail Send document says may not be overridden, read from the document."""
+    document = json.loads(
+        shared_path("contracts", "sendgrid", "tsg_mail_v3.json").read_text(encoding="utf-8")
+    )
+    body = document["components"]["requestBodies"]["PostMailSend"]["content"]["application/json"]["schema"]
+    description = body["properties"]["headers"]["description"]
+    names = {n.lower() for n in re.findall(r"`([^`]+)`", description.split("may not override", 1)[1])}
+    assert {"from", "to", "subject", "dkim-signature"} <= names, description
+    return names
+
+
+def test_extra_headers_travel_as_message_headers_within_the_contract(
+    rt: Runtime, fake: FakeSendGrid, backend: SendGridBackend, sg_settings: Settings, sleeps: Sleeps
+) -> None:
+    inbox_id = factories.deliver(rt.engine, factories.order_payload("ja-first-gift"))
+    assert inbox_id is not None
+    outbox_id = process_row(rt, inbox_id).outbox_id
+    assert outbox_id is not None
+    unsubscribe = "https://shop.example/unsubscribe/" + "t" * 180
+    headers = {
+        "List-Unsubscribe": f"<{unsubscribe}>, <mailto:support@shop.example?subject=unsubscribe>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    with Session(rt.engine) as session:
+        row = session.get(OutboxMessage, outbox_id)
+        assert row is not None and row.touchpoint_id is not None
+        touchpoint = session.get(Touchpoint, row.touchpoint_id)
+        assert touchpoint is not None
+        enqueue(  # the row is still pending: enqueue again refreshes it, headers included
+            session,
+            touchpoint=touchpoint,
+            to_email=row.to_email,
+            to_name=row.to_name,
+            rendered=RenderedEmail(row.subject, row.text_body, row.html_body),
+            locale=row.locale,
+            order_name=row.order_name,
+            is_test=False,
+            headers=headers,
+        )
+        session.commit()
+    assert [c.outbox_id for c in claim_due(rt.engine, 10, "test-worker")] == [outbox_id]
+
+    assert send(rt, outbox_id, backend, sg_settings, sleeps).status == "sent"
+
+    assert fake.violations == []
+    [body] = fake.messages
+    assert body["headers"] == headers  # message-level, exactly once each
+    assert all(isinstance(v, str) for v in body["headers"].values())
+    assert not {n.lower() for n in body["headers"]} & _reserved_in_contract()
+    assert "headers" not in body["personalizations"][0]
+
+
+def test_headers_the_contract_forbids_are_refused_before_sendgrid_is_asked(fake: FakeSendGrid) -> None:
+    for name in sorted(_reserved_in_contract()):
+        with pytest.raises(InvalidHeader):
+            check_headers({name: "x"})
+    assert RESERVED_HEADERS >= _reserved_in_contract()
+    assert fake.requests == []

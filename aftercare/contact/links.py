@@ -25,12 +25,31 @@ class UnsubscribeClaims:
     email_hash: str
     list_name: str
     touchpoint_id: int | None
+    locale: str | None = None  # the mail's language (ja, en), so the page speaks it
+
+
+LOCALES = ("ja", "en")
 
 
 def unsubscribe_token(
-    secret: str, *, shop_domain: str, email_key: str, list_name: str, touchpoint_id: int | None, now: datetime
+    secret: str,
+    *,
+    shop_domain: str,
+    email_key: str,
+    list_name: str,
+    touchpoint_id: int | None,
+    now: datetime,
+    locale: str | None = None,
 ) -> str:
-    claims = {"s": shop_domain, "h": email_hash(email_key), "l": list_name, "t": touchpoint_id}
+    """The token of one mail's unsubscribe link. `locale`: the mail's language, for the page."""
+    claims: dict[str, object] = {
+        "s": shop_domain,
+        "h": email_hash(email_key),
+        "l": list_name,
+        "t": touchpoint_id,
+    }
+    if locale in LOCALES:
+        claims["g"] = locale
     return signing.sign(secret, PURPOSE, claims, expires_at=now + timedelta(days=UNSUBSCRIBE_VALID_DAYS))
 
 
@@ -40,9 +59,10 @@ def read_unsubscribe_token(secret: str, token: str, *, now: datetime) -> Unsubsc
     shop, digest, list_name, tp = claims.get("s"), claims.get("h"), claims.get("l"), claims.get("t")
     if not (isinstance(shop, str) and isinstance(digest, str) and isinstance(list_name, str)):
         raise signing.TokenInvalid("the token lacks its claims")
-    if tp is not None and not isinstance(tp, int):
+    if tp is not None and (not isinstance(tp, int) or isinstance(tp, bool)):
         raise signing.TokenInvalid("the token lacks its claims")
-    return UnsubscribeClaims(shop, digest, list_name, tp)
+    locale = claims.get("g")
+    return UnsubscribeClaims(shop, digest, list_name, tp, locale if locale in LOCALES else None)
 
 
 def unsubscribe_url(base_url: str, token: str) -> str:

@@ -12,7 +12,8 @@ from aftercare.policies import load_policy_file
 
 
 class Localized(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Stripped before the length check: a blank sender or address is refused, not shown as nothing.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
     ja: str = Field(min_length=1, max_length=300)
     en: str = Field(min_length=1, max_length=300)
 
@@ -21,7 +22,7 @@ class Localized(BaseModel):
 
 
 class ShopPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
     version: str = Field(min_length=1, max_length=32)
     name: Localized
     sender: Localized

@@ -192,13 +192,12 @@ def suppress(
     digest = address_hash or (email_hash(email_key) if email_key else None)
     if digest is None:
         raise ValueError("suppress needs an address or its hash")
-    exists = session.exec(
-        select(Suppression.id).where(
-            Suppression.shop_domain == shop_domain,
-            Suppression.email_hash == digest,
-            Suppression.list_name == list_name,
-        )
-    ).first()
+    stored = select(Suppression.id).where(
+        Suppression.shop_domain == shop_domain,
+        Suppression.email_hash == digest,
+        Suppression.list_name == list_name,
+    )
+    exists = session.exec(stored).first()
     created = False
     if exists is None:
         # Two clicks at once: the unique constraint keeps one; the loser's savepoint is rolled back.
@@ -216,6 +215,10 @@ def suppress(
                 )
             created = True
         except sa.exc.IntegrityError:
+            # Only the unique constraint means "already there": any other violation (a touchpoint
+            # that does not exist) would otherwise lose the suppression without a word.
+            if session.exec(stored).first() is None:
+                raise
             created = False
     cancelled: list[int] = []
     if email_key:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import urllib.error
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
@@ -15,7 +17,7 @@ from typing import Protocol
 
 from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import Category, Content, CustomArg, From, Mail, Personalization, To
+from sendgrid.helpers.mail import Category, Content, CustomArg, From, Header, Mail, Personalization, To
 
 from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
 from aftercare.settings import Settings
@@ -36,6 +38,73 @@ class OutgoingEmail:
     is_test: bool = False
     categories: tuple[str, ...] = field(default=())
     staff: bool = False  # a staff mail from the outbox (no touchpoint): kept apart from customer mail
+    # Extra headers (outbox.headers, checked by `check_headers` when enqueued): List-Unsubscribe and
+    # List-Unsubscribe-Post (RFC 8058) on every non-transactional mail.
+    headers: Mapping[str, str] | None = None
+
+
+class InvalidHeader(ValueError):
+    """An extra mail header we refuse to carry: its name, and what is wrong with it."""
+
+
+# What neither backend lets a caller set: the envelope and structure we write ourselves, and what
+# SendGrid's Mail Send document says may not be overridden (x-sg-id, x-sg-eid, received,
+# dkim-signature, Content-Type, Content-Transfer-Encoding, To, From, Subject, Reply-To, CC, BCC).
+RESERVED_HEADERS = frozenset(
+    {
+        "x-sg-id",
+        "x-sg-eid",
+        "received",
+        "dkim-signature",
+        "content-type",
+        "content-transfer-encoding",
+        "to",
+        "from",
+        "subject",
+        "reply-to",
+        "cc",
+        "bcc",
+        "date",
+        "message-id",
+        "mime-version",
+        "x-aftercare-outbox-id",
+        "x-aftercare-kind",
+        "x-aftercare-test",
+    }
+)
+# RFC 5322 field name: printable ASCII but the colon. A value: printable ASCII and spaces, short
+# enough that "Name: value" fits the 998-character line limit without folding.
+_FIELD_NAME = re.compile(r"[!-9;-~]{1,76}")
+_FIELD_VALUE = re.compile(r"[ -~]{1,900}")
+MAX_EXTRA_HEADERS = 20
+
+
+def check_headers(headers: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The extra headers of a message as they will be stored and sent, or InvalidHeader: names are
+    RFC 5322 field names, not one we set ourselves or SendGrid forbids, each once (case-insensitive);
+    values are ASCII without CR, LF or other control characters (a header injection is refused here,
+    at enqueue, not found later in a provider's log). None or {} is no extra header (None)."""
+    if not headers:
+        return None
+    if len(headers) > MAX_EXTRA_HEADERS:
+        raise InvalidHeader(f"{len(headers)} extra headers, at most {MAX_EXTRA_HEADERS}")
+    seen: set[str] = set()
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+            raise InvalidHeader(f"header name {name!r} is not an RFC 5322 field name")
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidHeader(f"header {name} is set by aftercare or the provider, not by a caller")
+        if name.lower() in seen:
+            raise InvalidHeader(f"header {name} is given twice")
+        seen.add(name.lower())
+        if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+            raise InvalidHeader(
+                f"header {name}: the value must be 1-900 printable ASCII characters, "
+                "without CR, LF or other control characters"
+            )
+        checked[name] = value
+    return checked
 
 
 class EmailBackend(Protocol):
@@ -64,9 +133,21 @@ def to_mime(email: OutgoingEmail) -> EmailMessage:
     msg["X-Aftercare-Kind"] = email.kind
     if email.is_test:
         msg["X-Aftercare-Test"] = "true"
+    for name, value in (check_headers(email.headers) or {}).items():
+        msg[name] = value
     msg.set_content(email.text)
     msg.add_alternative(email.html, subtype="html")
     return msg
+
+
+def mime_bytes(email: OutgoingEmail) -> bytes:
+    """The message as stored. With extra headers, lines are folded only past RFC 5322's hard limit
+    (998): folding at 78 would turn a List-Unsubscribe URL longer than a line (a signed token is)
+    into RFC 2047 encoded-words, which no mailbox provider reads as a URL."""
+    msg = to_mime(email)
+    if email.headers:
+        return msg.as_bytes(policy=msg.policy.clone(max_line_length=998))
+    return bytes(msg)
 
 
 class FileOutboxBackend:
@@ -85,7 +166,7 @@ class FileOutboxBackend:
 
     def send(self, email: OutgoingEmail) -> str:
         final = self.path_for(email.outbox_id, staff=email.staff)
-        data = bytes(to_mime(email))
+        data = mime_bytes(email)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.with_suffix(".tmp")
@@ -167,6 +248,9 @@ class SendGridBackend:
         categories = ("aftercare", email.kind, *(("test",) if email.is_test else ()), *email.categories)
         for category in list(dict.fromkeys(categories))[:10]:
             mail.add_category(Category(category))
+        # Message-level `headers` (the same for every recipient: there is one).
+        for name, value in (check_headers(email.headers) or {}).items():
+            mail.add_header(Header(name, value))
         return mail
 
     def send(self, email: OutgoingEmail) -> str:

@@ -24,7 +24,7 @@ from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, Touchpoint
 from aftercare.rendering import RenderedEmail
 from aftercare.settings import Settings
 from aftercare.spine.db import claim_rows
-from aftercare.spine.email import EmailBackend, OutgoingEmail
+from aftercare.spine.email import EmailBackend, OutgoingEmail, check_headers
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,14 @@ def enqueue(
     locale: str,
     order_name: str | None,
     is_test: bool,
+    headers: dict[str, str] | None = None,
 ) -> Enqueued:
-    """Insert the message for a touchpoint unless it already exists; return the stored row."""
+    """Insert the message for a touchpoint unless it already exists; return the stored row.
+    `headers`: extra mail headers (List-Unsubscribe and List-Unsubscribe-Post on a feedback mail),
+    checked here (`email.check_headers`: InvalidHeader, a ValueError, for a name or value a header
+    cannot carry) and sent by every backend."""
     assert touchpoint.id is not None
+    extra = check_headers(headers)
     values = _new_row(
         touchpoint_id=touchpoint.id,
         order_id=touchpoint.order_id,
@@ -94,11 +99,15 @@ def enqueue(
         rendered=rendered,
         locale=locale,
         is_test=is_test,
+        headers=extra if extra is not None else sa.null(),  # SQL NULL, as for rows without any
     )
     insert = _insert_for(session)
     # A message nobody has claimed yet is refreshed with the newest order state (say, payment
     # confirmed a second later); once claimed it is never touched again.
-    refresh = {k: values[k] for k in ("subject", "text_body", "html_body", "to_email", "to_name", "locale")}
+    refresh = {
+        k: values[k]
+        for k in ("subject", "text_body", "html_body", "to_email", "to_name", "locale", "headers")
+    }
     stmt = insert(OutboxMessage).values(**values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["touchpoint_id"], set_=refresh, where=OutboxMessage.status == OutboxStatus.PENDING
@@ -234,6 +243,7 @@ def _outgoing(row: Any, settings: Settings) -> OutgoingEmail:
         is_test=row.is_test,
         categories=(STAFF_CATEGORY,) if row.touchpoint_id is None else (),
         staff=row.touchpoint_id is None,
+        headers=row.headers or None,
     )
 
 
