@@ -275,11 +275,11 @@ def harness_env(
 class Embedded(Topology):
     """SQLite: what `aftercare up` runs (aftercare.stack.Stack)."""
 
-    # What `aftercare up` runs, schedule included: process-inbox is woken by the web app (each
-    # delivery, and its patrol when work falls due), the schedule is the 5-minute safety sweep. (A
-    # 5 s sweep here once queued ~100 scheduled runs behind the concurrency slot and loaded the
-    # embedded Prefect server more than the faults did.)
-    def __init__(self, workdir: Path, env: dict[str, str], sweep_seconds: int = StackConfig.sweep_seconds):
+    # What `aftercare up` runs, but with a 5 s sweep instead of the 5-minute safety sweep: the suite
+    # kills the runner every few seconds, faster than on-demand waking (patrol every 5 s, a dead run
+    # crashed after 20 s) starts a new run, so without a run always queued nothing would be mid-claim
+    # when the next kill lands (tried: 0 kills mid-claim in the short suite).
+    def __init__(self, workdir: Path, env: dict[str, str], sweep_seconds: int = 5):
         self.cfg = StackConfig(
             var_dir=workdir,
             prefect_port=free_port(),
