@@ -11,6 +11,7 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.contact import dispatch as dispatcher
@@ -21,6 +22,7 @@ from aftercare.contact.sender import ShopPolicy, load_shop_policy
 from aftercare.models import Order, OrderLine, Refund
 from aftercare.orders import shipping
 from aftercare.runtime import Runtime
+from aftercare.settings import Settings
 
 
 def order_facts(session: Session, orders: Sequence[Order]) -> dict[int, OrderFacts]:
@@ -72,9 +74,10 @@ def _policies(policies_dir: Path) -> tuple[ContactPolicy, ShopPolicy]:
     return load_contact_policy(policies_dir / "contact.yaml"), load_shop_policy(policies_dir)
 
 
-def policies_of(rt: Runtime) -> tuple[ContactPolicy, ShopPolicy]:
-    """policies/contact.yaml and policies/shop.yaml of this runtime (read once per directory)."""
-    return _policies(rt.settings.policies_dir)
+def policies_of(rt: Runtime | Settings) -> tuple[ContactPolicy, ShopPolicy]:
+    """policies/contact.yaml and policies/shop.yaml of these settings (read once per directory)."""
+    settings = rt if isinstance(rt, Settings) else rt.settings
+    return _policies(settings.policies_dir)
 
 
 def dispatch_due(
@@ -95,7 +98,7 @@ def dispatch_due(
     )
 
 
-def composed_kinds(rt: Runtime, composers: Mapping[str, Composer] | None = None) -> list[str]:
+def composed_kinds(rt: Runtime | Settings, composers: Mapping[str, Composer] | None = None) -> list[str]:
     """The timed kinds the dispatcher sends: those with a composer."""
     contact, _shop = policies_of(rt)
     have = default_composers() if composers is None else composers
@@ -103,10 +106,16 @@ def composed_kinds(rt: Runtime, composers: Mapping[str, Composer] | None = None)
 
 
 def preview_due(
-    rt: Runtime, now: datetime, before: datetime, composers: Composers | None = None, limit: int = 1000
+    engine: Engine,
+    settings: Settings,
+    now: datetime,
+    before: datetime,
+    composers: Composers | None = None,
+    limit: int = 1000,
 ) -> list[dispatcher.Planned]:
-    contact, _shop = policies_of(rt)
-    with Session(rt.engine) as session:
+    """What is due by `before`, and what the rules would say at its moment (`aftercare touchpoints due`)."""
+    contact, _shop = policies_of(settings)
+    with Session(engine) as session:
         return dispatcher.preview(
             session,
             contact,
