@@ -428,6 +428,62 @@ def dispatch(
     return result
 
 
+# Written once per batch (executemany: one compiled statement), not per touchpoint through the ORM.
+# Only a touchpoint still planned takes a verdict: one cancelled meanwhile (an unsubscribe) stays so.
+_DECIDED = (
+    sa.update(_TP)
+    .where(_TP.c.id == sa.bindparam("tp_id"), _TP.c.status == TouchpointStatus.PLANNED)
+    .values(
+        status=sa.bindparam("new_status"),
+        reason=sa.bindparam("new_reason"),
+        verdict=sa.bindparam("new_verdict"),
+        decided_at=sa.bindparam("new_decided_at"),
+        held_until=sa.bindparam("new_held_until"),
+    )
+)
+# TODO(outbox headers=): once outbox.enqueue takes `headers=` (another branch), pass them there and
+# drop this UPDATE (written in the same transaction as the insert). created_at is the moment we
+# decided to send (the caps count from it), on the dispatcher's clock.
+_HEADERS = (
+    sa.update(_OUTBOX)
+    .where(_OUTBOX.c.id == sa.bindparam("outbox_id"), _OUTBOX.c.status == OutboxStatus.PENDING)
+    .values(headers=sa.bindparam("new_headers"), created_at=sa.bindparam("new_created_at"))
+)
+
+
+@dataclass
+class _Writes:
+    touchpoints: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, Any]] = field(default_factory=list)
+
+    def decided(
+        self,
+        tp: Touchpoint,
+        now: datetime,
+        *,
+        status: str = TouchpointStatus.PLANNED,
+        reason: str | None = None,
+        verdict: Verdict | None = None,
+        held_until: datetime | None = None,
+    ) -> None:
+        self.touchpoints.append(
+            {
+                "tp_id": tp.id,
+                "new_status": status,
+                "new_reason": reason,
+                "new_verdict": verdict.as_dict() if verdict else None,
+                "new_decided_at": now,
+                "new_held_until": held_until,
+            }
+        )
+
+    def flush(self, session: Session) -> None:
+        if self.headers:
+            session.execute(_HEADERS, self.headers)
+        if self.touchpoints:
+            session.execute(_DECIDED, self.touchpoints)
+
+
 def _decide_batch(
     session: Session,
     touchpoints: Sequence[Touchpoint],
@@ -445,6 +501,7 @@ def _decide_batch(
         order = facts.orders[tp.order_id]
         owner = ("customer", order.customer_id) if order.customer_id is not None else ("order", tp.order_id)
         by_owner[owner].append(tp)
+    writes = _Writes()
     for owner, own in sorted(by_owner.items()):
         history = list(facts.history.get(owner[1], [])) if owner[0] == "customer" else []
         own.sort(key=lambda t: (max(t.due_at, t.held_until) if t.held_until else t.due_at, t.id))
@@ -452,7 +509,19 @@ def _decide_batch(
             order = facts.orders[tp.order_id]
             customer = facts.customers.get(order.customer_id) if order.customer_id else None
             decided = _decide_one(
-                session, tp, order, customer, facts, history, policy, composers, now, settings, renderer, shop
+                session,
+                tp,
+                order,
+                customer,
+                facts,
+                history,
+                policy,
+                composers,
+                now,
+                settings,
+                renderer,
+                shop,
+                writes,
             )
             if decided.outcome == "send":
                 result.sent.append(decided)
@@ -463,10 +532,7 @@ def _decide_batch(
                 result.skipped.append(decided)
             else:
                 result.failed.append(decided)
-
-
-def _store_verdict(tp: Touchpoint, verdict: Verdict, now: datetime) -> None:
-    tp.verdict, tp.decided_at = verdict.as_dict(), now
+    writes.flush(session)
 
 
 def _decide_one(
@@ -482,40 +548,36 @@ def _decide_one(
     settings: Settings,
     renderer: Renderer,
     shop: ShopPolicy,
+    writes: _Writes,
 ) -> Decided:
     assert tp.id is not None
     base = {"touchpoint_id": tp.id, "order_name": order.name, "kind": tp.kind}
     unaddressable = why_not_addressable(order, customer)
     if unaddressable is not None:
-        tp.status, tp.reason, tp.decided_at = TouchpointStatus.SKIPPED, unaddressable, now
-        session.add(tp)
+        writes.decided(tp, now, status=TouchpointStatus.SKIPPED, reason=unaddressable)
         return Decided(**base, outcome="skip", line=f"not sent: {unaddressable}")
     assert customer is not None and order.email is not None
     verdict = rules.decide(_touchpoint_facts(tp, facts), _customer_facts(facts, order), history, policy, now)
     line, zone = verdict.line(), verdict.zone.name
     if verdict.outcome is Outcome.SKIP:
-        _store_verdict(tp, verdict, now)
-        tp.status, tp.reason = TouchpointStatus.SKIPPED, line
-        session.add(tp)
+        writes.decided(tp, now, status=TouchpointStatus.SKIPPED, reason=line, verdict=verdict)
         return Decided(**base, outcome="skip", line=line, zone=zone)
     if verdict.outcome is Outcome.HOLD:
-        _store_verdict(tp, verdict, now)
-        tp.held_until = verdict.send_at
-        session.add(tp)
+        writes.decided(tp, now, verdict=verdict, held_until=verdict.send_at)
         return Decided(**base, outcome="hold", line=line, send_at=verdict.send_at, zone=zone)
     try:
+        # A composer may write through the session: what it wrote goes with its message, or not at all.
         with session.begin_nested():
-            outbox_id = _send(session, tp, order, customer, policy, composers, now, settings, renderer, shop)
-            _store_verdict(tp, verdict, now)
-            tp.held_until = None
-            session.add(tp)
-            session.flush()
+            outbox_id, headers = _send(
+                session, tp, order, customer, policy, composers, now, settings, renderer, shop
+            )
     except Exception as exc:  # a composer's bug: this touchpoint stays planned, the run says why
         log.exception("touchpoint %s (%s %s) could not be written", tp.id, tp.kind, order.name)
-        session.expire(tp)
         return Decided(
             **base, outcome="failed", line=f"could not be written: {type(exc).__name__}: {exc}"[:500]
         )
+    writes.headers.append({"outbox_id": outbox_id, "new_headers": headers, "new_created_at": now})
+    writes.decided(tp, now, verdict=verdict)
     return Decided(**base, outcome="send", line=line, send_at=now, zone=zone, outbox_id=outbox_id)
 
 
@@ -530,8 +592,8 @@ def _send(
     settings: Settings,
     renderer: Renderer,
     shop: ShopPolicy,
-) -> int:
-    """Compose and enqueue one message; return its outbox id."""
+) -> tuple[int, dict[str, str]]:
+    """Compose and enqueue one message; return its outbox id and the headers it carries."""
     assert tp.id is not None and order.email is not None
     list_name = policy.list_of(tp.kind)
     assert list_name is not None
@@ -578,15 +640,7 @@ def _send(
         order_name=order.name,
         is_test=order.is_test,
     )
-    # TODO(outbox headers=): once outbox.enqueue takes `headers=` (another branch), pass them there
-    # and drop this UPDATE. Same transaction as the insert. created_at is the moment we decided to
-    # send (the caps count from it), on the dispatcher's clock.
-    session.execute(
-        sa.update(_OUTBOX)
-        .where(_OUTBOX.c.id == enqueued.id, _OUTBOX.c.status == OutboxStatus.PENDING)
-        .values(headers=headers, created_at=now)
-    )
-    return enqueued.id
+    return enqueued.id, headers
 
 
 def display_name(customer: Customer, order: Order, locale: str) -> str | None:
