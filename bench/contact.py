@@ -129,8 +129,9 @@ def load_surveys(engine: sa.Engine, n: int, due_at: datetime) -> None:
             _sql(
                 _numbers(n)
                 + "INSERT INTO orders (id, shop_domain, shopify_id, name, number, customer_id, email, "
-                "locale, currency, subtotal, total_discounts, total_shipping, total_tax, total, taxes_included, "
-                "financial_status, requires_shipping, shipping_address, is_gift, discount_codes, is_test, flags, "
+                "locale, currency, subtotal, total_discounts, total_shipping, total_tax, total, "
+                "taxes_included, financial_status, requires_shipping, shipping_address, is_gift, "
+                "discount_codes, is_test, flags, "
                 "placed_at, source_updated_at, purchase_seq, created_at, updated_at, raw) "
                 "SELECT i, :shop, 70000000 + i, "
                 + cat("'#S'", "i")
@@ -187,9 +188,9 @@ def load_history(engine: sa.Engine, rows: int, planned: int, now: datetime) -> N
             _sql(
                 _numbers(done)
                 + "INSERT INTO outbox (id, touchpoint_id, order_id, order_name, kind, to_email, "
-                "subject, text_body, html_body, locale, is_test, status, attempts, next_attempt_at, created_at, "
-                "sent_at) SELECT i, :base + i, 1 + (i % :orders), '#S', 'delivery_survey', 'c@example.jp', "
-                "'s', 't', 'h', 'ja', "
+                "subject, text_body, html_body, locale, is_test, status, attempts, next_attempt_at, "
+                "created_at, sent_at) SELECT i, :base + i, 1 + (i % :orders), '#S', 'delivery_survey', "
+                "'c@example.jp', 's', 't', 'h', 'ja', "
                 + ("false" if pg else "0")
                 + ", 'sent', 1, :stamp, :stamp, :stamp FROM n"
             ),
