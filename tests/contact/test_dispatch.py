@@ -14,7 +14,7 @@ from aftercare import timed
 from aftercare.contact import dispatch as dispatcher
 from aftercare.contact import links, store
 from aftercare.contact.consent import Consent
-from aftercare.models import Order, OutboxMessage, Refund, Touchpoint
+from aftercare.models import Customer, Order, OutboxMessage, Refund, Touchpoint
 from aftercare.spine import outbox
 from tests.contact.survey_setup import BERLIN, COMPOSERS, NEW_YORK, make_survey, touchpoint
 from tests.factories import SHOP
@@ -307,3 +307,25 @@ def test_two_dispatchers_at_once_send_each_survey_once_and_keep_the_cap(rt):
     assert sum(len(r.held) for r in results) == 30
     held = [t for t in rows(rt, Touchpoint, Touchpoint.kind == "delivery_survey") if t.held_until]
     assert len(held) == 30 and {t.held_until for t in held} == {due + timedelta(days=1)}
+
+
+def test_an_order_whose_address_is_not_one_is_skipped_and_a_hostile_name_never_reaches_the_header(rt):
+    bad = make_survey(rt, 70, due_at=jst(2026, 12, 3, 10, 0))
+    hostile = make_survey(rt, 71, due_at=jst(2026, 12, 3, 10, 0))
+    with Session(rt.engine) as s:
+        s.execute(sa.update(Order).where(Order.shopify_id == 9_100_070).values(email="no at sign"))
+        order = s.exec(select(Order).where(Order.shopify_id == 9_100_071)).one()
+        s.execute(
+            sa.update(Customer)
+            .where(Customer.id == order.customer_id)
+            .values(first_name="花子\r\nBcc: x@evil.example", last_name="山田" + "\u202e" * 3)
+        )
+        s.commit()
+    result = run(rt, jst(2026, 12, 3, 10, 0))
+    tp = touchpoint(rt, bad)
+    assert tp.status == "skipped" and tp.reason.startswith("the customer's email is not an address")
+    [sent] = result.sent
+    assert sent.touchpoint_id == hostile
+    [mail] = survey_mails(rt)
+    assert mail.to_name is not None and "\r" not in mail.to_name and "\n" not in mail.to_name
+    assert "\u202e" not in mail.to_name
