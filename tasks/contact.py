@@ -154,7 +154,13 @@ def schedule_next(now: datetime) -> ScheduledRun | None:
             idempotency_key=f"timed-contact-at-{nxt.at.astimezone(UTC):%Y-%m-%dT%H:%MZ}",
             as_subflow=False,
         )
-    return ScheduledRun(str(run.id), run.name, nxt.at, nxt.count)
+        if run.name != name and run.state is not None and run.state.is_scheduled():
+            # The run of that minute exists (the key): more was planned for it since; say so.
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                client.update_flow_run(run.id, name=name)
+    return ScheduledRun(str(run.id), name, nxt.at, nxt.count)
 
 
 def needs_dispatch_now(engine: Engine, now: datetime) -> bool:
