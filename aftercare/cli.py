@@ -407,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     from aftercare.reviews.cli import add_review_commands
 
     add_review_commands(sub)
+    from aftercare.contact.cli import add_contact_commands
+
+    add_contact_commands(sub)
 
     for noun, func, statuses in (
         ("outbox", cmd_outbox_list, [s.value for s in OutboxStatus]),

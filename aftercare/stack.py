@@ -44,6 +44,8 @@ class StackConfig:
     # The web app's address, and the Prefect server's unless `prefect_host` says otherwise.
     host: str = "127.0.0.1"
     sweep_seconds: int = 300
+    # send-timed-messages' safety schedule (it schedules its own runs at each next send time).
+    timed_contact_seconds: int = 3600
     extra_env: dict[str, str] = field(default_factory=dict)
     # Where the Prefect server listens (AFTERCARE_PREFECT_HOST); beyond loopback it needs the auth string.
     prefect_host: str | None = None
@@ -196,6 +198,7 @@ def stack_env(cfg: StackConfig) -> dict[str, str]:
         PREFECT_LOGGING_LEVEL=env.get("PREFECT_LOGGING_LEVEL", "INFO"),
         AFTERCARE_VAR_DIR=str(cfg.var_dir),
         AFTERCARE_SWEEP_SECONDS=str(cfg.sweep_seconds),
+        AFTERCARE_TIMED_CONTACT_SECONDS=str(cfg.timed_contact_seconds),
         AFTERCARE_WEB_BASE_URL=cfg.web_url,
         AFTERCARE_PREFECT_UI_URL=cfg.prefect_ui,
         PYTHONPATH=str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
@@ -381,8 +384,9 @@ class Stack:
         self._wait_deployment(runner)
 
     def _wait_deployment(self, runner: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-        url = f"{self.cfg.prefect_api_url}/deployments/name/process-inbox/process-inbox"
-        wait_http(url, timeout_s, runner, basic_auth_headers(self.cfg.prefect_auth_string))
+        for name in ("process-inbox/process-inbox", "send-timed-messages/send-timed-messages"):
+            url = f"{self.cfg.prefect_api_url}/deployments/name/{name}"
+            wait_http(url, timeout_s, runner, basic_auth_headers(self.cfg.prefect_auth_string))
 
     def running(self) -> bool:
         return all(p.poll() is None for p in self.procs.values())

@@ -192,24 +192,31 @@ def order_timeline(
             select(Touchpoint).where(Touchpoint.order_id == order.id).order_by(Touchpoint.id)
         ):
             label = tp.kind if tp.kind != "shipment_notice" else f"shipment_notice #{tp.seq}"
+            # The contact rules' verdict (timed contact): its line says when and why, or why not.
+            said = tp.verdict.get("line") if isinstance(tp.verdict, dict) else None
+            detail = {"verdict": tp.verdict} if tp.verdict else {}
             if tp.status == TouchpointStatus.PLANNED:
                 planned.append(
                     Entry(
-                        tp.due_at,
+                        max(tp.due_at, tp.held_until) if tp.held_until else tp.due_at,
                         "touchpoint",
-                        f"{label} planned",
+                        f"{label} {said}" if said else f"{label} planned",
                         status=tp.status,
                         policy_version=tp.policy_version,
+                        detail=detail,
                     )
                 )
             else:
                 history.append(
                     Entry(
-                        tp.created_at,
+                        tp.decided_at if said and tp.decided_at else tp.created_at,
                         "touchpoint",
-                        f"{label} {tp.status}" + (f": {tp.reason}" if tp.reason else ""),
+                        f"{label} {tp.reason}"
+                        if said and tp.reason == said
+                        else f"{label} {tp.status}" + (f": {tp.reason}" if tp.reason else ""),
                         status=tp.status,
                         policy_version=tp.policy_version,
+                        detail=detail,
                     )
                 )
             message = messages.get(tp.id)

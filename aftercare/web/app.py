@@ -159,8 +159,9 @@ def prefect_patrol(settings: Settings, waker: Waker | None = None) -> Patrol:
     """The jobs the web app's patrol thread runs (aftercare/web/patrol.py): wake process-inbox when
     the database holds work that is due (every 5 s; aftercare/due.py), so that its schedule is only
     a low-frequency safety sweep and an idle system makes no empty runs; start the approval run of
-    each new review (every 2 s); restart review runs that died and deliver page decisions that did
-    not reach their run (once a minute). The order path itself makes no Prefect call."""
+    each new review (every 2 s); start send-timed-messages when a timed message is due now (every
+    15 s); restart review runs that died and deliver page decisions that did not reach their run
+    (once a minute). The order path itself makes no Prefect call."""
     built: list[Any] = []
 
     def in_runtime(fn: Callable[[], object]) -> Callable[[], object]:
@@ -192,6 +193,19 @@ def prefect_patrol(settings: Settings, waker: Waker | None = None) -> Patrol:
 
         patrol.add("wake process-inbox for due work", 5.0, in_runtime(wake_for_due_work))
     patrol.add("start approval runs for new reviews", 2.0, in_runtime(start_new_review_runs))
+
+    def timed_messages_due() -> str | None:
+        """A timed message (a survey) already due when it was planned (a late delivered event) goes
+        out within a minute: one send-timed-messages run per minute at most (tasks/contact.py)."""
+        from aftercare.runtime import current
+        from tasks.contact import ensure_dispatch_run, needs_dispatch_now
+
+        now = utcnow()
+        if needs_dispatch_now(current().engine, now):
+            return ensure_dispatch_run(now)
+        return None
+
+    patrol.add("start send-timed-messages for messages due now", 15.0, in_runtime(timed_messages_due))
     patrol.add("restart dead approval runs, deliver stored decisions", 60.0, in_runtime(check_review_runs))
     return patrol
 
