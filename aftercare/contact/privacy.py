@@ -332,8 +332,9 @@ def _inbox_rows_of(session: Session, target: Target, current_id: int | None) -> 
     """The inbox rows that carry this customer's data: every row of a redacted shop; otherwise rows
     whose body names one of the customer's orders (by Shopify id), the customer (by id), or holds an
     identifying string, and the rows labelled with their orders' names."""
-    query = select(InboxEvent.id, InboxEvent.body, InboxEvent.subject_ref).where(
-        InboxEvent.shop_domain == target.shop
+    # Review deliveries name no shop: they are searched too.
+    query = select(InboxEvent.id, InboxEvent.body, InboxEvent.subject_ref, InboxEvent.shop_domain).where(
+        InboxEvent.shop_domain.in_([target.shop, ""])  # type: ignore[attr-defined]
     )
     shopify_order_ids = {o.shopify_id for o in target.orders}
     labels = {o.name for o in target.orders} | {f"order-id:{i}" for i in shopify_order_ids}
@@ -341,20 +342,21 @@ def _inbox_rows_of(session: Session, target: Target, current_id: int | None) -> 
         labels.add(f"customer-id:{target.customer_shopify_id}")
     strong = [n for n in target.needles if len(n) >= 5]
     found = []
-    for row_id, body, ref in session.execute(query.execution_options(yield_per=500)):
-        if row_id == current_id or target.whole_shop or ref in labels:
+    names = {o.name for o in target.orders}
+    for row_id, body, ref, shop in session.execute(query.execution_options(yield_per=500)):
+        if row_id == current_id or (target.whole_shop and shop == target.shop) or ref in labels:
             found.append(row_id)
             continue
         data = bytes(body or b"")
         lowered = data.decode("utf-8", "replace").lower()
         if any(n in lowered for n in strong) or _names_ids(
-            data, shopify_order_ids, target.customer_shopify_id
+            data, shopify_order_ids, names, target.customer_shopify_id
         ):
             found.append(row_id)
     return found
 
 
-def _names_ids(body: bytes, order_ids: set[int], customer_id: int | None) -> bool:
+def _names_ids(body: bytes, order_ids: set[int], names: set[str], customer_id: int | None) -> bool:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -365,7 +367,7 @@ def _names_ids(body: bytes, order_ids: set[int], customer_id: int | None) -> boo
         if isinstance(data.get(wrapper), Mapping) and len(data) == 1:
             data = data[wrapper]
     ids = {_id(data.get("id")), _id(data.get("order_id"))}
-    if ids & order_ids:
+    if ids & order_ids or (data.get("order_ref") and data.get("order_ref") in names):
         return True
     if customer_id is None:
         return False
@@ -540,10 +542,6 @@ def redact(
             )
         )
         target.keys |= keys_by_id
-        gone = session.execute(
-            sa.delete(ConsentRecord).where(ConsentRecord.shop_domain == target.shop, sa.or_(*consent_who))
-        )
-        erased.add("consent_records", gone.rowcount or 0)
     if target.keys or target.whole_shop:
         held_where = (
             sa.true() if target.whole_shop else CustomerConsent.email_key.in_(sorted(target.keys))  # type: ignore[attr-defined]
@@ -552,6 +550,13 @@ def redact(
             sa.delete(CustomerConsent).where(CustomerConsent.shop_domain == target.shop, held_where)
         )
         erased.add("customer_consents", gone.rowcount or 0)
+    if consent_who:  # after the held rows, which point at their records
+        if target.keys:
+            consent_who.append(ConsentRecord.email_key.in_(sorted(target.keys)))  # type: ignore[attr-defined]
+        gone = session.execute(
+            sa.delete(ConsentRecord).where(ConsentRecord.shop_domain == target.shop, sa.or_(*consent_who))
+        )
+        erased.add("consent_records", gone.rowcount or 0)
     # Inbox bodies (this very delivery's too: it names the customer).
     rows = _inbox_rows_of(session, target, inbox_id)
     if rows:
