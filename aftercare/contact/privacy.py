@@ -410,6 +410,9 @@ def redact(
     """Erase the target's personal data from every table and file (see the module's list), leaving a
     hashed `all` suppression per address. Idempotent: a second run finds nothing left to change."""
     erased = Erased()
+    if session.get_bind().dialect.name == "sqlite":
+        # Overwrite what is deleted or replaced instead of leaving it in free pages of the file.
+        session.execute(sa.text("PRAGMA secure_delete = ON"))
     needles = sorted(target.needles)
     order_ids = target.order_ids
     reason = f"customer data erased ({topic})"

@@ -395,3 +395,20 @@ def test_the_redacted_review_keeps_its_rating_and_text_without_the_author(rt):
     assert review.author_display_name is None and review.customer_id is None
     assert review.rating == 2 and "誕生日に間に合いませんでした" in review.body
     assert "山田" not in review.body
+
+
+def test_on_sqlite_the_database_file_itself_keeps_no_trace(client, rt):
+    if rt.engine.dialect.name != "sqlite":
+        pytest.skip("the file of an embedded database")
+    path = Path(rt.engine.url.database or "")
+
+    def file_bytes() -> bytes:
+        rt.engine.dispose()  # the last connection closing checkpoints the write-ahead log into the file
+        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*") if p.is_file())
+
+    hanako_everywhere(rt)
+    assert HANAKO.encode() in file_bytes()
+    process(rt, _deliver(rt, redact_body(), "customers/redact"))
+    data = file_bytes()
+    # Deleted and replaced values are overwritten (PRAGMA secure_delete), not left in free pages.
+    assert [n for n in HANAKO_TRACES if n.encode() in data] == []
