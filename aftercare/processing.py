@@ -6,11 +6,17 @@ Everything here is idempotent, so a retried or re-run row changes nothing the se
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
+from aftercare.contact import consent as contact_consent
+from aftercare.contact import privacy
+from aftercare.contact import store as contact_store
+from aftercare.contact.policy import contact_policy
 from aftercare.errors import InvalidPayload
 from aftercare.models import (
     Customer,
@@ -20,6 +26,7 @@ from aftercare.models import (
     Shipment,
     Touchpoint,
     TouchpointStatus,
+    utcnow,
 )
 from aftercare.orders import receipt, shipping, warehouse
 from aftercare.orders.shopify import (
@@ -86,6 +93,10 @@ def _process(rt: Runtime, inbox_id: int) -> Outcome:
             handler = _process_refund
         elif row.topic in review_intake.TOPICS:
             handler = _process_review
+        elif row.topic in contact_consent.TOPICS:
+            handler = _process_consent
+        elif row.topic in privacy.TOPICS:
+            handler = _process_privacy
         else:
             inbox.finish(session, row, InboxStatus.IGNORED, f"topic {row.topic!r} is not handled")
             session.commit()
@@ -108,7 +119,12 @@ def _process_order(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
     assert row.id is not None
     result = receipt.upsert_order(session, shop_domain=row.shop_domain, parsed=parsed, policies=rt.policies)
     order = result.order
-    out = Outcome(row.id, row.topic, InboxStatus.DONE, result.reason, order.id, order.name)
+    buyer = parsed.customer.id if parsed.customer else None
+    consent = _record_consent(rt, session, row, email=parsed.customer_email, customer_id=buyer)
+    # Only a consent the delivery could not use is worth a word on the order's row.
+    consent_note = consent.reason if consent.reason and "consent ignored" in consent.reason else None
+    reason = "; ".join(filter(None, [result.reason, consent_note])) or None
+    out = Outcome(row.id, row.topic, InboxStatus.DONE, reason, order.id, order.name)
     # Fulfillments and refunds that came first are queued again now that their order exists.
     out.released = shipping.release_waiting(session, parsed.id)
     lines = receipt.lines_of(session, order)
@@ -133,8 +149,65 @@ def _process_order(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
         out.cancelled = [t.id for t in shipping.take_back(session, order, lines, why) if t.id is not None]
     handoff = warehouse.plan_handoff(session, order, lines, rt.policies)
     out.handoff_id = handoff.id if handoff else None
-    inbox.finish(session, row, InboxStatus.DONE, result.reason)
+    inbox.finish(session, row, InboxStatus.DONE, reason)
     return out
+
+
+def _sent_at(row: InboxEvent) -> datetime:
+    return row.triggered_at or row.received_at or utcnow()
+
+
+def _record_consent(
+    rt: Runtime,
+    session: Session,
+    row: InboxEvent,
+    *,
+    email: str | None = None,
+    customer_id: int | None = None,
+) -> contact_store.ConsentFromDelivery:
+    """The consent a delivery carries, kept (aftercare.contact.store.record_delivery_consent)."""
+    try:
+        payload = json.loads(row.body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return contact_store.ConsentFromDelivery([], "body is not JSON: no consent read")
+    if isinstance(payload, dict) and isinstance(payload.get("order"), dict) and len(payload) == 1:
+        payload = payload["order"]
+    return contact_store.record_delivery_consent(
+        session,
+        shop_domain=row.shop_domain,
+        topic=row.topic,
+        payload=payload,
+        sent_at=_sent_at(row),
+        policy=contact_policy(rt.settings.policies_dir),
+        inbox_id=row.id,
+        email=email,
+        customer_id=customer_id,
+    )
+
+
+def _process_consent(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
+    """customers/create, customers/update, customers_email_marketing_consent/update: consent kept."""
+    assert row.id is not None
+    result = _record_consent(rt, session, row)
+    inbox.finish(session, row, InboxStatus.DONE, result.reason)
+    return Outcome(row.id, row.topic, InboxStatus.DONE, result.reason)
+
+
+def _process_privacy(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
+    """customers/redact, shop/redact, customers/data_request (aftercare.contact.privacy)."""
+    assert row.id is not None
+    done = privacy.carry_out(
+        session,
+        row,
+        settings=rt.settings,
+        policy=contact_policy(rt.settings.policies_dir),
+        renderer=rt.renderer,
+        ops_emails=rt.policies.requests.ops_alert_emails,
+        staff_locale=rt.policies.requests.warehouse_locale,
+        now=utcnow(),
+    )
+    inbox.finish(session, row, InboxStatus.DONE, done.reason)
+    return Outcome(row.id, row.topic, InboxStatus.DONE, done.reason)
 
 
 def _apply_waiting_refunds(
@@ -350,12 +423,16 @@ def _write_confirmation(
         return None
     assert order.email is not None
     customer = session.get(Customer, order.customer_id) if order.customer_id else None
+    seasonal = contact_store.seasonal_line_for(
+        session, order=order, policy=contact_policy(rt.settings.policies_dir)
+    )
     ctx = receipt.ConfirmationContext(
         order=order,
         lines=lines,
         customer=customer,
         expected_ship_date=rt.policies.shipping.expected_ship_date(order.placed_at),
         flags=flags,
+        seasonal_line=seasonal.line,
     )
     rendered = receipt.render_confirmation(ctx, rt.renderer, rt.settings.shop_name)
     touchpoint.status, touchpoint.reason = TouchpointStatus.PLANNED, None

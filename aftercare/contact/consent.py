@@ -24,6 +24,7 @@ The result depends only on which events were seen, not on the order they arrived
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,7 +100,7 @@ def from_email_marketing_consent(obj: Any, *, source: str, sent_at: datetime) ->
     level = obj.get("opt_in_level")
     return Consent(
         state=state,
-        updated_at=parse_time(obj.get("consent_updated_at")) or sent_at,
+        updated_at=_plausible(parse_time(obj.get("consent_updated_at"))) or sent_at,
         source=source,
         opt_in_level=level.strip().lower() if isinstance(level, str) and level.strip() else None,
     )
@@ -121,7 +122,7 @@ def from_customer(customer: Any, *, source: str, sent_at: datetime) -> Consent |
     if isinstance(flag, bool):
         return Consent(
             state="subscribed" if flag else "not_subscribed",
-            updated_at=parse_time(customer.get("accepts_marketing_updated_at")) or sent,
+            updated_at=_plausible(parse_time(customer.get("accepts_marketing_updated_at"))) or sent,
             source=f"{source} (accepts_marketing)",
             opt_in_level=customer.get("marketing_opt_in_level") if flag else None,
         )
@@ -214,3 +215,100 @@ def resolve(held: Consent | None, events: Iterable[Consent]) -> Consent | None:
     for event in events:
         state = apply(state, event).consent
     return state
+
+
+# -- the consent topics as deliveries ----------------------------------------------------------------
+
+# The Shopify topics that carry nothing but a customer and their consent (orders carry it too).
+TOPICS = frozenset({"customers/create", "customers/update", "customers_email_marketing_consent/update"})
+CONSENT_UPDATE = "customers_email_marketing_consent/update"
+# The Shopify-wide range a consent date can be in: outside it the date is not read (the time Shopify
+# sent the delivery stands in), so a hostile or broken date never wins "newest" forever.
+_EARLIEST, _LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whose consent a delivery is about: the address as written and Shopify's customer id."""
+
+    email: str | None
+    customer_id: int | None
+
+
+def _shopify_id(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return value if isinstance(value, int) and 0 < value < 2**63 else None
+
+
+def subject_of(topic: str, payload: Any) -> Subject:
+    """The customer a customers/* or consent delivery is about (either part may be missing)."""
+    if not isinstance(payload, Mapping):
+        return Subject(None, None)
+    if topic == CONSENT_UPDATE:
+        email, cid = payload.get("email_address"), payload.get("customer_id")
+    else:
+        email, cid = payload.get("email"), payload.get("id")
+    return Subject(email.strip() if isinstance(email, str) and email.strip() else None, _shopify_id(cid))
+
+
+def problems(obj: Any) -> list[str]:
+    """What is wrong with one `email_marketing_consent` object, in words ops can act on (empty: it is
+    usable as it is). A missing or unreadable date is a problem but not a fatal one: the time Shopify
+    sent it stands in, as Shopify's own rule says."""
+    if obj is None:
+        return ["email_marketing_consent is null"]
+    if not isinstance(obj, Mapping):
+        return [f"email_marketing_consent is a {type(obj).__name__}, not an object"]
+    found = []
+    state = obj.get("state")
+    if state is None:
+        found.append("email_marketing_consent.state is missing")
+    elif not isinstance(state, str):
+        found.append(f"email_marketing_consent.state is a {type(state).__name__}, not text")
+    elif _state(state) is None:
+        found.append(f"email_marketing_consent.state {state[:40]!r} is not one of Shopify's states")
+    level = obj.get("opt_in_level")
+    if level is not None and not isinstance(level, str):
+        found.append(f"email_marketing_consent.opt_in_level is a {type(level).__name__}, not text")
+    at = obj.get("consent_updated_at")
+    if at is not None and _plausible(parse_time(at)) is None:
+        found.append(
+            f"email_marketing_consent.consent_updated_at {str(at)[:40]!r} is not a date we can read "
+            "(the time Shopify sent it stands in)"
+        )
+    return found
+
+
+def fatal(found: list[str]) -> bool:
+    """Whether these problems leave no usable consent (anything but an unreadable date)."""
+    return any("consent_updated_at" not in p for p in found)
+
+
+def _plausible(at: datetime | None) -> datetime | None:
+    if at is None:
+        return None
+    try:
+        utc = at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+    return at if _EARLIEST <= utc < _LATEST else None
+
+
+def check_delivery(topic: str, body: bytes) -> tuple[bool, str | None, str | None]:
+    """(usable, reason, subject ref) for a consent topic's body, decided before it is stored: a body
+    that is not a JSON object, or a consent update that names nobody, is kept as invalid with the
+    reason; everything else is processed (a malformed consent is ignored there, with its reason)."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return False, f"body is not JSON: {str(exc)[:200]}", None
+    if not isinstance(payload, Mapping):
+        return False, f"{topic} payload must be a JSON object", None
+    subject = subject_of(topic, payload)
+    if subject.email is None and subject.customer_id is None:
+        what = "email_address or customer_id" if topic == CONSENT_UPDATE else "email or id"
+        return False, f"{topic} payload names no customer (no {what})", None
+    return True, None, f"customer-id:{subject.customer_id}" if subject.customer_id else None

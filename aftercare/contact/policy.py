@@ -4,9 +4,9 @@ limit and consent by region. Pure data and small look-ups; the decisions are in 
 from __future__ import annotations
 
 import re
-from datetime import time, timedelta
+from datetime import date, time, timedelta
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -124,8 +124,14 @@ class ClassConsent(BaseModel):
         return v
 
 
+_WORDING_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
 class ConsentPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # The version of the consent wording the customer was shown (the checkout's marketing box, the
+    # account page): kept with every consent record (特定電子メール法: keep the wording shown).
+    wording_version: str = Field(min_length=1, max_length=64)
     consent_states: list[str] = Field(default_factory=lambda: ["subscribed"])
     refusal_states: list[str] = Field(default_factory=lambda: ["unsubscribed", "redacted", "invalid"])
     classes: dict[MessageClass, ClassConsent] = Field(default_factory=dict)
@@ -147,6 +153,86 @@ class ConsentPolicy(BaseModel):
             raise ValueError("transactional mail needs no consent: remove it from consent.classes")
         return self
 
+    @field_validator("wording_version")
+    @classmethod
+    def _wording_label(cls, v: str) -> str:
+        if not _WORDING_VERSION.match(v):
+            raise ValueError(
+                f"wording_version {v!r}: a short label of letters, digits and . _ : - (say checkout-2026-11)"
+            )
+        return v
+
+
+class GiftSeason(BaseModel):
+    """A gift season the shop names (お中元, お歳暮): the months it falls in (in the shop's zone) and
+    the one short line a confirmation may carry about it, per language."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=40)
+    months: list[int] = Field(min_length=1, max_length=12)
+    line: dict[str, str]
+
+    @field_validator("months")
+    @classmethod
+    def _calendar_months(cls, v: list[int]) -> list[int]:
+        bad = [m for m in v if not isinstance(m, int) or not 1 <= m <= 12]
+        if bad:
+            raise ValueError(f"months {bad!r}: give calendar months, 1-12")
+        if len(set(v)) != len(v):
+            raise ValueError(f"months {v!r}: a month is named twice")
+        return sorted(v)
+
+    @field_validator("line")
+    @classmethod
+    def _short_lines(cls, v: dict[str, str]) -> dict[str, str]:
+        if not {"ja", "en"} <= set(v):
+            raise ValueError("line: give the line in ja and en")
+        for lang, text in v.items():
+            if not text.strip() or len(text) > 200 or "\n" in text.strip():
+                raise ValueError(f"line.{lang}: one short line (1-200 characters, no line break)")
+        return {k: t.strip() for k, t in v.items()}
+
+
+class SeasonalLine(BaseModel):
+    """Seed 004: one short line in the order confirmation about the next gift season, for a repeat
+    customer whose earlier order fell in a season named here. Promotional content riding on a
+    transactional mail: off unless the shop turns it on, and only for customers whose consent allows
+    promotional mail (see `consent.classes.promotional`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = False
+    seasons: list[GiftSeason] = Field(default_factory=list, max_length=12)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SeasonalLine:
+        names = [s.name for s in self.seasons]
+        if len(set(names)) != len(names):
+            raise ValueError(f"seasonal_line.seasons: names {names!r} repeat")
+        months = [m for s in self.seasons for m in s.months]
+        if len(set(months)) != len(months):
+            raise ValueError("seasonal_line.seasons: a month belongs to two seasons")
+        if self.enabled and not self.seasons:
+            raise ValueError("seasonal_line: enabled with no seasons")
+        return self
+
+    def season_of(self, day: date) -> GiftSeason | None:
+        """The season a (shop-local) date falls in, if any."""
+        return next((s for s in self.seasons if day.month in s.months), None)
+
+    def next_after(self, day: date) -> GiftSeason | None:
+        """The next season to begin after `day` (a season under way at `day` is not "next"): the
+        first of the following twelve months that starts a season."""
+        starts = {}
+        for season in self.seasons:
+            for m in season.months:
+                if (m - 2) % 12 + 1 not in season.months:  # the month before is not in it: a start
+                    starts[m] = season
+        for ahead in range(1, 13):
+            month = (day.month - 1 + ahead) % 12 + 1
+            if month in starts:
+                return starts[month]
+        return None
+
 
 class ContactPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -156,7 +242,8 @@ class ContactPolicy(BaseModel):
     frequency_caps: dict[MessageClass, list[FrequencyCap]] = Field(default_factory=dict)
     send_window: SendWindow = Field(default_factory=SendWindow)
     stale_after_days: int = Field(default=14, ge=1, le=365)
-    consent: ConsentPolicy = Field(default_factory=ConsentPolicy)
+    consent: ConsentPolicy
+    seasonal_line: SeasonalLine = Field(default_factory=SeasonalLine)
 
     @field_validator("shop_timezone")
     @classmethod
@@ -220,3 +307,19 @@ class ContactPolicy(BaseModel):
 def load_contact_policy(path: Path) -> ContactPolicy:
     """Read and validate `policies/contact.yaml`; any problem is a ConfigError naming the file."""
     return load_policy_file(path, ContactPolicy)
+
+
+@lru_cache(maxsize=8)
+def _cached(path: Path, mtime_ns: int) -> ContactPolicy:
+    return load_contact_policy(path)
+
+
+def contact_policy(policies_dir: Path) -> ContactPolicy:
+    """`<policies_dir>/contact.yaml`, read again only when the file changed (the router reads it for
+    every delivery that carries consent)."""
+    path = policies_dir / "contact.yaml"
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = -1  # missing: load_contact_policy names the file
+    return _cached(path, mtime)

@@ -15,8 +15,10 @@ suppressions by `email_hash` of that key, so they outlive a redaction that erase
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -25,6 +27,7 @@ from aftercare.contact import consent as consent_rules
 from aftercare.contact.policy import ContactPolicy, MessageClass
 from aftercare.contact.rules import EVERY_LIST
 from aftercare.contact.rules import Suppression as SuppressionFact
+from aftercare.contact.timezones import address_country
 from aftercare.models import (
     ConsentRecord,
     Customer,
@@ -37,6 +40,7 @@ from aftercare.models import (
     TouchpointStatus,
     utcnow,
 )
+from aftercare.spine import addresses
 
 
 def email_hash(email_key: str) -> str:
@@ -279,3 +283,158 @@ def suppressions_for(session: Session, shop_domain: str, email_key: str) -> list
         .order_by(Suppression.created_at)  # type: ignore[arg-type]
     ).all()
     return [SuppressionFact(list_name=r.list_name, at=r.created_at, source=r.source) for r in rows]
+
+
+# -- consent from a delivery -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsentFromDelivery:
+    """What one delivery did to the consent we hold: the changes (one per event it carried) and a
+    sentence for the inbox row and the timeline (None when it carried no consent and nothing to say)."""
+
+    changes: list[consent_rules.ConsentChange]
+    reason: str | None
+
+
+def _known_address(session: Session, shop_domain: str, customer_id: int | None) -> str | None:
+    if customer_id is None:
+        return None
+    row = session.exec(
+        select(Customer.email_key)
+        .where(Customer.shop_domain == shop_domain, Customer.shopify_id == customer_id)
+        .order_by(Customer.id)  # type: ignore[arg-type]
+    ).first()
+    return row
+
+
+def record_delivery_consent(
+    session: Session,
+    *,
+    shop_domain: str,
+    topic: str,
+    payload: Any,
+    sent_at: datetime,
+    policy: ContactPolicy,
+    inbox_id: int | None = None,
+    email: str | None = None,
+    customer_id: int | None = None,
+) -> ConsentFromDelivery:
+    """Keep the consent a Shopify delivery carries (an order's customer and checkout box, or a
+    customers/* or consent topic), keyed by the customer's address (an order's: `email`; a customer
+    topic's own, else the address we know for its customer id). Every event is recorded with the
+    policy's wording version, applied or not; a malformed consent object is recorded nowhere and
+    named in the reason: it never fails the delivery."""
+    if not isinstance(payload, Mapping):
+        return ConsentFromDelivery([], f"{topic} payload is not an object: no consent read")
+    notes: list[str] = []
+    customer = payload.get("customer") if topic.startswith("orders/") else payload
+    if topic == consent_rules.CONSENT_UPDATE:
+        found = consent_rules.problems(payload.get("email_marketing_consent"))
+    elif isinstance(customer, Mapping) and "email_marketing_consent" in customer:
+        found = consent_rules.problems(customer.get("email_marketing_consent"))
+    else:
+        found = []
+    if found:
+        verdict = "ignored" if consent_rules.fatal(found) else "read"
+        notes.append(f"consent {verdict}: " + "; ".join(found))
+    if not topic.startswith("orders/"):
+        subject = consent_rules.subject_of(topic, payload)
+        email, customer_id = subject.email, subject.customer_id
+    key = addresses.customer_key(email) or _known_address(session, shop_domain, customer_id)
+    events = consent_rules.from_webhook(topic, payload, sent_at=sent_at)
+    if not events:
+        if not found and not topic.startswith("orders/"):
+            notes.append(f"{topic} carries no email marketing consent")
+        return ConsentFromDelivery([], "; ".join(notes) or None)
+    if key is None:
+        who = f"customer {customer_id}" if customer_id else "this customer"
+        notes.append(f"no address known for {who}: consent not kept")
+        return ConsentFromDelivery([], "; ".join(notes))
+    changes = [
+        record_consent(
+            session,
+            shop_domain=shop_domain,
+            email_key=key,
+            event=event,
+            customer_shopify_id=customer_id,
+            inbox_id=inbox_id,
+            wording_version=policy.consent.wording_version,
+        )
+        for event in events
+    ]
+    notes += [f"consent: {c.reason}" for c in changes]
+    return ConsentFromDelivery(changes, "; ".join(notes))
+
+
+# -- the seasonal line (seed 004) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeasonalDecision:
+    """Whether an order confirmation carries the seasonal line, which, and why (or why not)."""
+
+    line: str | None
+    season: str | None
+    reason: str
+
+
+def promotional_lists(policy: ContactPolicy) -> set[str]:
+    """The lists whose suppression stops promotional content: the promotional kinds' own lists, the
+    class itself, and `all`."""
+    own = {
+        r.list_name
+        for r in policy.kinds.values()
+        if r.message_class is MessageClass.PROMOTIONAL and r.list_name is not None
+    }
+    return own | {MessageClass.PROMOTIONAL.value, EVERY_LIST}
+
+
+def seasonal_line_for(session: Session, *, order: Order, policy: ContactPolicy) -> SeasonalDecision:
+    """The one short line about the next gift season, for this order's confirmation, or None with
+    the reason: the policy must enable it; the customer must be a repeat customer with an earlier
+    order (one we hold, not cancelled, not a test) placed in a season the policy names; there must
+    be a next season; and the customer's consent must allow promotional content in their region
+    (opt-in: consent on record; opt-out: no refusal), with no suppression of offers, promotional
+    mail or all mail."""
+    rule = policy.seasonal_line
+    if not rule.enabled:
+        return SeasonalDecision(None, None, "seasonal line is off in policies/contact.yaml")
+    customer = session.get(Customer, order.customer_id) if order.customer_id else None
+    if customer is None:
+        return SeasonalDecision(None, None, "no customer on the order")
+    tz = policy.tz
+    earlier = session.exec(
+        select(Order.placed_at).where(
+            Order.customer_id == customer.id,
+            Order.id != order.id,
+            Order.placed_at < order.placed_at,
+            Order.cancelled_at.is_(None),  # type: ignore[union-attr]
+            Order.is_test.is_(False),  # type: ignore[attr-defined]
+        )
+    ).all()
+    if not earlier:
+        return SeasonalDecision(None, None, "not a repeat customer (no earlier order on record)")
+    seasons = [s for at in earlier if (s := rule.season_of(at.astimezone(tz).date())) is not None]
+    if not seasons:
+        return SeasonalDecision(None, None, "no earlier order fell in a gift season")
+    upcoming = rule.next_after(order.placed_at.astimezone(tz).date())
+    if upcoming is None:
+        return SeasonalDecision(None, None, "no next gift season")
+    left = {s.list_name for s in suppressions_for(session, customer.shop_domain, customer.email_key)}
+    stopped = sorted(left & promotional_lists(policy))
+    if stopped:
+        return SeasonalDecision(None, upcoming.name, f"unsubscribed from {', '.join(stopped)}")
+    raw = order.raw if isinstance(order.raw, Mapping) else {}
+    country = address_country(order.shipping_address, raw.get("billing_address"))
+    model = policy.consent_model(MessageClass.PROMOTIONAL, country)
+    held = held_consent(session, customer.shop_domain, customer.email_key)
+    state = held.state if held else None
+    if model == "opt_in" and state not in policy.consent.consent_states:
+        why = f"consent is {state}" if state else "no consent on record"
+        return SeasonalDecision(None, upcoming.name, f"promotional content needs opt-in ({why})")
+    if model == "opt_out" and state in policy.consent.refusal_states:
+        return SeasonalDecision(None, upcoming.name, f"promotional content refused ({state})")
+    line = upcoming.line.get(order.locale) or upcoming.line["en"]
+    first = seasons[0].name
+    return SeasonalDecision(line, upcoming.name, f"earlier order in {first}; next season {upcoming.name}")

@@ -289,6 +289,9 @@ class ConfirmationContext:
     customer: Customer | None
     expected_ship_date: date
     flags: list[str] = field(default_factory=list)
+    # Seed 004: one short line about the next gift season, decided by the contact rules
+    # (aftercare.contact.store.seasonal_line_for); None: no line.
+    seasonal_line: str | None = None
 
     def as_template_vars(self, shop_name: str) -> dict[str, Any]:
         o = self.order
@@ -325,6 +328,7 @@ class ConfirmationContext:
             "gift_message": o.gift_message,
             "note": o.note,
             "is_test": o.is_test,
+            "seasonal_line": self.seasonal_line,
         }
 
 

@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 
 from aftercare.errors import AftercareError
 from aftercare.models import (
+    ConsentRecord,
     InboxEvent,
     InboxWait,
     Order,
@@ -111,6 +112,7 @@ def order_timeline(
         history: list[Entry] = []
         planned: list[Entry] = []
         history += _webhooks(session, order)
+        history += _consent(session, order)
         history.append(
             Entry(
                 order.updated_at,
@@ -258,6 +260,33 @@ def _webhooks(session: Session, order: Order) -> list[Entry]:
             detail={"inbox_id": row.id, "delivery_id": row.delivery_id},
         )
         for row in rows
+    ]
+
+
+def _consent(session: Session, order: Order) -> list[Entry]:
+    """The customer's consent events (aftercare.contact.store.record_consent): what each said, and
+    whether it changed the state held, and why."""
+    if not order.email:
+        return []
+    rows = session.exec(
+        select(ConsentRecord)
+        .where(
+            ConsentRecord.shop_domain == order.shop_domain,
+            ConsentRecord.email_key == order.email.strip().lower(),
+        )
+        .order_by(ConsentRecord.id)  # type: ignore[arg-type]
+    )
+    return [
+        Entry(
+            r.recorded_at,
+            "consent",
+            f"consent {r.state} as of {r.consent_updated_at:%Y-%m-%d %H:%M} UTC ({r.source}): "
+            + ("applied" if r.applied else "not applied")
+            + (f", {r.reason}" if r.reason else ""),
+            status=r.state,
+            detail={"wording_version": r.wording_version, "applied": r.applied},
+        )
+        for r in rows
     ]
 
 

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
+from aftercare.contact import consent, privacy
 from aftercare.drainers import live_holders
 from aftercare.errors import InvalidPayload
 from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply, ReviewStatus, utcnow
@@ -127,6 +128,13 @@ def classify_shopify(topic: str | None, body: bytes) -> tuple[str, str | None, s
     ops see unusable payloads at once and the flows never retry them."""
     if not topic:
         return InboxStatus.INVALID, "missing X-Shopify-Topic header", None
+    for contact_topics, check in (
+        (consent.TOPICS, consent.check_delivery),
+        (privacy.TOPICS, privacy.check_delivery),
+    ):
+        if topic in contact_topics:  # consent and compliance topics (aftercare.contact)
+            usable, why, ref = check(topic, body)
+            return (InboxStatus.PENDING if usable else InboxStatus.INVALID), why, ref
     if topic not in shopify.KNOWN_TOPICS:
         return InboxStatus.IGNORED, f"topic {topic[:64]!r} is not handled", None
     try:
