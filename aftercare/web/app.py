@@ -30,6 +30,7 @@ from aftercare.settings import Settings, normalise_shop
 from aftercare.spine import inbox
 from aftercare.spine.db import make_engine, ping, start_checkpointer
 from aftercare.web import approvals
+from aftercare.web import surveys as survey_pages
 from aftercare.web.wake import NoWaker, PrefectWaker, Waker
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,7 @@ def create_app(
         return HTMLResponse(html, headers=PAGE_HEADERS)
 
     app.include_router(approvals.router(settings, engine, resumer=resumer))
+    app.include_router(survey_pages.router(settings, engine))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
