@@ -114,8 +114,10 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
     def policy() -> SurveyPolicy:
         return load_survey_policy(settings.policies_dir)
 
+    shop = load_shop_policy(settings.policies_dir)  # read once, as the other pages read theirs
+
     def shop_name(locale: str) -> str:
-        return load_shop_policy(settings.policies_dir).name.in_(locale)
+        return shop.name.in_(locale)
 
     def notice(kind: str, status: int, locale: str) -> HTMLResponse:
         body = renderer.render(
