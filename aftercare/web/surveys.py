@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from datetime import datetime
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
@@ -31,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from aftercare import signing
 from aftercare.contact.policy import load_contact_policy
-from aftercare.contact.sender import load_shop_policy
+from aftercare.contact.sender import ShopPolicy, load_shop_policy
 from aftercare.models import SurveyResponse, utcnow
 from aftercare.rendering import BABEL_LOCALES, Renderer
 from aftercare.settings import Settings
@@ -100,10 +101,18 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
     """The survey page's routes, for `create_app` to include."""
     renderer = Renderer(settings.templates_dir)
     secret = settings.link_secret.get_secret_value()
-    zone = ZoneInfo(load_contact_policy(settings.policies_dir / "contact.yaml").shop_timezone)
+
+    # Read on first use (the app starts without them), then kept, as the other pages keep theirs.
+    @cache
+    def zone() -> ZoneInfo:
+        return ZoneInfo(load_contact_policy(settings.policies_dir / "contact.yaml").shop_timezone)
+
+    @cache
+    def shop() -> ShopPolicy:
+        return load_shop_policy(settings.policies_dir)
 
     def when(value: datetime, locale: str) -> str:
-        local = value.astimezone(zone)
+        local = value.astimezone(zone())
         if locale == "ja":
             return format_datetime(local, "y年M月d日 H:mm", locale="ja_JP")
         return format_datetime(local, "MMMM d, y, h:mm a", locale=BABEL_LOCALES["en"]) + f" ({local:%Z})"
@@ -114,10 +123,8 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
     def policy() -> SurveyPolicy:
         return load_survey_policy(settings.policies_dir)
 
-    shop = load_shop_policy(settings.policies_dir)  # read once, as the other pages read theirs
-
     def shop_name(locale: str) -> str:
-        return shop.name.in_(locale)
+        return shop().name.in_(locale)
 
     def notice(kind: str, status: int, locale: str) -> HTMLResponse:
         body = renderer.render(
