@@ -80,6 +80,12 @@ def page_locale(order_locale: str | None) -> str:
     return "en" if (order_locale or "").lower().startswith("en") else "ja"
 
 
+def _printable(text: str) -> str:
+    """A refused comment as it is shown again: line breaks kept, other control characters gone."""
+    text = text.replace("\r\n", "\n")
+    return "".join(ch for ch in text if ch in "\n\t" or not (ch < " " or "\x7f" <= ch <= "\x9f"))
+
+
 class _TooLarge(Exception):
     pass
 
@@ -258,7 +264,7 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
                 pass
             clean_sent = {
                 "reasons": [r for r in sent["reasons"] if r in p.reason_codes],
-                "comment": sent["comment"].replace("\r\n", "\n"),
+                "comment": _printable(sent["comment"]),
             }
             return await run_in_threadpool(
                 lambda: page(raw, link, st, status=422, chosen=chosen, sent=clean_sent, error=refused)

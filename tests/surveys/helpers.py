@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from aftercare.contact.compose import ComposeContext, Composed, Recipient
+from aftercare.contact.compose import ComposeContext, Composed, Composer, Recipient
 from aftercare.contact.links import unsubscribe_token, unsubscribe_url
 from aftercare.contact.sender import load_shop_policy
 from aftercare.models import Customer, Order, OutboxMessage, Touchpoint, utcnow
@@ -62,7 +62,12 @@ def delivered_order(
 
 
 def compose(
-    rt: Any, touchpoint: Touchpoint, *, now: datetime, policy: SurveyPolicy | None = None
+    rt: Any,
+    touchpoint: Touchpoint,
+    *,
+    now: datetime,
+    policy: SurveyPolicy | None = None,
+    composer: Composer | None = None,
 ) -> Composed:
     """The survey mail, composed with the context the dispatcher builds."""
     settings = rt.settings
@@ -94,7 +99,7 @@ def compose(
             base_url=settings.customer_base_url,
             link_secret=settings.link_secret.get_secret_value(),
         )
-        return survey_composer(policy)(ctx)
+        return (composer or survey_composer(policy))(ctx)
 
 
 def mailed_survey(

@@ -141,12 +141,17 @@ def test_hostile_names_and_titles_cannot_break_the_mail(rt: Runtime):
     assert "&lt;b&gt;花子&lt;/b&gt;" in mail.html_body
 
 
-def test_the_shipped_composer_reads_the_shipped_policy(rt: Runtime):
+def test_the_shipped_composer_writes_the_mail_of_the_shipped_policy(rt: Runtime):
+    from aftercare.settings import PROJECT_ROOT
     from aftercare.surveys.mail import compose_survey, survey_composer
 
     order, touchpoint = delivered_order(rt)
-    assert compose_survey is not None and survey_composer is not None
-    # The dispatcher's mapping: {"delivery_survey": compose_survey}; with the test's default policies
-    # directory both composers write the same mail.
-    shipped = compose(rt, touchpoint, now=utcnow())
-    assert "?score=5" in shipped.text_body
+    now = utcnow()
+    shipped_policy = load_survey_policy(PROJECT_ROOT / "policies")
+    shipped = compose(rt, touchpoint, now=now, composer=compose_survey)
+    assert shipped == compose(rt, touchpoint, now=now, composer=survey_composer(shipped_policy))
+    assert (
+        shipped.subject.startswith("【aftercare デモショップ】") and shipped.text_body.count("?score=") == 5
+    )
+    nps = compose(rt, touchpoint, now=now, policy=shipped_policy.model_copy(update={"scale": "nps10"}))
+    assert nps.text_body.count("?score=") == 11

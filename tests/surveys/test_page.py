@@ -364,6 +364,14 @@ def test_control_characters_are_cleaned_from_a_comment_line_breaks_kept(rt: Runt
     comment = "\x00よかった\x07です\x1b[31m\r\n二行目\tタブ\u0085\x7f  "
     assert post(client, survey, score="5", comment=comment).status_code == 303
     assert [r.comment for r in answers(rt)] == ["よかったです[31m\n二行目\tタブ"]
+    # Shown again after a refusal (a bad score): the text kept, its control characters not echoed.
+    refused_page = post(client, survey, score="9", comment="\x00戻る\x1b[0m\r\n二行目")
+    assert (
+        refused_page.status_code == 422
+        and "\x00" not in refused_page.text
+        and "\x1b" not in refused_page.text
+    )
+    assert "戻る[0m\n二行目</textarea>" in refused_page.text
     # Nothing but control characters and blanks: no comment.
     assert post(client, survey, score="4", comment="\x00\x01 \r\n ").status_code == 303
     assert [r.comment for r in answers(rt)][-1] is None
