@@ -252,7 +252,7 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
             if len(scores) != 1:
                 raise AnswerRefused("score", "send exactly one score")
             if len(fields.get("comment", [])) > 1:
-                raise AnswerRefused("comment", "send one comment")
+                raise AnswerRefused("form", "send one comment")
             the_answer: Answer = read_answer(
                 score=scores[0], reasons=sent["reasons"], comment=sent["comment"], scale=link.scale, policy=p
             )

@@ -190,7 +190,9 @@ def test_forged_altered_and_foreign_tokens_are_refused_and_store_nothing(rt: Run
 def test_a_link_of_a_closed_survey_is_refused_in_the_customers_language(rt: Runtime, client: TestClient):
     policy = load_survey_policy(rt.settings.policies_dir)
     survey = mailed_survey(rt, now=utcnow() - timedelta(days=policy.open_days, seconds=1))
-    refused(client.get(survey.path(5), headers={"accept-language": "en-US,en;q=0.9"}), 410, "expired")
+    english = client.get(survey.path(5), headers={"accept-language": "en-US,en;q=0.9"})
+    refused(english, 410, "expired")
+    assert "This survey has closed" in english.text
     response = client.post(survey.path(), data={"score": "5"})
     refused(response, 410, "expired")
     assert "このアンケートの受付は終了しました" in response.text  # no order known: the browser's, else ja
@@ -290,6 +292,8 @@ def test_an_incomplete_or_strange_form_is_refused_and_stores_nothing(rt: Runtime
             follow_redirects=False,
         )
         assert response.status_code == 422 and 'id="error"' in response.text, body
+        if "comment=a&comment=b" in body:
+            assert "フォームの内容を読み取れませんでした" in response.text
     assert answers(rt) == []
 
 
