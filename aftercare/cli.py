@@ -411,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_contact_commands(sub)
 
+    from aftercare.surveys.cli import add_survey_commands
+
+    add_survey_commands(sub)
+
     for noun, func, statuses in (
         ("outbox", cmd_outbox_list, [s.value for s in OutboxStatus]),
         ("inbox", cmd_inbox_list, [s.value for s in InboxStatus]),

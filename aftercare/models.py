@@ -602,10 +602,14 @@ class SurveyResponse(SQLModel, table=True):
     open: every answer is kept, the newest (highest id) is the one that counts."""
 
     __tablename__ = "survey_responses"
+    # One answer per number per survey (migration 0010): two posts of the same answer at once leave
+    # one row (aftercare/surveys/answers.py).
+    __table_args__ = (sa.UniqueConstraint("touchpoint_id", "seq", name="uq_survey_response_seq"),)
 
     id: int | None = Field(default=None, primary_key=True)
     touchpoint_id: int = Field(foreign_key="touchpoints.id", index=True)
     order_id: int = Field(foreign_key="orders.id", index=True)
+    seq: int = 1  # the answer's number within its survey, from 1; the highest counts (0010)
     scale: str = Field(max_length=16)  # "csat5" (1-5) or "nps10" (0-10), from the policy at send time
     score: int
     comment: str | None = None

@@ -23,6 +23,8 @@ from aftercare.models import Order, OrderLine, Refund
 from aftercare.orders import shipping
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
+from aftercare.surveys.mail import compose_survey, survey_composer
+from aftercare.surveys.policy import load_survey_policy
 
 
 def order_facts(session: Session, orders: Sequence[Order]) -> dict[int, OrderFacts]:
@@ -55,18 +57,12 @@ def order_facts(session: Session, orders: Sequence[Order]) -> dict[int, OrderFac
     return facts
 
 
-def default_composers() -> dict[str, Composer]:
-    """The composers of the kinds we send today. The survey's lives in aftercare/surveys/mail.py
-    (another branch): until it is merged there is none, and the dispatcher leaves surveys planned."""
-    composers: dict[str, Composer] = {}
-    try:
-        from aftercare.surveys.mail import compose_survey
-    except ModuleNotFoundError as exc:
-        if exc.name != "aftercare.surveys.mail":
-            raise
-    else:
-        composers[shipping.DELIVERY_SURVEY] = compose_survey
-    return composers
+def default_composers(policies_dir: Path | None = None) -> dict[str, Composer]:
+    """The composers of the kinds we send today: the satisfaction survey (aftercare/surveys/mail.py)
+    under `policies_dir`'s surveys.yaml (the shipped one when None)."""
+    if policies_dir is None:
+        return {shipping.DELIVERY_SURVEY: compose_survey}
+    return {shipping.DELIVERY_SURVEY: survey_composer(load_survey_policy(policies_dir))}
 
 
 @cache
@@ -89,7 +85,7 @@ def dispatch_due(
         rt.engine,
         rt.settings,
         contact,
-        default_composers() if composers is None else composers,
+        default_composers(rt.settings.policies_dir) if composers is None else composers,
         now,
         limit,
         order_facts=order_facts,
@@ -101,7 +97,8 @@ def dispatch_due(
 def composed_kinds(rt: Runtime | Settings, composers: Mapping[str, Composer] | None = None) -> list[str]:
     """The timed kinds the dispatcher sends: those with a composer."""
     contact, _shop = policies_of(rt)
-    have = default_composers() if composers is None else composers
+    settings = rt if isinstance(rt, Settings) else rt.settings
+    have = default_composers(settings.policies_dir) if composers is None else composers
     return [k for k in dispatcher.timed_kinds(contact) if k in have]
 
 
@@ -119,7 +116,7 @@ def preview_due(
         return dispatcher.preview(
             session,
             contact,
-            default_composers() if composers is None else composers,
+            default_composers(settings.policies_dir) if composers is None else composers,
             now,
             before,
             order_facts=order_facts,

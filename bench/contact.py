@@ -30,65 +30,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from aftercare import timed
 from aftercare.contact import dispatch as dispatcher
-from aftercare.contact.compose import ComposeContext, Composed, Composer
+from aftercare.contact.compose import Composer
 from aftercare.models import UTCDateTime
 from aftercare.runtime import Runtime
-from aftercare.settings import PROJECT_ROOT, Settings
+from aftercare.settings import Settings
 from aftercare.spine import outbox
 from bench.run import API_KEY, REVIEWS_SECRET, SECRET, bare_loop, database, fake_sendgrid, say
 
 SHOP = "bench.myshopify.com"
 TOKYO_ADDRESS = {"country_code": "JP", "province": "東京都", "city": "渋谷区", "zip": "150-0001"}
-SURVEY_TXT = """{{ name }} 様
-
-このたびは {{ order }} をお買い上げいただきありがとうございました。
-商品はいかがでしたか。下のリンクから 1〜5 でお聞かせください(30秒ほどです)。
-{% for score in range(1, 6) %}{{ score }}: {{ base }}/survey/{{ touchpoint }}?score={{ score }}
-{% endfor %}
-{% include locale ~ "/_feedback_footer.txt" %}"""
-SURVEY_HTML = """<p>{{ name }} 様</p><p>{{ order }} はいかがでしたか。</p>
-<p>{% for score in range(1, 6) -%}
-<a href="{{ base }}/survey/{{ touchpoint }}?score={{ score }}">{{ score }}</a> {% endfor %}</p>
-{% include locale ~ "/_feedback_footer.html" %}"""
 
 
 def bench_composer() -> tuple[Composer, str]:
-    """The survey's own composer when it is on this branch; else this file's."""
-    own = timed.default_composers().get("delivery_survey")
-    if own is not None:
-        return own, "aftercare.surveys.mail.compose_survey"
-    loader = jinja2.ChoiceLoader(
-        [
-            jinja2.DictLoader({"survey.txt": SURVEY_TXT, "survey.html": SURVEY_HTML}),
-            jinja2.FileSystemLoader(PROJECT_ROOT / "templates"),
-        ]
-    )
-    text_env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False)
-    html_env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=True)
-    text, html = text_env.get_template("survey.txt"), html_env.get_template("survey.html")
-
-    def compose(ctx: ComposeContext) -> Composed:
-        values = {
-            "name": ctx.recipient.name or "お客",
-            "order": ctx.order.name,
-            "base": ctx.base_url,
-            "touchpoint": ctx.touchpoint.id,
-            "locale": ctx.recipient.locale,
-            **ctx.footer_vars(),
-        }
-        return Composed(
-            subject=f"{ctx.order.name} のご感想をお聞かせください",
-            text_body=text.render(values),
-            html_body=html.render(values),
-        )
-
-    return compose, "bench.contact (a short survey with the feedback footer; the survey branch's is not here)"
+    """The survey's own composer (aftercare/surveys/mail.py), as send-timed-messages uses it."""
+    return timed.default_composers()["delivery_survey"], "aftercare.surveys.mail.compose_survey"
 
 
 # -- data ------------------------------------------------------------------------------------------

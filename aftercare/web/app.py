@@ -31,6 +31,7 @@ from aftercare.settings import Settings, normalise_shop
 from aftercare.spine import inbox
 from aftercare.spine.db import make_engine, ping, start_checkpointer
 from aftercare.web import approvals
+from aftercare.web import surveys as survey_pages
 from aftercare.web import unsubscribe as unsubscribe_routes
 from aftercare.web.patrol import Patrol
 from aftercare.web.wake import NoWaker, PrefectWaker, Waker
@@ -397,6 +398,7 @@ def create_app(
 
     app.include_router(approvals.router(settings, engine, resumer=resumer))
     app.include_router(unsubscribe_routes.router(settings, engine))
+    app.include_router(survey_pages.router(settings, engine))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -32,7 +32,7 @@ TOKYO = ZoneInfo("Asia/Tokyo")
 def deployment(flow_rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Runtime, str]]:
     """`send-timed-messages/send-timed-messages` exists (served by nobody here), and the survey has
     a composer."""
-    monkeypatch.setattr(timed, "default_composers", lambda: dict(COMPOSERS))
+    monkeypatch.setattr(timed, "default_composers", lambda *_a, **_k: dict(COMPOSERS))
     deployment_id = send_timed_messages.to_deployment(name="send-timed-messages").apply()
     try:
         yield flow_rt, str(deployment_id)
@@ -130,7 +130,7 @@ def test_a_composer_failure_fails_this_run_with_the_reason_and_leaves_the_survey
     def broken(ctx):
         raise KeyError("score_links")
 
-    monkeypatch.setattr(timed, "default_composers", lambda: {"delivery_survey": broken})
+    monkeypatch.setattr(timed, "default_composers", lambda *_a, **_k: {"delivery_survey": broken})
     state = send_timed_messages(now=now, return_state=True)
     assert state.is_failed()
     assert f"touchpoint {tp_id} (#7005): could not be written: KeyError" in state.message

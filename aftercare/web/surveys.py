@@ -1,0 +1,275 @@
+"""The survey page, reached from the score links in the survey mail (aftercare/surveys/mail.py).
+
+`GET /survey/<token>?score=N` shows the page with that score chosen and records nothing: mail
+scanners and link previews open links. The page then posts the answer itself (a few lines of
+script, allowed by a per-response CSP nonce; it waits while the page is prerendered or hidden);
+without script, one button sends it. `POST /survey/<token>` stores the answer (score, ticked
+reasons, optional comment) and answers 303 to the page, which thanks the customer, shows the answer
+that counts and lets them change it while the survey is open (every answer is kept; the latest
+counts; the same answer posted twice is stored once: aftercare/surveys/answers.py).
+
+Refusals are pages with a 4xx status, in the order's language when we know the order, else the
+browser's: a link that is not ours (forged, altered, another purpose's token) 404; a survey that
+has closed or was called off 410; a form that is not ours 415/413; an answer we cannot take 422,
+shown again with what to correct and with what was typed kept. What the customer wrote is text:
+autoescaped, never markup."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from functools import cache
+from typing import Any
+from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_datetime
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from aftercare import signing
+from aftercare.contact.policy import load_contact_policy
+from aftercare.contact.sender import ShopPolicy, load_shop_policy
+from aftercare.models import SurveyResponse, utcnow
+from aftercare.rendering import BABEL_LOCALES, Renderer
+from aftercare.settings import Settings
+from aftercare.surveys.answers import (
+    Answer,
+    AnswerRefused,
+    SurveyLink,
+    SurveyState,
+    parse_score,
+    read_answer,
+    read_survey_token,
+    record_answer,
+    survey_state,
+)
+from aftercare.surveys.policy import SurveyPolicy, load_survey_policy
+
+# A form with the longest comment the policy may allow (10,000 characters of 3-byte UTF-8, each
+# byte %XX-escaped) fits; anything larger is not our form.
+MAX_FORM_BYTES = 96 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def _headers(nonce: str | None) -> dict[str, str]:
+    script = f"'nonce-{nonce}'" if nonce else "'none'"
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'none'; style-src 'unsafe-inline'; script-src {script}; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        # The token is in the address: it leaves with no link, and no cache keeps the page.
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+        "X-Robots-Tag": "noindex, nofollow",
+    }
+
+
+def browser_locale(request: Request) -> str:
+    """ja unless the browser prefers English (for pages before we know the order)."""
+    first = (request.headers.get("accept-language") or "").split(",")[0].strip().lower()
+    return "en" if first.startswith("en") else "ja"
+
+
+def page_locale(order_locale: str | None) -> str:
+    return "en" if (order_locale or "").lower().startswith("en") else "ja"
+
+
+def _printable(text: str) -> str:
+    """A refused comment as it is shown again: line breaks kept, other control characters gone."""
+    text = text.replace("\r\n", "\n")
+    return "".join(ch for ch in text if ch in "\n\t" or not (ch < " " or "\x7f" <= ch <= "\x9f"))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_form(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> APIRouter:
+    """The survey page's routes, for `create_app` to include."""
+    renderer = Renderer(settings.templates_dir)
+    secret = settings.link_secret.get_secret_value()
+
+    # Read on first use (the app starts without them), then kept, as the other pages keep theirs.
+    @cache
+    def zone() -> ZoneInfo:
+        return ZoneInfo(load_contact_policy(settings.policies_dir / "contact.yaml").shop_timezone)
+
+    @cache
+    def shop() -> ShopPolicy:
+        return load_shop_policy(settings.policies_dir)
+
+    def when(value: datetime, locale: str) -> str:
+        local = value.astimezone(zone())
+        if locale == "ja":
+            return format_datetime(local, "y年M月d日 H:mm", locale="ja_JP")
+        return format_datetime(local, "MMMM d, y, h:mm a", locale=BABEL_LOCALES["en"]) + f" ({local:%Z})"
+
+    renderer.env.filters["when"] = when
+    api = APIRouter()
+
+    def policy() -> SurveyPolicy:
+        return load_survey_policy(settings.policies_dir)
+
+    def shop_name(locale: str) -> str:
+        return shop().name.in_(locale)
+
+    def notice(kind: str, status: int, locale: str) -> HTMLResponse:
+        body = renderer.render(
+            "survey_page_notice.html", locale, {"kind": kind, "shop_name": shop_name(locale)}
+        )
+        return HTMLResponse(body, status_code=status, headers=_headers(None))
+
+    def verify(raw: str, request: Request) -> SurveyLink | HTMLResponse:
+        try:
+            return read_survey_token(secret, raw, now=clock())
+        except signing.TokenExpired:
+            return notice("expired", 410, browser_locale(request))
+        except signing.TokenInvalid:
+            return notice("invalid", 404, browser_locale(request))
+
+    def load(raw: str, request: Request) -> tuple[SurveyLink, SurveyState] | HTMLResponse:
+        link = verify(raw, request)
+        if isinstance(link, HTMLResponse):
+            return link
+        st = survey_state(engine, link)
+        if st is None:
+            return notice("invalid", 404, browser_locale(request))
+        if not st.open:
+            return notice("closed", 410, page_locale(st.order.locale))
+        return link, st
+
+    def page(
+        raw: str,
+        link: SurveyLink,
+        st: SurveyState,
+        *,
+        status: int = 200,
+        chosen: int | None = None,
+        autosubmit: bool = False,
+        saved: bool = False,
+        sent: dict[str, Any] | None = None,
+        error: AnswerRefused | None = None,
+    ) -> HTMLResponse:
+        locale = page_locale(st.order.locale)
+        p = policy()
+        latest: SurveyResponse | None = st.latest
+        if sent is not None:  # a refused answer, shown again as it was sent
+            reasons, comment = sent["reasons"], sent["comment"]
+        elif latest is not None:
+            reasons, comment = list(latest.reasons or []), latest.comment or ""
+        else:
+            reasons, comment = [], ""
+        if chosen is None and latest is not None and latest.scale == link.scale.name:
+            chosen = latest.score
+        nonce = secrets.token_urlsafe(16) if autosubmit else None
+        body = renderer.render(
+            "survey_page.html",
+            locale,
+            {
+                "shop_name": shop_name(locale),
+                "action": f"/survey/{raw}",
+                "order_name": st.order.name,
+                "lines": [li.title for li in st.lines[:5]],
+                "more_lines": max(0, len(st.lines) - 5),
+                "scale": link.scale.name,
+                "scores": link.scale.scores,
+                "low": link.scale.low,
+                "high": link.scale.high,
+                "chosen": chosen,
+                "reasons": p.reasons_for(locale),
+                "ticked": set(reasons),
+                "comment": comment,
+                "comment_max": p.comment_max_chars,
+                "latest": latest,
+                "saved": saved and latest is not None,
+                "autosubmit": autosubmit,
+                "csp_nonce": nonce,
+                "error": None if error is None else {"field": error.field, "detail": str(error)},
+                "comment_chars": len(comment),
+            },
+        )
+        return HTMLResponse(body, status_code=status, headers=_headers(nonce))
+
+    @api.get("/survey/{raw:path}", response_class=HTMLResponse)
+    def survey_page(
+        raw: str, request: Request, score: str | None = None, saved: str | None = None
+    ) -> Response:
+        """The page; never stores anything."""
+        found = load(raw, request)
+        if isinstance(found, HTMLResponse):
+            return found
+        link, st = found
+        chosen = None
+        if score is not None:
+            try:
+                chosen = parse_score(score, link.scale)
+            except AnswerRefused:
+                chosen = None  # a mangled link: the page asks for the score instead
+        latest = st.latest
+        autosubmit = chosen is not None and (
+            latest is None or latest.score != chosen or latest.scale != link.scale.name
+        )
+        return page(raw, link, st, chosen=chosen, autosubmit=autosubmit, saved=saved == "1")
+
+    @api.post("/survey/{raw:path}", response_class=HTMLResponse)
+    async def answer(raw: str, request: Request) -> Response:
+        """Store an answer, then show the page (303): a reload never posts it again."""
+        found = await run_in_threadpool(load, raw, request)
+        if isinstance(found, HTMLResponse):
+            return found
+        link, st = found
+        locale = page_locale(st.order.locale)
+        if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != FORM_TYPE:
+            return notice("bad_form", 415, locale)
+        try:
+            body = await _read_form(request)
+        except _TooLarge:
+            return notice("too_large", 413, locale)
+        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        scores = fields.get("score", [])
+        sent = {"reasons": fields.get("reason", []), "comment": (fields.get("comment") or [""])[0]}
+        p = policy()
+        try:
+            if len(scores) != 1:
+                raise AnswerRefused("score", "send exactly one score")
+            if len(fields.get("comment", [])) > 1:
+                raise AnswerRefused("form", "send one comment")
+            the_answer: Answer = read_answer(
+                score=scores[0], reasons=sent["reasons"], comment=sent["comment"], scale=link.scale, policy=p
+            )
+        except AnswerRefused as exc:
+            refused, chosen = exc, None
+            try:
+                chosen = parse_score(scores[0], link.scale) if len(scores) == 1 else None
+            except AnswerRefused:
+                pass
+            clean_sent = {
+                "reasons": [r for r in sent["reasons"] if r in p.reason_codes],
+                "comment": _printable(sent["comment"]),
+            }
+            return await run_in_threadpool(
+                lambda: page(raw, link, st, status=422, chosen=chosen, sent=clean_sent, error=refused)
+            )
+        await run_in_threadpool(record_answer, engine, link, the_answer, now=clock())
+        return RedirectResponse(f"/survey/{raw}?saved=1", status_code=303, headers=_headers(None))
+
+    return api
