@@ -26,6 +26,7 @@ from tasks.contact import (
     kinds_label,
     minute_label,
     publish_summary,
+    publish_survey_report,
     rename_run,
     schedule_next,
     send,
@@ -77,6 +78,10 @@ def send_timed_messages(
     name = f"{what} sent at {minute_label(at, contact.tz)}: {sent}"
     summary = f"{name}; " + total.summary()
     publish_summary(total, name)
+    try:
+        publish_survey_report(at)
+    except Exception as exc:  # a report that cannot be built never fails the sending
+        logger.warning("could not publish the survey report: %s: %s", type(exc).__name__, exc)
     run_id = flow_run.get_id()
     if run_id:
         rename_run(str(run_id), name)

@@ -121,6 +121,20 @@ def publish_summary(result: dispatcher.DispatchResult, title: str) -> None:
     create_markdown_artifact(markdown="\n".join(lines) + "\n", key="timed-contact", description=title)
 
 
+def publish_survey_report(now: datetime, weeks: int = 8) -> None:
+    """The survey report (`aftercare surveys report`: response rate, CSAT or NPS, comments, by week
+    and product) as an artifact after each dispatch, weeks counted in the shop's zone."""
+    from aftercare.surveys.report import survey_report
+
+    rt = current()
+    contact, _shop = timed.policies_of(rt)
+    with Session(rt.engine) as session:
+        report = survey_report(session, now, weeks, tz=contact.shop_timezone)
+    create_markdown_artifact(
+        markdown=report.as_markdown(), key="survey-report", description=f"surveys, last {weeks} weeks"
+    )
+
+
 # -- the schedule Prefect shows ---------------------------------------------------------------------
 
 

@@ -14,7 +14,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+from prefect.client.schemas.filters import (
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+)
 from sqlmodel import Session
 
 from aftercare import timed
@@ -84,6 +89,12 @@ def test_a_run_is_named_for_what_it_sent_and_schedules_the_next_send_time(deploy
         this = client.read_flow_run(state.state_details.flow_run_id)
     assert this.name == "surveys sent at 09:00 JST: 2"
     assert "next: surveys at 10:00 JST: 1" in state.message
+    with get_client(sync_client=True) as client:  # the survey report, as an artifact of each run
+        report = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=["survey-report"]))
+        )
+    assert report and report[0].flow_run_id == this.id
+    assert "response rate" in str(report[0].data)
     sent = rows(rt, OutboxMessage, OutboxMessage.kind == "delivery_survey")
     assert len(sent) == 2 and {m.status for m in sent} == {"sent"}
     assert all(
