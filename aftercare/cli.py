@@ -225,9 +225,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             raise AftercareError(f"cannot reach {review_url} ({exc})") from exc
         failures += status != 200
         _print(f"  {'reviews/create':<20} {'review':<9} {'#1101':<10} -> HTTP {status} {text}")
+    surveys: list[Any] = []
+    if not args.orders_only and args.survey_wait > 0:
+        surveys, failed = _demo_surveys(args, settings, url, secret, now)
+        failures += failed
     _print(
         f"\nruns: {settings.prefect_ui_url}/runs   mails: {settings.outbox_dir}   list: aftercare outbox list"
     )
+    if surveys:
+        failures += _await_surveys(settings, surveys, args.survey_wait)
     if not args.orders_only:
         _print(
             f"the review's approvers: their mails in {settings.outbox_dir / 'staff'} link to "
@@ -249,6 +255,86 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         _print("not every confirmation was sent yet; see `aftercare outbox list` and the Prefect UI")
         return 1
     return 1 if failures else 0
+
+
+def _demo_surveys(
+    args: argparse.Namespace, settings: Settings, url: str, secret: str, now: datetime
+) -> tuple[list[Any], int]:
+    """Three customers whose survey is due now (aftercare/demo.py): one in their daytime, one at
+    night, one who unsubscribed (one-click, as a mailbox provider sends it). Returns the cases and
+    how many posts failed."""
+    from aftercare import demo
+    from aftercare.contact.policy import load_contact_policy
+    from aftercare.policies import load_policies
+
+    policy = load_contact_policy(settings.policies_dir / "contact.yaml")
+    days = load_policies(settings.policies_dir).delivery.survey_days_after_delivery
+    shop = args.shop or settings.shopify_shops[0]
+    cases = demo.survey_cases(now, policy, days)
+    failures = 0
+    _print(f"\nsurveys: three customers whose parcels arrived {days} days ago")
+    for case in cases:
+        if case.label == "unsubscribed":
+            base = url.rsplit("/webhooks/", 1)[0]
+            target, body, headers = demo.unsubscribe_request(
+                case, secret=settings.link_secret.get_secret_value(), shop_domain=shop, base_url=base, now=now
+            )
+            try:
+                status, _text = post_json(target, body, headers)
+            except OSError as exc:
+                raise AftercareError(f"cannot reach {target} ({exc})") from exc
+            failures += status != 200
+            _print(f"  {'one-click unsubscribe':<20} {'surveys':<9} {case.order['email']} -> HTTP {status}")
+        for topic, payload in (
+            ("orders/create", case.order),
+            ("fulfillments/create", case.fulfillment),
+            ("fulfillments/update", case.delivered),
+        ):
+            status, text = post_webhook(url, secret, topic, payload, shop)
+            failures += status != 200
+            ref = f"{case.order['name']} ({case.place})"
+            _print(f"  {topic:<20} {case.label:<12} {ref:<20} -> HTTP {status} {text}")
+    return cases, failures
+
+
+def _await_surveys(settings: Settings, cases: list[Any], wait_s: float) -> int:
+    """Wait until the contact rules have judged each demo survey; print what the timeline says.
+    Returns 1 when one is not judged in time or says something else than expected."""
+    from aftercare.models import Order, Touchpoint
+
+    engine = make_engine(settings)
+    shown: dict[str, str] = {}
+    deadline = time.monotonic() + wait_s
+    _print(f"waiting up to {wait_s:.0f} s for send-timed-messages (the web app starts it within 15 s):")
+    try:
+        while len(shown) < len(cases) and time.monotonic() < deadline:
+            with Session(engine) as session:
+                for case in cases:
+                    if case.label in shown:
+                        continue
+                    row = session.exec(
+                        select(Touchpoint)
+                        .join(Order, Order.id == Touchpoint.order_id)  # type: ignore[arg-type]
+                        .where(Order.name == case.order["name"], Touchpoint.kind == "delivery_survey")
+                    ).first()
+                    if row is None or row.verdict is None:
+                        continue
+                    line = str(row.verdict.get("line", ""))
+                    shown[case.label] = line
+                    ok = line.startswith(case.expect)
+                    _print(
+                        f"  {case.order['name']} {case.label:<12} ({case.place}, {case.zone}): {line}"
+                        + ("" if ok else f"   (expected: {case.expect} ...)")
+                    )
+            time.sleep(1)
+    finally:
+        engine.dispose()
+    missing = [c.label for c in cases if c.label not in shown]
+    if missing:
+        _print(f"  not judged yet: {', '.join(missing)}; see `aftercare touchpoints due` and the Prefect UI")
+    bad = [c.label for c in cases if c.label in shown and not shown[c.label].startswith(c.expect)]
+    _print("  see each one with: aftercare timeline '#2101' (and #2102, #2103)")
+    return 1 if missing or bad else 0
 
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
@@ -388,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=0, help="seconds to wait until every confirmation is sent"
     )
     demo.add_argument("--orders-only", action="store_true", help="post the orders, not their shipments")
+    demo.add_argument(
+        "--survey-wait",
+        type=float,
+        default=120,
+        help="seconds to wait for the three survey cases to be judged (0: do not post them)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     sub.add_parser(
