@@ -45,6 +45,10 @@ bench: install data
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.reviews
 	$(BIN)/python -m bench.triage
+	$(BIN)/python -m bench.contact
+	$(BIN)/python -m bench.survey_page --db sqlite --seconds 20
+	$(BIN)/python -m bench.survey_page --db postgres --seconds 20
+	$(BIN)/python -m bench.unsubscribe --db both --seconds 20
 
 # The fault suite (issue 8): the full run on SQLite, then PostgreSQL (a cluster of its own, the
 # production topology: prefect.yaml on a process work pool, two workers). Prints one table per run;
