@@ -38,10 +38,10 @@ def test_the_japanese_mail_asks_warmly_shows_the_order_and_a_link_per_score(rt: 
     assert sorted(survey.links) == [1, 2, 3, 4, 5]
     assert "1（不満）：http" in text and "5（とても満足）：http" in text
     # The footer: sender, address, contact, and the way to refuse right beside its link.
-    assert "配信者：aftercare デモショップ運営事務局" in text and "所在地：〒100-0005" in text
-    assert "配信停止できます" in text and "/unsubscribe/" in text
+    assert "送信者：aftercare デモショップ運営事務局" in text and "所在地：〒100-0005" in text
+    assert "配信を停止（受信を拒否）できます" in text and "/unsubscribe/" in text
     html = mail.html_body
-    assert '<html lang="ja">' in html and "こちらから配信停止" in html
+    assert '<html lang="ja">' in html and "配信を停止（受信を拒否）できます" in html
     for score, url in survey.links.items():
         assert f'<a href="{url}"' in html and f">{score}</a>" in html
         assert url.startswith(rt.settings.customer_base_url + "/survey/") and url.endswith(f"?score={score}")
@@ -95,8 +95,8 @@ def test_the_english_mail(rt: Runtime):
     assert "How was your order?" in mail.text_body and "- Hinoki bath mat (Large) x 1" in mail.text_body
     assert "1 (very dissatisfied): http" in mail.text_body and "5 (very satisfied): http" in mail.text_body
     assert (
-        "Sent by aftercare demo shop, Demo Bldg. 5F" in mail.text_body
-        and "Unsubscribe: http" in mail.text_body
+        "Sent by aftercare demo shop\nDemo Bldg. 5F" in mail.text_body
+        and "To unsubscribe, open:\nhttp" in mail.text_body
     )
     assert '<html lang="en">' in mail.html_body and ">Unsubscribe</a>" in mail.html_body
 
