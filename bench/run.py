@@ -224,6 +224,7 @@ def bare_loop(sendgrid_url: str, n: int) -> dict[str, float]:
         "gift_message": "おめでとう",
         "note": None,
         "is_test": False,
+        "seasonal_line": None,
     }
     started = time.perf_counter()
     for i in range(n):

@@ -141,24 +141,48 @@ def due(
     if not kinds:
         return []
     next_at = sa.case((_TP.c.held_until > _TP.c.due_at, _TP.c.held_until), else_=_TP.c.due_at)
+    # Two queries, not a join: with the touchpoints' predicates correlated, PostgreSQL estimated 3
+    # due rows and joined orders by a nested loop over every order (80 ms at 1,000,000 rows, where
+    # the touchpoints alone take 2 ms). The orders are then read by primary key.
     query = (
         sa.select(
             _TP.c.id,
             _TP.c.order_id,
-            _ORDERS.c.name,
-            _ORDERS.c.customer_id,
             _TP.c.kind,
             _TP.c.due_at,
             _TP.c.held_until,
             _TP.c.decided_at,
             _TP.c.verdict,
         )
-        .select_from(_TP.join(_ORDERS, _ORDERS.c.id == _TP.c.order_id))
         .where(_due_condition(before, kinds))
         .order_by(next_at, _TP.c.id)
         .limit(limit)
     )
-    return [DueTouchpoint(*row) for row in session.execute(query)]
+    rows = session.execute(query).all()
+    if not rows:
+        return []
+    order_ids = sorted({row.order_id for row in rows})
+    orders = {
+        o.id: o
+        for o in session.execute(
+            sa.select(_ORDERS.c.id, _ORDERS.c.name, _ORDERS.c.customer_id).where(_ORDERS.c.id.in_(order_ids))
+        )
+    }
+    return [
+        DueTouchpoint(
+            r.id,
+            r.order_id,
+            orders[r.order_id].name,
+            orders[r.order_id].customer_id,
+            r.kind,
+            r.due_at,
+            r.held_until,
+            r.decided_at,
+            r.verdict,
+        )
+        for r in rows
+        if r.order_id in orders
+    ]
 
 
 # -- facts -----------------------------------------------------------------------------------------
