@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -430,7 +431,7 @@ def test_demo_orders_only_posts_the_samples_and_a_second_demo_mails_nobody_twice
 
 
 def test_full_demo_posts_orders_then_shipments_and_twice_changes_no_mail(env, rt, web_url, capsys):
-    code, out, err = run(capsys, "demo", "--url", web_url)
+    code, out, err = run(capsys, "demo", "--url", web_url, "--survey-wait", "0")
     assert code == 0, err
     rows = inbox_events(rt)
     assert out.count("-> HTTP 200") == len(rows)
@@ -450,7 +451,7 @@ def test_full_demo_posts_orders_then_shipments_and_twice_changes_no_mail(env, rt
 
     assert len(by_topic["reviews/create"]) == 1  # the sample review of #1101, waiting for approval
 
-    code, out, err = run(capsys, "demo", "--url", web_url)
+    code, out, err = run(capsys, "demo", "--url", web_url, "--survey-wait", "0")
     assert code == 0, err
     # Shopify deliveries get new webhook ids; the review is the same review (platform + id): a no-op.
     assert '{"status":"duplicate"}' in out
@@ -459,6 +460,27 @@ def test_full_demo_posts_orders_then_shipments_and_twice_changes_no_mail(env, rt
     assert [(m.id, m.kind, m.order_name) for m in outbox_messages(rt)] == [
         (m.id, m.kind, m.order_name) for m in first
     ]
+
+
+def test_demo_posts_three_survey_cases_and_prints_what_the_rules_said(env, rt, web_url, capsys):
+    """The survey part of the demo: three customers whose survey is due now (aftercare/demo.py; the
+    cases themselves are proven in tests/test_demo_surveys.py). Without a dispatcher running the
+    demo says which are not judged yet and fails; once send-timed-messages has run, it prints each
+    timeline line and succeeds."""
+    from aftercare import timed
+
+    code, out, _ = run(capsys, "demo", "--url", web_url, "--survey-wait", "1")
+    assert code == 1
+    assert "one-click unsubscribe" in out and "survey-unsubscribed@example.com -> HTTP 200" in out
+    assert out.count("orders/create        due now") == 1
+    assert "not judged yet: due now, quiet hours, unsubscribed" in out
+    process_everything(rt)
+    timed.dispatch_due(rt, datetime.now(UTC))
+    code, out, _ = run(capsys, "demo", "--url", web_url, "--survey-wait", "10")
+    assert code == 0, out
+    assert "#2101 due now" in out and ": sending at " in out
+    assert "#2102 quiet hours" in out and "(quiet hours)" in out
+    assert "#2103 unsubscribed" in out and "not sent: unsubscribed from surveys on" in out
 
 
 def test_demo_against_a_closed_port_says_the_app_is_unreachable(env, capsys):
