@@ -175,8 +175,10 @@ def test_the_web_apps_patrol_starts_and_restarts_runs_without_any_process_inbox_
     _set(run, Crashed())
     fresh_id = add_review(rt.engine, platform_review_id="patrolled-new", status="new")
     patrol = prefect_patrol(rt.settings)
-    assert len(patrol.run_due()) == 2  # both jobs, each once
-    starts, checks = patrol.jobs
+    assert len(patrol.run_due()) == len(patrol.jobs)  # every job, each once
+    jobs = {job.name: job for job in patrol.jobs}
+    starts = jobs["start approval runs for new reviews"]
+    checks = jobs["restart dead approval runs, deliver stored decisions"]
     assert starts.last_error is None and checks.last_error is None
     assert fresh_id in starts.last_result  # type: ignore[operator]
     assert _run_of(rt, fresh_id) is not None
