@@ -33,34 +33,11 @@ from aftercare.spine.db import make_engine, ping, start_checkpointer
 from aftercare.web import approvals
 from aftercare.web import surveys as survey_pages
 from aftercare.web import unsubscribe as unsubscribe_routes
+from aftercare.web.bodies import BodyTooLarge, read_limited
 from aftercare.web.patrol import Patrol
 from aftercare.web.wake import NoWaker, PrefectWaker, Waker
 
 log = logging.getLogger(__name__)
-
-
-class BodyTooLarge(Exception):
-    """More than the hard cap (`max_body_bytes`); `size` says how much, as far as we know."""
-
-    def __init__(self, size: str):
-        super().__init__(size)
-        self.size = size
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than `limit` bytes whether or not Content-Length is honest.
-    Reading stops at the cap: a body that never ends costs us `limit` bytes, not more."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"{int(declared)} bytes (Content-Length)")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"more than {limit} bytes (read so far: {size})")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def refuse_too_large(source: str, request: Request, err: BodyTooLarge, limit: int) -> JSONResponse:

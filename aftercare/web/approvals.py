@@ -45,6 +45,7 @@ from aftercare.reviews.approval import DecisionForm, DecisionRefused, guarded_fr
 from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.reviews.publishing import public_page_url
 from aftercare.settings import Settings
+from aftercare.web.bodies import BodyTooLarge, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -343,8 +344,9 @@ def router(
             return notice("cross_site", 403)
         if "application/x-www-form-urlencoded" not in (request.headers.get("content-type") or ""):
             return notice("bad_form", 415)
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
+        try:
+            body = await read_limited(request, MAX_FORM_BYTES)
+        except BodyTooLarge:
             return notice("bad_form", 413)
         fields = {
             k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()

@@ -48,6 +48,7 @@ from aftercare.surveys.answers import (
     survey_state,
 )
 from aftercare.surveys.policy import SurveyPolicy, load_survey_policy
+from aftercare.web.bodies import BodyTooLarge, read_limited
 
 # A form with the longest comment the policy may allow (10,000 characters of 3-byte UTF-8, each
 # byte %XX-escaped) fits; anything larger is not our form.
@@ -84,23 +85,6 @@ def _printable(text: str) -> str:
     """A refused comment as it is shown again: line breaks kept, other control characters gone."""
     text = text.replace("\r\n", "\n")
     return "".join(ch for ch in text if ch in "\n\t" or not (ch < " " or "\x7f" <= ch <= "\x9f"))
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_form(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
-        raise _TooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_FORM_BYTES:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> APIRouter:
@@ -241,8 +225,8 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
         if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != FORM_TYPE:
             return notice("bad_form", 415, locale)
         try:
-            body = await _read_form(request)
-        except _TooLarge:
+            body = await read_limited(request, MAX_FORM_BYTES)
+        except BodyTooLarge:
             return notice("too_large", 413, locale)
         fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         scores = fields.get("score", [])

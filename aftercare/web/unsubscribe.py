@@ -43,6 +43,7 @@ from aftercare.contact.sender import load_shop_policy
 from aftercare.models import Customer, Order, Touchpoint, utcnow
 from aftercare.rendering import Renderer
 from aftercare.settings import Settings
+from aftercare.web.bodies import BodyTooLarge, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -121,25 +122,6 @@ class Done:
     list_name: str
     created: bool
     cancelled: int
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes whatever Content-Length says (reading stops there)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def form_choice(content_type: str, body: bytes) -> str | None:
@@ -252,7 +234,7 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
     async def unsubscribe_post(raw: str, request: Request) -> HTMLResponse:
         """One-click (RFC 8058) or our form: unsubscribed at once, 200, never a redirect."""
         try:
-            body = await read_capped(request, MAX_BODY_BYTES)
+            body = await read_limited(request, MAX_BODY_BYTES)
         except BodyTooLarge:
             return refused(request, 413, "too_large")
         claims = claims_of(raw)
