@@ -16,19 +16,11 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from aftercare.models import (
-    InboxEvent,
-    InboxWait,
-    Order,
-    OutboxMessage,
-    OutboxStatus,
-    Shipment,
-    WarehouseHandoff,
-)
-from aftercare.orders import warehouse
+from aftercare.models import InboxEvent, InboxWait, OutboxMessage, WarehouseHandoff
+from aftercare.orders import shipping, warehouse
 from aftercare.policies import RequestsPolicy
 from aftercare.settings import Settings
-from aftercare.spine import inbox
+from aftercare.spine import inbox, outbox
 
 
 def _conditions(
@@ -38,28 +30,12 @@ def _conditions(
     send_lease = timedelta(seconds=settings.send_lease_s)
     handoff_lease = timedelta(seconds=settings.handoff_lease_s)
     window = timedelta(minutes=requests.acknowledgement_window_minutes)
-    order_arrived = sa.exists().where(Order.shopify_id == InboxWait.order_shopify_id)
-    fulfillment_arrived = sa.exists().where(Shipment.shopify_id == InboxWait.fulfillment_shopify_id)
     return {
         "deliveries to receive": (InboxEvent, inbox._claimable(now, retry)),
         "deliveries out of attempts to tell ops about": (InboxEvent, inbox.exhausted_unalerted(retry)),
-        "deliveries whose order has arrived": (
-            InboxWait,
-            sa.or_(
-                sa.and_(InboxWait.fulfillment_shopify_id.is_(None), order_arrived),  # type: ignore[union-attr]
-                sa.and_(InboxWait.fulfillment_shopify_id.is_not(None), fulfillment_arrived),  # type: ignore[union-attr]
-            ),
-        ),
-        "mails to send": (
-            OutboxMessage,
-            sa.and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now),
-        ),
-        "mails left mid-send": (
-            OutboxMessage,
-            sa.and_(
-                OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.claimed_at < now - send_lease
-            ),
-        ),
+        "deliveries whose order has arrived": (InboxWait, shipping.ready_condition()),
+        "mails to send": (OutboxMessage, outbox.due_condition(now)),
+        "mails left mid-send": (OutboxMessage, outbox.stale_condition(now, send_lease)),
         "hand-offs to send": (
             WarehouseHandoff,
             warehouse._claimable(now, handoff_lease, settings.warehouse_max_attempts),

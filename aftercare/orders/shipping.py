@@ -122,22 +122,22 @@ def _release(session: Session, waiting: Any) -> list[int]:
     return ids
 
 
+def ready_condition() -> sa.ColumnElement[bool]:
+    """Waiting rows whose order (or, for a carrier event, whose fulfillment) exists by now."""
+    order_arrived = sa.exists().where(Order.shopify_id == InboxWait.order_shopify_id)
+    fulfillment_arrived = sa.exists().where(Shipment.shopify_id == InboxWait.fulfillment_shopify_id)
+    return sa.or_(
+        sa.and_(InboxWait.fulfillment_shopify_id.is_(None), order_arrived),  # type: ignore[union-attr]
+        sa.and_(InboxWait.fulfillment_shopify_id.is_not(None), fulfillment_arrived),  # type: ignore[union-attr]
+    )
+
+
 def release_ready(engine: Engine) -> list[int]:
     """Release waiting rows whose order (or, for a carrier event, whose fulfillment) exists by now: the
     sweep's guard against the race where it committed between a row's lookup and its parking. One
     query when nothing is ready: this runs on every claim of the inbox."""
-    order_arrived = sa.exists().where(Order.shopify_id == InboxWait.order_shopify_id)
-    fulfillment_arrived = sa.exists().where(Shipment.shopify_id == InboxWait.fulfillment_shopify_id)
     with Session(engine) as session:
-        released = _release(
-            session,
-            select(InboxWait).where(
-                sa.or_(
-                    sa.and_(InboxWait.fulfillment_shopify_id.is_(None), order_arrived),  # type: ignore[union-attr]
-                    sa.and_(InboxWait.fulfillment_shopify_id.is_not(None), fulfillment_arrived),  # type: ignore[union-attr]
-                )
-            ),
-        )
+        released = _release(session, select(InboxWait).where(ready_condition()))
         session.commit()
     return released
 

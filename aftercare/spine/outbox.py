@@ -173,6 +173,16 @@ class Claimed:
     order_name: str | None
 
 
+def due_condition(now: datetime) -> sa.ColumnElement[bool]:
+    """Rows to send now: pending, their (back-off) time come."""
+    return sa.and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now)
+
+
+def stale_condition(now: datetime, lease: timedelta) -> sa.ColumnElement[bool]:
+    """Rows left in `sending` longer than the lease: their worker died."""
+    return sa.and_(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.claimed_at < now - lease)
+
+
 def claim_due(
     engine: Engine, limit: int, worker: str, ids: list[int] | None = None, now: datetime | None = None
 ) -> list[Claimed]:
@@ -180,7 +190,7 @@ def claim_due(
     With `ids`, only those rows (a mail someone is waiting on, sent at once; one that is not due,
     or that a drain loop claimed first, is left to it)."""
     now = now or utcnow()
-    claimable = sa.and_(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now)
+    claimable = due_condition(now)
     if ids is not None:
         claimable = sa.and_(claimable, OutboxMessage.id.in_(ids))  # type: ignore[union-attr]
     rows = claim_rows(
@@ -389,13 +399,8 @@ def recover_stale(
     `max_attempts` (with the touchpoint), not requeued forever."""
     outcome: dict[int, str] = {}
     now = now or utcnow()
-    cutoff = now - lease
     with Session(engine) as session:
-        stale = session.exec(
-            select(OutboxMessage).where(
-                OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.claimed_at < cutoff
-            )
-        ).all()
+        stale = session.exec(select(OutboxMessage).where(stale_condition(now, lease))).all()
         for row in stale:
             assert row.id is not None
             known = backend.was_delivered(row.id)
