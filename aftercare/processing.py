@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
@@ -34,9 +35,10 @@ from aftercare.orders.shopify import (
     FULFILLMENT_TOPICS,
     ORDER_TOPICS,
     REFUND_TOPICS,
+    order_object,
     parse_fulfillment,
     parse_fulfillment_event,
-    parse_order,
+    parse_order_object,
     parse_refund,
 )
 from aftercare.reviews import intake as review_intake
@@ -115,12 +117,13 @@ def _process(rt: Runtime, inbox_id: int) -> Outcome:
 
 
 def _process_order(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:
-    parsed = parse_order(row.body)
+    data = order_object(row.body)
+    parsed = parse_order_object(data)
     assert row.id is not None
     result = receipt.upsert_order(session, shop_domain=row.shop_domain, parsed=parsed, policies=rt.policies)
     order = result.order
     buyer = parsed.customer.id if parsed.customer else None
-    consent = _record_consent(rt, session, row, email=parsed.customer_email, customer_id=buyer)
+    consent = _record_consent(rt, session, row, data, email=parsed.customer_email, customer_id=buyer)
     # Only a consent the delivery could not use is worth a word on the order's row.
     consent_note = consent.reason if consent.reason and "consent ignored" in consent.reason else None
     reason = "; ".join(filter(None, [result.reason, consent_note])) or None
@@ -161,17 +164,19 @@ def _record_consent(
     rt: Runtime,
     session: Session,
     row: InboxEvent,
+    payload: Any = None,
     *,
     email: str | None = None,
     customer_id: int | None = None,
 ) -> contact_store.ConsentFromDelivery:
-    """The consent a delivery carries, kept (aftercare.contact.store.record_delivery_consent)."""
-    try:
-        payload = json.loads(row.body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return contact_store.ConsentFromDelivery([], "body is not JSON: no consent read")
-    if isinstance(payload, dict) and isinstance(payload.get("order"), dict) and len(payload) == 1:
-        payload = payload["order"]
+    """The consent a delivery carries, kept (aftercare.contact.store.record_delivery_consent).
+    `payload`: the body already decoded (an order's object, as the order was read from it); else
+    the body is decoded here."""
+    if payload is None:
+        try:
+            payload = json.loads(row.body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            return contact_store.ConsentFromDelivery([], "body is not JSON: no consent read")
     return contact_store.record_delivery_consent(
         session,
         shop_domain=row.shop_domain,

@@ -240,13 +240,23 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-def parse_order(body: bytes) -> ShopifyOrder:
-    """Parse an orders/* webhook body (the bare order object, or one wrapped in {"order": ...})."""
+def order_object(body: bytes) -> dict[str, Any]:
+    """The order object of an orders/* webhook body (bare, or wrapped in {"order": ...})."""
     data = parse_json(body)
     if isinstance(data, dict) and isinstance(data.get("order"), dict):
         data = data["order"]
     if not isinstance(data, dict):
         raise InvalidPayload("order payload must be a JSON object")
+    return data
+
+
+def parse_order(body: bytes) -> ShopifyOrder:
+    """Parse an orders/* webhook body (the bare order object, or one wrapped in {"order": ...})."""
+    return parse_order_object(order_object(body))
+
+
+def parse_order_object(data: dict[str, Any]) -> ShopifyOrder:
+    """Validate an order object (`order_object`)."""
     try:
         return ShopifyOrder.model_validate(_without_nul(data))
     except ValidationError as exc:
