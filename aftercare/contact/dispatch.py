@@ -91,6 +91,11 @@ def timed_kinds(policy: ContactPolicy) -> list[str]:
     return sorted(k for k, r in policy.kinds.items() if r.message_class is not MessageClass.TRANSACTIONAL)
 
 
+def next_moment(due_at: datetime, held_until: datetime | None) -> datetime:
+    """When a touchpoint is next looked at: the later of its due time and the time a hold moved it to."""
+    return max(due_at, held_until) if held_until else due_at
+
+
 @dataclass(frozen=True)
 class DueTouchpoint:
     id: int
@@ -106,7 +111,7 @@ class DueTouchpoint:
     @property
     def next_at(self) -> datetime:
         """When it is next looked at: the later of its due time and the time a hold moved it to."""
-        return max(self.due_at, self.held_until) if self.held_until else self.due_at
+        return next_moment(self.due_at, self.held_until)
 
 
 def _due_condition(before: datetime, kinds: Iterable[str]) -> sa.ColumnElement[bool]:
@@ -478,7 +483,7 @@ _CREATED_AT = (
 @dataclass
 class _Writes:
     touchpoints: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, Any]] = field(default_factory=list)
+    created: list[dict[str, Any]] = field(default_factory=list)  # outbox rows' created_at
 
     def decided(
         self,
@@ -502,8 +507,8 @@ class _Writes:
         )
 
     def flush(self, session: Session) -> None:
-        if self.headers:
-            session.execute(_CREATED_AT, self.headers)
+        if self.created:
+            session.execute(_CREATED_AT, self.created)
         if self.touchpoints:
             session.execute(_DECIDED, self.touchpoints)
 
@@ -528,7 +533,7 @@ def _decide_batch(
     writes = _Writes()
     for owner, own in sorted(by_owner.items()):
         history = list(facts.history.get(owner[1], [])) if owner[0] == "customer" else []
-        own.sort(key=lambda t: (max(t.due_at, t.held_until) if t.held_until else t.due_at, t.id))
+        own.sort(key=lambda t: (next_moment(t.due_at, t.held_until), t.id))
         for tp in own:
             order = facts.orders[tp.order_id]
             customer = facts.customers.get(order.customer_id) if order.customer_id else None
@@ -592,15 +597,13 @@ def _decide_one(
     try:
         # A composer may write through the session: what it wrote goes with its message, or not at all.
         with session.begin_nested():
-            outbox_id, headers = _send(
-                session, tp, order, customer, policy, composers, now, settings, renderer, shop
-            )
+            outbox_id = _send(session, tp, order, customer, policy, composers, now, settings, renderer, shop)
     except Exception as exc:  # a composer's bug: this touchpoint stays planned, the run says why
         log.exception("touchpoint %s (%s %s) could not be written", tp.id, tp.kind, order.name)
         return Decided(
             **base, outcome="failed", line=f"could not be written: {type(exc).__name__}: {exc}"[:500]
         )
-    writes.headers.append({"outbox_id": outbox_id, "new_created_at": now})
+    writes.created.append({"outbox_id": outbox_id, "new_created_at": now})
     writes.decided(tp, now, verdict=verdict)
     return Decided(**base, outcome="send", line=line, send_at=now, zone=zone, outbox_id=outbox_id)
 
@@ -616,8 +619,8 @@ def _send(
     settings: Settings,
     renderer: Renderer,
     shop: ShopPolicy,
-) -> tuple[int, dict[str, str]]:
-    """Compose and enqueue one message; return its outbox id and the headers it carries."""
+) -> int:
+    """Compose and enqueue one message (with the RFC 8058 headers); return its outbox id."""
     assert tp.id is not None and order.email is not None
     list_name = policy.list_of(tp.kind)
     assert list_name is not None
@@ -666,7 +669,7 @@ def _send(
         is_test=order.is_test,
         headers=headers,
     )
-    return enqueued.id, headers
+    return enqueued.id
 
 
 def display_name(customer: Customer, order: Order, locale: str) -> str | None:
