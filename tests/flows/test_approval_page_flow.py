@@ -31,7 +31,7 @@ from aftercare.web.approvals import PrefectResumer
 from aftercare.web.wake import NoWaker
 from tasks.review_sweep import DECISION_GRACE_S, deliver_stored_decisions
 from tasks.reviews import review_sweep
-from tests.conftest import IN_CI
+from tests.browser import PHONE, chromium_or_skip, launch
 from tests.flows.test_review_approval import (
     FIRST_DRAFT,
     LEAD,
@@ -51,9 +51,7 @@ from tests.reviews.fake_openai import API_KEY, FakeOpenAI
 from tests.reviews.helpers import add_review
 from tests.web.approval_helpers import Served, Tags, csrf_of, loopback_socket
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCENARIOS = ("http", "browser", "ended", "undelivered")
-PHONE = {"width": 390, "height": 844}
 
 
 @dataclass
@@ -233,16 +231,8 @@ def test_a_decision_that_could_not_reach_its_run_is_delivered_by_the_sweep(env: 
     assert deliver_stored_decisions(utcnow() + timedelta(minutes=5)) == []  # applied: nothing owed
 
 
-def _chromium_or_skip() -> None:
-    if not CHROMIUM.exists():
-        if IN_CI:
-            pytest.fail(f"{CHROMIUM} is required under CI=true (make test installs Debian's chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (make test installs it: apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra) is not installed")
-
-
 def test_an_approver_decides_on_a_phone_in_a_real_browser(env: Env, tmp_path: Path):
-    _chromium_or_skip()
+    chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     review_id, run_id = env.runs["browser"]
@@ -255,19 +245,7 @@ def test_an_approver_decides_on_a_phone_in_a_real_browser(env: Env, tmp_path: Pa
     link = env.link_in_mail(draft.id, LEAD)
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = launch(pw)
         try:
             phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=3)
             page = phone.new_page()

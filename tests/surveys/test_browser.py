@@ -17,21 +17,9 @@ from aftercare.runtime import Runtime
 from aftercare.settings import Settings
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
-from tests.conftest import IN_CI
+from tests.browser import PHONE, chromium_or_skip, launch
 from tests.surveys.helpers import mailed_survey
 from tests.web.approval_helpers import Served, loopback_socket
-
-CHROMIUM = Path("/usr/bin/chromium")
-PHONE = {"width": 390, "height": 844}
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @dataclass
@@ -42,11 +30,7 @@ class Env:
 
 @pytest.fixture
 def env(settings: Settings) -> Iterator[Env]:
-    if not CHROMIUM.exists():
-        if IN_CI:
-            pytest.fail(f"{CHROMIUM} is required under CI=true (make test installs Debian's chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (make test installs it: apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra) is not installed")
+    chromium_or_skip()
     sock = loopback_socket()
     host, port = sock.getsockname()[:2]
     served = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
@@ -72,7 +56,7 @@ def test_a_customer_answers_from_the_mail_on_a_phone_adds_a_comment_and_changes_
     survey = mailed_survey(env.rt)
     assert survey.links[4].startswith(env.url + "/survey/")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        browser = launch(pw)
         try:
             phone = browser.new_context(
                 viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=3, locale="ja-JP"
@@ -128,7 +112,7 @@ def test_without_script_the_link_only_shows_the_score_and_one_button_sends_it(en
 
     survey = mailed_survey(env.rt, sample="en-first")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        browser = launch(pw)
         try:
             phone = browser.new_context(
                 viewport=PHONE, is_mobile=True, has_touch=True, java_script_enabled=False

@@ -4,39 +4,23 @@ nothing; choosing "all feedback mails" and pressing the button does, and says so
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import pytest
 
 from aftercare.contact import store
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
-from tests.conftest import IN_CI
+from tests.browser import PHONE, chromium_or_skip, launch
 from tests.contact.unsub_helpers import ALL_PLANNED, plan_customer, statuses, suppressions, token_for
 from tests.factories import SHOP
 from tests.web.approval_helpers import Served
-
-# Debian's chromium; AFTERCARE_TEST_CHROMIUM names another build of it (say, unpacked where it
-# cannot be installed).
-CHROMIUM = Path(os.environ.get("AFTERCARE_TEST_CHROMIUM", "/usr/bin/chromium"))
-PHONE = {"width": 390, "height": 844}
-
-
-def _chromium_or_skip() -> None:
-    if not CHROMIUM.exists():
-        if IN_CI:
-            pytest.fail(f"{CHROMIUM} is required under CI=true (make test installs Debian's chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (make test installs it: apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra) is not installed")
 
 
 def test_a_person_on_a_phone_leaves_all_feedback_mail(
     rt: Runtime, settings: Settings, tmp_path: Path
 ) -> None:
-    _chromium_or_skip()
+    chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     hanako = plan_customer(rt.engine, "hanako@example.jp")
@@ -44,17 +28,7 @@ def test_a_person_on_a_phone_leaves_all_feedback_mail(
     token = token_for(settings, hanako, "surveys", locale="ja")
 
     with Served(create_app(settings, waker=NoWaker())) as served, sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--no-first-run",
-            ],
-        )
+        browser = launch(pw)
         try:
             phone = browser.new_context(
                 viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=3, locale="ja-JP"
