@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     )
     wake_prefect: bool = True
     wake_deployment: str = "process-inbox/process-inbox"
+    # When work has stayed due this long and no process-inbox run drained it (Prefect's own server
+    # locked or down: no run can start), the web app drains it itself under a free drain slot, with
+    # no Prefect call (tasks/drain_here.py). 0 turns that off.
+    fallback_drain_after_s: float = Field(default=60.0, ge=0, le=86400)
 
     batch_size: int = Field(default=50, ge=1, le=1000)
     # How many process-inbox runs may drain at once (AFTERCARE_WORKERS): slots a dead process cannot

@@ -3,6 +3,7 @@ order by its number in the UI (task-run names and artifact keys)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import socket
@@ -14,6 +15,7 @@ from typing import TypeVar
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import MissingContextError
 from prefect.runtime import task_run
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,7 +24,7 @@ from aftercare.errors import AftercareError
 from aftercare.models import OutboxMessage
 from aftercare.orders import shipping, timeline
 from aftercare.orders.shopify import FULFILLMENT_EVENT_TOPICS, FULFILLMENT_TOPICS, ORDER_TOPICS, REFUND_TOPICS
-from aftercare.runtime import current
+from aftercare.runtime import Runtime, current
 from aftercare.spine import addresses, inbox, outbox
 from aftercare.spine.db import get_many, session_scope
 
@@ -202,13 +204,12 @@ def _receive_run_name() -> str:
     return "receive " + refs_label([row.ref for row in task_run.parameters["rows"]])
 
 
-@task(name="receive", task_run_name=_receive_run_name)
-def receive(rows: list[inbox.ClaimedRow]) -> list[processing.Outcome]:
-    """Turn deliveries into order state and what it calls for (written to the outbox, not sent). A
-    row that raises is marked failed and tried again after its backoff (up to its attempt limit,
-    then ops are told: see inbox_alerts); the others are not held back by it. No Prefect retries:
-    they would repeat the rows that succeeded, at once, where the backoff waits."""
-    rt = current()
+def receive_rows(rt: Runtime, rows: list[inbox.ClaimedRow]) -> tuple[list[processing.Outcome], list[str]]:
+    """Turn deliveries into order state and what it calls for (written to the outbox, not sent): the
+    outcomes, and one reason per row that raised. A row that raises is marked failed and tried
+    again after its backoff (up to its attempt limit, then ops are told: see inbox_alerts); the
+    others are not held back by it. No Prefect call: the receive task and the web app's drain when
+    Prefect is stuck (aftercare/web/fallback.py) both run it."""
     retry = inbox.Retry.from_settings(rt.settings)
     outcomes: list[processing.Outcome] = []
     failures: list[str] = []
@@ -227,6 +228,17 @@ def receive(rows: list[inbox.ClaimedRow]) -> list[processing.Outcome]:
             failures.append(f"{row.topic} {row.ref} (inbox {row.inbox_id}): {reason}{then}")
             continue
         outcomes.append(outcome)
+    return outcomes, failures
+
+
+@task(name="receive", task_run_name=_receive_run_name)
+def receive(rows: list[inbox.ClaimedRow]) -> list[processing.Outcome]:
+    """receive_rows, with the order's timeline as an artifact after a shipment, refund or
+    cancellation. No Prefect retries: they would repeat the rows that succeeded, at once, where the
+    backoff waits."""
+    rt = current()
+    outcomes, failures = receive_rows(rt, rows)
+    for outcome in outcomes:
         if outcome.order_name and outcome.status == "done" and outcome.topic in TIMELINE_TOPICS:
             # After a shipment, refund or cancellation ops want the whole story of the order in one place.
             tl = timeline.order_timeline(rt.engine, outcome.order_name, rt.policies.delivery)
@@ -287,6 +299,14 @@ def inbox_alerts() -> list[str]:
     return [e.describe() for e in exhausted]
 
 
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run's logger inside a flow or task run; this module's outside one (the web app's drain)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 def claim_outbox(limit: int) -> list[outbox.Claimed]:
     rt = current()
     recovered = outbox.recover_stale(
@@ -296,7 +316,7 @@ def claim_outbox(limit: int) -> list[outbox.Claimed]:
         max_attempts=rt.settings.send_max_attempts,
     )
     if recovered:
-        get_run_logger().warning("settled messages left mid-send by a stopped worker: %s", recovered)
+        _logger().warning("settled messages left mid-send by a stopped worker: %s", recovered)
     return outbox.claim_due(rt.engine, limit, worker=socket.gethostname()[:40])
 
 
@@ -308,12 +328,9 @@ def _send_run_name() -> str:
     )
 
 
-@task(name="send", task_run_name=_send_run_name)
-def send(items: list[outbox.Claimed]) -> list[dict[str, object]]:
-    """Send claimed messages, each with its preview artifact (keyed by order number). No Prefect
-    retries: `deliver` retries transient errors itself, and a task retry after an uncertain send
-    could mail a customer twice."""
-    rt = current()
+def send_items(rt: Runtime, items: list[outbox.Claimed]) -> tuple[list[dict[str, object]], list[str]]:
+    """Send claimed messages (`outbox.deliver`, up to `send_concurrency` at a time): each result, and
+    one reason per message the provider refused. No Prefect call (see receive_rows)."""
     delivered = each_concurrently(
         items,
         lambda item: outbox.deliver(rt.engine, item.outbox_id, rt.backend, rt.settings),
@@ -328,6 +345,16 @@ def send(items: list[outbox.Claimed]) -> list[dict[str, object]]:
                 f"{result.error}"
             )
         results.append(asdict(result))
+    return results, failures
+
+
+@task(name="send", task_run_name=_send_run_name)
+def send(items: list[outbox.Claimed]) -> list[dict[str, object]]:
+    """send_items, each message with its preview artifact (keyed by order number). No Prefect
+    retries: `deliver` retries transient errors itself, and a task retry after an uncertain send
+    could mail a customer twice."""
+    rt = current()
+    results, failures = send_items(rt, items)
     publish_previews(get_many(rt.engine, OutboxMessage, [item.outbox_id for item in items]))
     if failures:
         raise SendFailed(failures, done=len(results) - len(failures))

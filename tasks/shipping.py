@@ -14,7 +14,7 @@ from sqlmodel import Session
 from aftercare.models import WarehouseHandoff, utcnow
 from aftercare.orders import warehouse
 from aftercare.reviews import notify
-from aftercare.runtime import current
+from aftercare.runtime import Runtime, current
 from aftercare.spine.db import get_many
 from tasks.receipt import BatchFailed, artifact_key, each_concurrently, refs_label
 
@@ -81,11 +81,12 @@ def _hand_off_run_name() -> str:
     return "hand-off " + refs_label([f"{i.order_name} v{i.version}" for i in task_run.parameters["items"]])
 
 
-@task(name="hand-off", task_run_name=_hand_off_run_name)
-def hand_off(items: list[warehouse.ClaimedHandoff]) -> list[dict[str, object]]:
-    """Send versions of orders' shipping instructions. No Prefect retries: `warehouse.hand_off`
-    retries transient failures itself with backoff, and a 4xx must not be repeated."""
-    rt = current()
+def hand_off_items(
+    rt: Runtime, items: list[warehouse.ClaimedHandoff]
+) -> tuple[list[dict[str, object]], list[str]]:
+    """Send versions of orders' shipping instructions (`warehouse.hand_off`, up to
+    `warehouse_concurrency` at a time): each result, and one reason per instruction refused or out
+    of attempts. No Prefect call (see tasks.receipt.receive_rows)."""
     port = rt.warehouse or warehouse.make_warehouse(rt.settings)
     handed = each_concurrently(
         items,
@@ -100,6 +101,16 @@ def hand_off(items: list[warehouse.ClaimedHandoff]) -> list[dict[str, object]]:
         if result.status == "failed":
             failures.append(f"hand-off {item.handoff_id} ({item.order_name} v{item.version}): {result.error}")
         results.append(asdict(result))
+    return results, failures
+
+
+@task(name="hand-off", task_run_name=_hand_off_run_name)
+def hand_off(items: list[warehouse.ClaimedHandoff]) -> list[dict[str, object]]:
+    """hand_off_items, with each order's hand-off as an artifact. No Prefect retries:
+    `warehouse.hand_off` retries transient failures itself with backoff, and a 4xx must not be
+    repeated."""
+    rt = current()
+    results, failures = hand_off_items(rt, items)
     _publish(get_many(rt.engine, WarehouseHandoff, [item.handoff_id for item in items]))
     if failures:
         raise HandoffFailed(failures, done=len(results) - len(failures))

@@ -196,6 +196,68 @@ def prefect_patrol(settings: Settings, waker: Waker | None = None) -> Patrol:
     return patrol
 
 
+class DueFor:
+    """How long the database has held due work without a pause, as seen by consecutive checks."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def seen(self, due: bool, at: float) -> float:
+        """Record one check; the seconds work has been due (0 when it is not, or just became so)."""
+        if not due:
+            self.since = None
+            return 0.0
+        if self.since is None:
+            self.since = at
+        return at - self.since
+
+
+def fallback_patrol(settings: Settings, every_s: float | None = None) -> Patrol:
+    """A patrol of its own (own thread, so a drain never holds up the Prefect jobs, nor they it): when
+    work has been due for `settings.fallback_drain_after_s` and a drain slot is free, no process-inbox
+    run is draining it (Prefect's server locked, say, so no run can start). Drain it here, with no
+    Prefect call (tasks/drain_here.py), in the slot's name; the summary is logged and returned."""
+    import os
+    import time
+
+    from aftercare.drainers import drain_slot
+    from aftercare.due import work_due
+    from aftercare.runtime import Runtime, use_runtime
+    from tasks.drain_here import drain_here
+
+    built: list[Runtime] = []
+    due_for = DueFor()
+    holder = f"aftercare-web-{os.getpid()}"
+
+    def drain_when_stuck() -> str | None:
+        if not built:
+            built.append(Runtime.build(settings))
+        rt = built[0]
+        due = work_due(rt.engine, rt.settings, rt.policies.requests, utcnow())
+        waited = due_for.seen(bool(due), time.monotonic())
+        if waited < settings.fallback_drain_after_s or not due:
+            return None
+        with drain_slot(rt.engine, settings.workers, wait_s=0, holder=holder) as slot:
+            if slot is None:
+                return "every drain slot is held by a live run"
+            log.warning(
+                "work due for %.0f s (%s) and no process-inbox run drained it: draining in the web app",
+                waited,
+                ", ".join(due),
+            )
+            with use_runtime(rt):
+                summary = drain_here(rt, batch_size=settings.batch_size)
+            log.warning("drained in the web app: %s", summary)
+        due_for.since = None
+        return summary
+
+    # Checked every 5 s (the waker's pace), more often when the wait allowed is shorter than that.
+    every = every_s if every_s is not None else min(5.0, max(0.05, settings.fallback_drain_after_s / 4))
+    patrol = Patrol(tick_s=min(0.5, every))
+    patrol.add("drain here when no run drains due work", every, drain_when_stuck, warn_after_s=120.0)
+    return patrol
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -218,16 +280,21 @@ def create_app(
     )
 
     patrol = (patrol or prefect_patrol(settings, the_waker)) if settings.wake_prefect else patrol
+    fallback = (
+        fallback_patrol(settings) if settings.wake_prefect and settings.fallback_drain_after_s > 0 else None
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         stop_checkpointer = start_checkpointer(engine)
         await the_waker.start()
-        if patrol is not None:
-            patrol.start()
+        for each in (patrol, fallback):
+            if each is not None:
+                each.start()
         yield
-        if patrol is not None:
-            patrol.stop()
+        for each in (patrol, fallback):
+            if each is not None:
+                each.stop()
         await the_waker.stop()
         stop_checkpointer()
         engine.dispose()
@@ -246,6 +313,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.waker = the_waker
+    app.state.fallback = fallback
 
     async def store(delivery: inbox.Delivery) -> tuple[int | None, bool]:
         if engine.dialect.name == "sqlite":

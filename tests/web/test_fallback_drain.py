@@ -1,0 +1,129 @@
+"""When no process-inbox run can start (Prefect's own server locked or down), the web app drains due
+work itself under a free drain slot, with no Prefect call (aftercare/web/app.py `fallback_patrol`,
+tasks/drain_here.py); never while every slot is held by a live drainer. Found by the SQLite fault
+suite: the embedded Prefect server stalled on `database is locked` and orders waited."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from prefect.client import base as prefect_client_base
+from sqlmodel import Session, select
+
+from aftercare.drainers import drain_slot
+from aftercare.models import InboxEvent, InboxStatus, OutboxMessage, OutboxStatus, WarehouseHandoff
+from aftercare.spine.db import make_engine
+from aftercare.web.app import DueFor, create_app
+from aftercare.web.patrol import Patrol
+from aftercare.web.wake import NoWaker
+from tests.factories import deliver, order_payload
+
+
+@pytest.fixture
+def prefect_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every request a Prefect client would make, refused and recorded: a stuck server, seen from here."""
+    calls: list[str] = []
+
+    def refuse(self: object, request: object, *args: object, **kwargs: object) -> object:
+        calls.append(str(getattr(request, "url", request)))
+        raise RuntimeError("Prefect's server is not answering")
+
+    async def refuse_async(self: object, request: object, *args: object, **kwargs: object) -> object:
+        return refuse(self, request)
+
+    monkeypatch.setattr(prefect_client_base.PrefectHttpxSyncClient, "send", refuse)
+    monkeypatch.setattr(prefect_client_base.PrefectHttpxAsyncClient, "send", refuse_async)
+    yield calls
+
+
+def wait_for(check: Callable[[], bool], seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_due_for_counts_an_unbroken_stretch_of_due_work():
+    seen = DueFor()
+    assert seen.seen(False, 10.0) == 0.0
+    assert seen.seen(True, 11.0) == 0.0  # just became due
+    assert seen.seen(True, 14.5) == 3.5
+    assert seen.seen(False, 15.0) == 0.0  # drained: the stretch ends
+    assert seen.seen(True, 20.0) == 0.0 and seen.seen(True, 21.0) == 1.0
+
+
+def test_an_order_goes_through_when_no_run_can_start_and_prefect_is_never_called(settings, prefect_calls):
+    stuck = settings.model_copy(update={"wake_prefect": True, "fallback_drain_after_s": 0.4})
+    engine = make_engine(stuck)
+    inbox_id = deliver(engine, order_payload(name="#7701", id=97701))
+    with TestClient(create_app(stuck, waker=NoWaker(), patrol=Patrol())) as client:
+        assert client.get("/healthz").status_code == 200
+
+        def confirmed_and_handed() -> bool:
+            with Session(engine) as s:
+                mails = s.exec(select(OutboxMessage).where(OutboxMessage.order_name == "#7701")).all()
+                handed = s.exec(select(WarehouseHandoff).where(WarehouseHandoff.order_name == "#7701")).all()
+            return bool(mails) and all(m.status == OutboxStatus.SENT for m in mails) and bool(handed) and all(
+                h.status == "sent" for h in handed
+            )
+
+        assert wait_for(confirmed_and_handed), "the web app did not drain the order"
+    with Session(engine) as s:
+        row = s.get(InboxEvent, inbox_id)
+        assert row is not None and row.status == InboxStatus.DONE
+        kinds = [m.kind for m in s.exec(select(OutboxMessage).where(OutboxMessage.order_name == "#7701"))]
+    assert kinds == ["order_confirmation"]  # once, not once per check
+    assert prefect_calls == []
+    engine.dispose()
+
+
+def test_nothing_is_drained_here_while_a_live_run_holds_every_drain_slot(settings, prefect_calls):
+    stuck = settings.model_copy(update={"wake_prefect": True, "fallback_drain_after_s": 0.2, "workers": 1})
+    engine = make_engine(stuck)
+    inbox_id = deliver(engine, order_payload(name="#7702", id=97702))
+    held = threading.Event()
+    release = threading.Event()
+
+    def a_live_run() -> None:
+        with drain_slot(engine, 1, wait_s=5, holder="flow-run-1") as slot:
+            assert slot == 0
+            held.set()
+            release.wait(30)
+
+    run = threading.Thread(target=a_live_run)
+    run.start()
+    assert held.wait(10)
+    try:
+        with TestClient(create_app(stuck, waker=NoWaker(), patrol=Patrol())) as client:
+            job = client.app.state.fallback.jobs[0]  # type: ignore[attr-defined]
+            assert wait_for(lambda: job.last_result == "every drain slot is held by a live run", 10)
+            with Session(engine) as s:
+                row = s.get(InboxEvent, inbox_id)
+                assert row is not None and row.status == InboxStatus.PENDING  # left to the live run
+            release.set()
+            run.join(10)
+
+            def done() -> bool:
+                with Session(engine) as s:
+                    row = s.get(InboxEvent, inbox_id)
+                    return row is not None and row.status == InboxStatus.DONE
+
+            assert wait_for(done), "once the slot was free, the web app drained the waiting order"
+    finally:
+        release.set()
+        run.join(10)
+    assert prefect_calls == []
+    engine.dispose()
+
+
+def test_no_fallback_drain_when_turned_off_or_without_prefect(settings):
+    off = settings.model_copy(update={"wake_prefect": True, "fallback_drain_after_s": 0})
+    assert create_app(off, waker=NoWaker(), patrol=Patrol()).state.fallback is None
+    # Without Prefect (AFTERCARE_WAKE_PREFECT=false) the operator runs `aftercare process` themselves.
+    assert create_app(settings, waker=NoWaker(), patrol=Patrol()).state.fallback is None
