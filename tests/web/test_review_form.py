@@ -17,10 +17,10 @@ from sqlmodel import Session, select
 
 from aftercare import signing
 from aftercare.models import Review, ReviewStatus, Touchpoint, TouchpointStatus, utcnow
+from aftercare.processing import process_row
 from aftercare.reviews import own_form
 from aftercare.reviews.form_links import REVIEW_FORM_OPEN_DAYS, review_form_token, verify_review_form_token
 from aftercare.reviews.intake import parse_review, reviews_policy
-from aftercare.processing import process_row
 from aftercare.runtime import Runtime
 from aftercare.spine.inbox import claim_batch
 from aftercare.surveys.answers import survey_token
@@ -29,7 +29,7 @@ from aftercare.web.wake import NoWaker
 from tasks.review_sweep import reviews_needing_a_run
 from tests.factories import refund_payload
 from tests.pipeline import receive
-from tests.reviews.form_helpers import Reviewable, refs, review_deliveries, reviewable, revisions
+from tests.reviews.form_helpers import refs, review_deliveries, reviewable, revisions
 from tests.reviews.intake_helpers import process_all
 
 
@@ -459,7 +459,10 @@ def test_twenty_thousand_characters_are_taken_and_one_more_is_refused(rt: Runtim
 def test_html_stays_text_and_invisible_characters_are_removed(rt: Runtime, client):
     r = reviewable(rt)
     towel = refs(rt, r.order_id)[0]
-    body = "good\u200b mug <script>alert(1)</script>\x00\x1b[31m<img src=x onerror=alert(2)>\u202e\ufeff\r\nline 2"
+    body = (
+        "good\u200b mug <script>alert(1)</script>\x00\x1b[31m"
+        + "<img src=x onerror=alert(2)>\u202e\ufeff\r\nline 2"
+    )
     post(
         client, r.path, **good(towel, body=body, title="<i>ti\u200dtle</i>", display_name="Ha\u200bnako\nY.")
     )
