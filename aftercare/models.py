@@ -434,6 +434,9 @@ class Review(SQLModel, table=True):
     decided_at: datetime | None = ts_field()
     published_at: datetime | None = ts_field()
     policy_version: str | None = Field(default=None, max_length=32)  # the reviews policy triage ran under
+    # The platform's revision of the review last applied (our own form numbers each edit, 0012): an
+    # older revision processed late never overwrites a newer one. None: the platform has no revisions.
+    revision: int | None = None
 
 
 class ReviewDraft(SQLModel, table=True):
@@ -634,3 +637,56 @@ class PrivacyRequest(SQLModel, table=True):
     summary: dict[str, Any] = json_field()
     export_path: str | None = None
     done_at: datetime = ts_field(nullable=False, default_now=True)
+
+
+# --- Our own review form (issue 11, item 4: the form that closes the loop; migration 0012) ---------
+
+
+class ReviewRevision(SQLModel, table=True):
+    """One review of one product of an order as the customer sent it from our review form
+    (/r/<token>): every version is kept, numbered per (order, product); the highest is the review.
+    Each revision enters the inbox as a review delivery (`inbox_id`, in the same transaction), so
+    it is processed, triaged and answered like a webhook review (aftercare/reviews/own_form.py)."""
+
+    __tablename__ = "review_revisions"
+    __table_args__ = (sa.UniqueConstraint("order_id", "product_ref", "seq", name="uq_review_revision_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    touchpoint_id: int | None = Field(default=None, foreign_key="touchpoints.id")
+    product_ref: str = Field(max_length=255)
+    seq: int = 1
+    review_key: str = Field(max_length=128)  # the review's platform_review_id (platform "own")
+    rating: int
+    title: str | None = None
+    body: str = ""
+    display_name: str | None = Field(default=None, max_length=255)
+    submitted_at: datetime = ts_field(nullable=False)
+    inbox_id: int | None = Field(default=None, foreign_key="inbox.id")
+
+
+class ModerationReason(StrEnum):
+    """The only reasons a review is hidden from our public pages: never its rating or its tone
+    (16 CFR 465.7(b))."""
+
+    ABUSE = "abuse"  # threats, slurs, spam, content that is not a review
+    PERSONAL_DATA = "personal_data"  # someone's personal data the masking did not catch
+
+
+class ReviewModeration(SQLModel, table=True):
+    """A moderator hid a review from the public pages, or showed it again; the newest row counts,
+    every one is kept. The database refuses any reason but abuse and personal data (0012)."""
+
+    __tablename__ = "review_moderations"
+    __table_args__ = (
+        sa.CheckConstraint("action IN ('hide', 'show')", name="ck_review_moderation_action"),
+        sa.CheckConstraint("reason IN ('abuse', 'personal_data')", name="ck_review_moderation_reason"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    review_id: int = Field(foreign_key="reviews.id", index=True)
+    action: str = Field(max_length=8)  # hide | show
+    reason: str = Field(max_length=16)  # a ModerationReason
+    note: str | None = None
+    moderator: str = Field(max_length=255)
+    decided_at: datetime = ts_field(nullable=False)

@@ -49,6 +49,11 @@ def sign(secret: str, purpose: str, claims: dict[str, Any], *, expires_at: datet
 def verify(secret: str, purpose: str, token: str, *, now: datetime) -> dict[str, Any]:
     """The claims of a token we signed for `purpose` (without `exp`); `TokenInvalid` when it was
     not, `TokenExpired` when `now` is past its expiry."""
+    return verify_until(secret, purpose, token, now=now)[0]
+
+
+def verify_until(secret: str, purpose: str, token: str, *, now: datetime) -> tuple[dict[str, Any], datetime]:
+    """`verify`, and the moment the token expires (a page that says "you can change this until")."""
     if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
         raise TokenInvalid("not a token of ours")
     try:
@@ -60,4 +65,4 @@ def verify(secret: str, purpose: str, token: str, *, now: datetime) -> dict[str,
     exp = claims.pop("exp")
     if now.timestamp() >= exp:
         raise TokenExpired(f"expired at {datetime.fromtimestamp(exp, UTC):%Y-%m-%d %H:%M} UTC")
-    return claims
+    return claims, datetime.fromtimestamp(exp, UTC)

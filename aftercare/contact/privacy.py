@@ -53,6 +53,7 @@ from aftercare.models import (
     ReviewDecision,
     ReviewDraft,
     ReviewReply,
+    ReviewRevision,
     Shipment,
     ShipmentEvent,
     Suppression,
@@ -464,6 +465,15 @@ def redact(
             .values(comment=None, client_agent=None)
         )
         erased.add("survey_responses", answers.rowcount or 0)
+        for revision in session.exec(
+            select(ReviewRevision).where(ReviewRevision.order_id.in_(order_ids))  # type: ignore[attr-defined]
+        ):
+            # What they wrote on our review form, every version: its name gone, their details masked.
+            revision.display_name = None
+            revision.title = _mask_or_none(revision.title, needles)
+            revision.body = _mask(revision.body, needles)
+            session.add(revision)
+            erased.add("review_revisions", 1)
     # Reviews: the author's data, and the customer's identifiers in the texts about them.
     review_where = []
     if order_ids:

@@ -18,12 +18,17 @@ The review JSON (`POST /webhooks/reviews`, one line of `aftercare reviews import
       "author":     "Hanako",            # required (may be ""): the reviewer's public display name
       "language":   "ja",                # optional: BCP 47 tag; detected from the text when absent
       "created_at": "2026-11-27T09:30:00+09:00",  # required: ISO 8601 with a UTC offset
-      "shop_domain": "x.myshopify.com"   # optional: narrows the order lookup when several shops
+      "shop_domain": "x.myshopify.com",  # optional: narrows the order lookup when several shops
+      "revision":   2                    # optional: the platform's version of an edited review
     }
 
 Unknown fields are ignored. The inbox delivery id is `platform:review_id`, so the same review posted
 or imported twice is stored once. A body that is authentic but not such an object is stored
 `invalid` with the reason (shown to ops, never processed).
+
+An edited review is a new delivery of the same `review_id` with a higher `revision` (and a delivery id
+of its own: our review form sends `own:<review_id>#r<revision>`, aftercare/reviews/own_form.py): it
+refreshes the review's content and triage; a revision older than the one applied changes nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class ReviewPayload(BaseModel):
     language: str | None = Field(default=None, max_length=35)
     created_at: AwareDatetime
     shop_domain: str | None = Field(default=None, max_length=255)
+    revision: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("platform", mode="before")
     @classmethod
@@ -235,6 +241,19 @@ def upsert_review(
         )
     ).first()
     created = review is None
+    edit_note = None
+    if review is not None and payload.revision is not None:
+        applied = review.revision or 0
+        if payload.revision < applied:
+            # Revisions processed out of order (two workers, a retry): the newer one stands.
+            order = session.get(Order, review.order_id) if review.order_id is not None else None
+            note = f"revision {payload.revision} is older than revision {applied}, applied already: ignored"
+            return IntakeResult(review=review, created=False, order=order, note=note)
+        if payload.revision > applied and review.status not in (ReviewStatus.NEW, ReviewStatus.HISTORY):
+            edit_note = (
+                f"edited by its author (revision {payload.revision}) while {review.status}: the approval "
+                "page shows the edited text; a decision or reply made on the earlier text stands"
+            )
     if review is None:
         review = Review(
             platform=payload.platform,
@@ -269,8 +288,11 @@ def upsert_review(
     review.triage_score = result.score
     review.triage_reasons = list(result.reasons)
     review.policy_version = policy.version
+    if payload.revision is not None:
+        review.revision = payload.revision
     session.add(review)
     session.flush()
+    note = "; ".join(filter(None, [note, edit_note])) or None
     return IntakeResult(review=review, created=created, order=order, note=note)
 
 

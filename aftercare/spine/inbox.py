@@ -73,10 +73,8 @@ _SQLITE_WRITE_LOCK = threading.Lock()
 _INSERT = sa.insert(InboxEvent.__table__).returning(InboxEvent.__table__.c.id)  # type: ignore[attr-defined]
 
 
-def store_delivery(engine: Engine, delivery: Delivery) -> tuple[int | None, bool]:
-    """Insert a delivery and commit; (inbox id, True) when new, (None, False) when it duplicates one
-    we have (same delivery id, or same event id). A Core insert: this is the webhook's hot path."""
-    values = {
+def _values(delivery: Delivery) -> dict[str, object]:
+    return {
         "source": delivery.source,
         "delivery_id": delivery.delivery_id,
         "event_id": delivery.event_id,
@@ -91,6 +89,19 @@ def store_delivery(engine: Engine, delivery: Delivery) -> tuple[int | None, bool
         "subject_ref": delivery.subject_ref.replace("\x00", "") if delivery.subject_ref else None,
         "processed_at": None if delivery.status == InboxStatus.PENDING else utcnow(),
     }
+
+
+def insert_delivery(conn: sa.Connection, delivery: Delivery) -> int:
+    """Insert a delivery inside the caller's transaction (with rows that must exist only together
+    with it, e.g. the review revision it carries); its id. A duplicate raises IntegrityError: the
+    caller rolls back its whole transaction."""
+    return int(conn.execute(_INSERT, _values(delivery)).scalar_one())
+
+
+def store_delivery(engine: Engine, delivery: Delivery) -> tuple[int | None, bool]:
+    """Insert a delivery and commit; (inbox id, True) when new, (None, False) when it duplicates one
+    we have (same delivery id, or same event id). A Core insert: this is the webhook's hot path."""
+    values = _values(delivery)
     # SQLite allows one writer; threads that collide wait in its busy handler, which sleeps in steps
     # of up to 100 ms. Queueing them on a lock in this process keeps the ack p99 low.
     lock = _SQLITE_WRITE_LOCK if engine.dialect.name == "sqlite" else nullcontext()

@@ -31,6 +31,7 @@ from aftercare.settings import Settings, normalise_shop
 from aftercare.spine import inbox
 from aftercare.spine.db import make_engine, ping, start_checkpointer
 from aftercare.web import approvals
+from aftercare.web import review_form as review_form_pages
 from aftercare.web import surveys as survey_pages
 from aftercare.web import unsubscribe as unsubscribe_routes
 from aftercare.web.bodies import BodyTooLarge, read_limited
@@ -444,6 +445,7 @@ def create_app(
     app.include_router(approvals.router(settings, engine, resumer=resumer))
     app.include_router(unsubscribe_routes.router(settings, engine))
     app.include_router(survey_pages.router(settings, engine))
+    app.include_router(review_form_pages.router(settings, engine, waker=the_waker))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

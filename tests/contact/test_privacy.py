@@ -29,10 +29,14 @@ from aftercare.models import (
     OutboxMessage,
     PrivacyRequest,
     Review,
+    ReviewRevision,
     Suppression,
     SurveyResponse,
     Touchpoint,
+    utcnow,
 )
+from aftercare.reviews import own_form
+from aftercare.reviews.form_links import ReviewFormLink
 from aftercare.reviews.intake import review_delivery
 from aftercare.spine.inbox import store_delivery
 from aftercare.web.app import create_app
@@ -149,6 +153,17 @@ def hanako_everywhere(rt: Any) -> None:
     review["body"] += " 山田より。"
     inbox_id, _ = store_delivery(rt.engine, review_delivery(body_of(review), triggered_at=datetime.now(UTC)))
     process(rt, inbox_id)
+    with Session(rt.engine) as s:  # a review on our own form, as its page stores it
+        mine = s.exec(select(Order).where(Order.shopify_id == 820001)).one()
+        request = s.exec(
+            select(Touchpoint).where(Touchpoint.order_id == mine.id, Touchpoint.kind == "review_request")
+        ).one()
+    form = own_form.form_state(rt.engine, ReviewFormLink(mine.id, request.id, utcnow() + timedelta(days=9)))
+    assert form is not None and form.default_name == "花子 山."
+    fields = {"product": [form.products[0].ref], "rating": ["2"], "body": ["山田 花子です。"]}
+    fields["display_name"] = [form.default_name]
+    own_form.submit_review(rt.engine, form, own_form.read_review(fields, form.products), now=utcnow())
+    drain(rt)
     with Session(rt.engine) as s:
         order_row = s.exec(select(Order).where(Order.shopify_id == 820001)).one()
         tp = s.exec(select(Touchpoint).where(Touchpoint.order_id == order_row.id)).first()
@@ -187,6 +202,8 @@ def test_after_a_redact_nothing_of_the_customer_is_left_in_any_table_or_file(cli
         "inbox.body",
         "reviews.author_display_name",
         "survey_responses.comment",
+        "review_revisions.display_name",
+        "review_revisions.body",
         "warehouse_handoffs.instruction",
     ):
         assert any(t.startswith(place) for t in before_db), place
@@ -391,10 +408,15 @@ def test_a_data_request_for_a_customer_we_never_saw(rt):
 def test_the_redacted_review_keeps_its_rating_and_text_without_the_author(rt):
     hanako_everywhere(rt)
     process(rt, _deliver(rt, redact_body(), "customers/redact"))
-    [review] = rows(rt, Review)
+    review, own = rows(rt, Review)
     assert review.author_display_name is None and review.customer_id is None
     assert review.rating == 2 and "誕生日に間に合いませんでした" in review.body
     assert "山田" not in review.body
+    # The review from our own form, and its revision: rating and text kept, the author gone.
+    assert (own.platform, own.rating, own.author_display_name) == ("own", 2, None)
+    [revision] = rows(rt, ReviewRevision)
+    assert (revision.rating, revision.display_name) == (2, None) and "山田" not in revision.body
+    assert "です。" in revision.body
 
 
 def test_on_sqlite_the_database_file_itself_keeps_no_trace(client, rt):

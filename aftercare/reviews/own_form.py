@@ -1,0 +1,385 @@
+"""Our own review form: what a customer may review from the link in a review request, reading what
+they send as a stranger may send it, and storing it so that it enters through the same inbox path
+as `POST /webhooks/reviews` (aftercare/reviews/intake.py).
+
+The link (aftercare/reviews/form_links.py) names an order and the review-request touchpoint it was
+mailed for. The page lists the order's reviewable products (`reviewable_products`); a product is
+named by its `product_ref` (the line's SKU, else its title), the key the public product page
+(`/products/<ref>/reviews`) lists reviews by.
+
+Each submission is a `review_revisions` row numbered per (order, product), and in the same
+transaction an inbox delivery of the documented review JSON: platform `own`, `review_id` stable per
+order and product (`<order's Shopify id>/<product_ref>`), `revision` its number, delivery id
+`own:<review_id>#r<revision>`. So the review is processed, triaged and (when negative) drafted a
+reply that a person approves exactly like a webhook review, and an edit is a new delivery that
+updates the same review and triages it again. A submission equal to the latest revision stores
+nothing (a double click, a reload that posts again, two tabs); two racing for the same number: the
+database lets one in, the other reads again and finds its twin, or takes the next number."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from aftercare.errors import AftercareError
+from aftercare.models import (
+    Customer,
+    InboxStatus,
+    Order,
+    OrderLine,
+    OutboxMessage,
+    OutboxStatus,
+    ReviewRevision,
+    Touchpoint,
+    TouchpointStatus,
+)
+from aftercare.orders import shipping
+from aftercare.reviews import intake
+from aftercare.reviews.form_links import ReviewFormLink
+from aftercare.spine import addresses
+from aftercare.spine.inbox import Delivery, insert_delivery
+
+PLATFORM = "own"
+# The touchpoints whose mail carries a review-form link (the request, and its reminder).
+FORM_KINDS = frozenset({"review_request", "review_reminder"})
+MAX_TEXT = intake.MAX_TEXT  # what the review JSON takes: 20,000 characters
+MAX_TITLE = 200
+MAX_NAME = 60
+_RATING = re.compile(r"^[1-5]$")
+_MAILED = (OutboxStatus.SENT, OutboxStatus.SENDING, OutboxStatus.UNCERTAIN)
+# A review key longer than this is hashed, so that `own:<key>#r<revision>` fits the inbox's 128.
+_MAX_KEY = 100
+
+
+class ReviewRefused(AftercareError):
+    """A review we cannot take as sent; `field` names what to correct (rating, title, body,
+    display_name, product, form)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+# -- what can be reviewed ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReviewableProduct:
+    ref: str  # product_ref: the SKU, else the title
+    title: str
+    variant_title: str | None
+
+
+def product_ref_of(line: OrderLine) -> str:
+    """The key a product's reviews are kept and shown under: its SKU, else its title (an order line
+    carries no Shopify product id here). Variants with their own SKUs are reviewed apart."""
+    return ((line.sku or "").strip() or line.title.strip())[:255]
+
+
+def reviewable_lines(session: Session, order: Order) -> list[OrderLine]:
+    """The order's lines a customer may review: every line with units, except lines refunded in
+    full.
+
+    TODO(issue 11, item 1): the review-request policy (policies/review_requests.yaml, owned by the
+    review-request work) excludes products that are not reviewable (gift wrap, shipping protection,
+    digital add-ons); filter by it here, the one place the form and the request mail ask."""
+    lines = list(
+        session.exec(
+            select(OrderLine).where(OrderLine.order_id == order.id).order_by(OrderLine.position, OrderLine.id)  # type: ignore[arg-type]
+        )
+    )
+    refunded = shipping.fully_refunded_lines(session, order, lines)
+    return [line for line in lines if line.quantity > 0 and line.shopify_id not in refunded]
+
+
+def reviewable_products(session: Session, order: Order) -> list[ReviewableProduct]:
+    """The products of `reviewable_lines`, each once (two lines of one SKU are one product)."""
+    seen: dict[str, ReviewableProduct] = {}
+    for line in reviewable_lines(session, order):
+        ref = product_ref_of(line)
+        if ref and ref not in seen:
+            seen[ref] = ReviewableProduct(ref, line.title, line.variant_title)
+    return list(seen.values())
+
+
+def default_display_name(customer: Customer | None, order: Order) -> str:
+    """The name a review is shown under unless the customer writes another: the first name and the
+    family name's initial ("Hanako Y.", "花子 山."), never the full name; "" when we know none."""
+    address = order.shipping_address or {}
+    first = addresses.clean_name((customer.first_name if customer else None) or address.get("first_name"))
+    last = addresses.clean_name((customer.last_name if customer else None) or address.get("last_name"))
+    if first and last:
+        return f"{first} {last[0]}."[:MAX_NAME]
+    return (first or "")[:MAX_NAME]
+
+
+# -- reading what was sent --------------------------------------------------------------------------
+
+
+def parse_rating(raw: object) -> int:
+    """Whole stars as a form sends them: the digit "1".."5" (an int is taken as well). "0", "6",
+    "5.0", "5.5", "５" (full-width), " 5", "five" are refused, not guessed."""
+    if isinstance(raw, bool):
+        raise ReviewRefused("rating", "choose from 1 to 5 stars")
+    if isinstance(raw, int) and 1 <= raw <= 5:
+        return raw
+    if isinstance(raw, str) and _RATING.match(raw):
+        return int(raw)
+    raise ReviewRefused("rating", "choose from 1 to 5 stars")
+
+
+def clean_text(text: str | None, *, field: str, max_chars: int, multiline: bool = True) -> str:
+    """Text as stored: line breaks made \\n (or spaces, for one-line fields), control characters
+    (NUL, escape sequences, C1) and format characters (zero-width spaces and joiners, BOM, bidi
+    overrides) removed, NFC, surrounding blanks trimmed. HTML stays as written: it is text, and
+    every page escapes it. Longer than `max_chars` after cleaning: refused, never cut."""
+    text = (text or "").replace("\r\n", "\n").replace("\r", "\n")
+    if not multiline:
+        text = text.replace("\n", " ").replace("\t", " ")
+    keep = "\n\t" if multiline else ""
+    text = "".join(
+        ch for ch in text if ch in keep or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co")
+    )
+    text = unicodedata.normalize("NFC", text)
+    text = text.strip() if multiline else " ".join(text.split())
+    if len(text) > max_chars:
+        raise ReviewRefused(field, f"{len(text)} characters; at most {max_chars} are taken")
+    return text
+
+
+@dataclass(frozen=True)
+class ReviewInput:
+    product_ref: str
+    rating: int
+    title: str | None
+    body: str
+    display_name: str
+
+
+def _one(fields: Mapping[str, Sequence[str]], name: str) -> str:
+    values = fields.get(name, [])
+    if len(values) > 1:
+        raise ReviewRefused("form", f"send one {name}")
+    return values[0] if values else ""
+
+
+def read_review(fields: Mapping[str, Sequence[str]], products: Sequence[ReviewableProduct]) -> ReviewInput:
+    """A review from the page's form fields (name -> values, as parse_qs gives them), checked
+    against the order's reviewable products; ReviewRefused says what to correct."""
+    product = _one(fields, "product")
+    if product not in {p.ref for p in products}:
+        raise ReviewRefused("product", "not a product of this order")
+    ratings = fields.get("rating", [])
+    if len(ratings) != 1:
+        raise ReviewRefused("rating", "choose from 1 to 5 stars")
+    name = clean_text(_one(fields, "display_name"), field="display_name", max_chars=MAX_NAME, multiline=False)
+    if not name:
+        raise ReviewRefused("display_name", "give the name your review is shown under")
+    return ReviewInput(
+        product_ref=product,
+        rating=parse_rating(ratings[0]),
+        title=clean_text(_one(fields, "title"), field="title", max_chars=MAX_TITLE, multiline=False) or None,
+        body=clean_text(_one(fields, "body"), field="body", max_chars=MAX_TEXT),
+        display_name=name,
+    )
+
+
+# -- the form and its reviews -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FormState:
+    link: ReviewFormLink
+    order: Order
+    touchpoint: Touchpoint
+    products: list[ReviewableProduct]
+    latest: dict[str, ReviewRevision]  # product_ref -> the revision that counts
+    default_name: str
+    closed_reason: str | None  # None: open for reviews
+
+    @property
+    def open(self) -> bool:
+        return self.closed_reason is None
+
+
+def _closed_reason(session: Session, touchpoint: Touchpoint) -> str | None:
+    """Why this form takes no reviews (before its link's expiry), or None. A request we called off
+    before its mail went out (the order cancelled or refunded, the customer unsubscribed) was never
+    meant to reach anyone; once the mail may have reached the customer, the form is theirs until the
+    link expires, whatever happened to the order since."""
+    if touchpoint.status not in (TouchpointStatus.CANCELLED, TouchpointStatus.SKIPPED):
+        return None
+    mailed = session.exec(
+        select(OutboxMessage.id).where(
+            OutboxMessage.touchpoint_id == touchpoint.id,
+            OutboxMessage.status.in_(_MAILED),  # type: ignore[attr-defined]
+        )
+    ).first()
+    return None if mailed is not None else f"the review request was called off ({touchpoint.status})"
+
+
+def latest_revisions(session: Session, order_id: int) -> dict[str, ReviewRevision]:
+    """product_ref -> the newest revision of this order's review of it."""
+    latest: dict[str, ReviewRevision] = {}
+    for row in session.exec(
+        select(ReviewRevision).where(ReviewRevision.order_id == order_id).order_by(ReviewRevision.seq)  # type: ignore[arg-type]
+    ):
+        latest[row.product_ref] = row
+    return latest
+
+
+def revisions_of(engine: Engine, order_id: int, product_ref: str) -> list[ReviewRevision]:
+    """Every revision of one product's review from one order, oldest first (its history)."""
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(ReviewRevision)
+                .where(ReviewRevision.order_id == order_id, ReviewRevision.product_ref == product_ref)
+                .order_by(ReviewRevision.seq)  # type: ignore[arg-type]
+            )
+        )
+
+
+def form_state(engine: Engine, link: ReviewFormLink) -> FormState | None:
+    """The form a verified link names; None when it is not one of ours (the touchpoint is not a
+    review request of that order: another order's, or rows a reset database no longer has)."""
+    with Session(engine, expire_on_commit=False) as session:
+        touchpoint = session.get(Touchpoint, link.touchpoint_id)
+        if touchpoint is None or touchpoint.kind not in FORM_KINDS or touchpoint.order_id != link.order_id:
+            return None
+        order = session.get(Order, link.order_id)
+        if order is None:
+            return None
+        customer = session.get(Customer, order.customer_id) if order.customer_id else None
+        return FormState(
+            link=link,
+            order=order,
+            touchpoint=touchpoint,
+            products=reviewable_products(session, order),
+            latest=latest_revisions(session, link.order_id),
+            default_name=default_display_name(customer, order),
+            closed_reason=_closed_reason(session, touchpoint),
+        )
+
+
+def review_key(order: Order, product_ref: str) -> str:
+    """The review's `review_id` on platform `own`: the same for every revision of one order's review
+    of one product (hashed when long, so that its delivery ids fit)."""
+    key = f"{order.shopify_id}/{product_ref}"
+    if len(key) <= _MAX_KEY:
+        return key
+    return f"{order.shopify_id}/sha256:{hashlib.sha256(product_ref.encode()).hexdigest()[:40]}"
+
+
+def review_json(
+    order: Order, review: ReviewInput, *, key: str, seq: int, created_at: datetime, language: str
+) -> bytes:
+    """The documented review JSON (aftercare/reviews/intake.py) for one revision."""
+    doc = {
+        "platform": PLATFORM,
+        "review_id": key,
+        "revision": seq,
+        "product_ref": review.product_ref,
+        "order_ref": str(order.shopify_id),
+        "rating": review.rating,
+        "title": review.title,
+        "body": review.body,
+        "author": review.display_name,
+        "language": language,
+        "created_at": created_at.isoformat(),
+        "shop_domain": order.shop_domain,
+    }
+    return json.dumps({k: v for k, v in doc.items() if v is not None}, ensure_ascii=False).encode()
+
+
+def _same(row: ReviewRevision, review: ReviewInput) -> bool:
+    return (
+        row.rating == review.rating
+        and (row.title or None) == review.title
+        and row.body == review.body
+        and (row.display_name or "") == review.display_name
+    )
+
+
+@dataclass(frozen=True)
+class Submitted:
+    revision: ReviewRevision
+    created: bool  # False: the same review was already the one that counts
+
+
+class SubmitConflict(AftercareError):
+    """Other revisions of the same review kept arriving while this one was stored (not a person)."""
+
+
+def submit_review(
+    engine: Engine, state: FormState, review: ReviewInput, *, now: datetime, attempts: int = 8
+) -> Submitted:
+    """Store `review` as the newest revision of this order's review of its product, with its inbox
+    delivery, unless it already is the newest. Safe against itself: identical posts at once leave
+    one revision and one delivery; different ones are all kept, in order, the last one counting."""
+    order = state.order
+    assert order.id is not None
+    key = review_key(order, review.product_ref)
+    language = "en" if (order.locale or "").lower().startswith("en") else "ja"
+    for _ in range(attempts):
+        with Session(engine, expire_on_commit=False) as session:
+            history = list(
+                session.exec(
+                    select(ReviewRevision)
+                    .where(
+                        ReviewRevision.order_id == order.id,
+                        ReviewRevision.product_ref == review.product_ref,
+                    )
+                    .order_by(ReviewRevision.seq)  # type: ignore[arg-type]
+                )
+            )
+            latest = history[-1] if history else None
+            if latest is not None and _same(latest, review):
+                return Submitted(latest, created=False)
+            seq = latest.seq + 1 if latest is not None else 1
+            first_at = history[0].submitted_at if history else now
+            body = review_json(order, review, key=key, seq=seq, created_at=first_at, language=language)
+            try:
+                inbox_id = insert_delivery(
+                    session.connection(),
+                    Delivery(
+                        source=intake.SOURCE,
+                        delivery_id=f"{PLATFORM}:{key}#r{seq}",
+                        event_id=None,
+                        topic=intake.TOPIC,
+                        shop_domain=order.shop_domain,
+                        triggered_at=now,
+                        body=body,
+                        status=InboxStatus.PENDING,
+                        subject_ref=order.name,
+                    ),
+                )
+                row = ReviewRevision(
+                    order_id=order.id,
+                    touchpoint_id=state.touchpoint.id,
+                    product_ref=review.product_ref,
+                    seq=seq,
+                    review_key=key,
+                    rating=review.rating,
+                    title=review.title,
+                    body=review.body,
+                    display_name=review.display_name,
+                    submitted_at=now,
+                    inbox_id=inbox_id,
+                )
+                session.add(row)
+                session.commit()
+            except sa.exc.IntegrityError:
+                session.rollback()  # another submission took this number first: read again
+                continue
+            return Submitted(row, created=True)
+    raise SubmitConflict(f"order {order.id}, {review.product_ref!r}: gave up after {attempts} racing posts")
