@@ -507,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_survey_commands(sub)
 
+    from aftercare.recovery.cli import add_case_commands
+
+    add_case_commands(sub)
+
     for noun, func, statuses in (
         ("outbox", cmd_outbox_list, [s.value for s in OutboxStatus]),
         ("inbox", cmd_inbox_list, [s.value for s in InboxStatus]),

@@ -4,7 +4,8 @@ The web app's patrol asks every few seconds and wakes a run only when something 
 backoff ended, a lease that ran out, a hand-off to send, an alert to give), so an idle installation
 does not fill Prefect's run list with empty runs; the deployment's schedule is only a low-frequency
 safety sweep (which also covers the hour-scale work not checked here: review escalations and replies
-left publishing). A delivery that arrives wakes a run at once (the waker), as before.
+left publishing; a recovery case past its first-answer deadline is checked here, so ops hear of it
+on time). A delivery that arrives wakes a run at once (the waker), as before.
 
 Each condition is the one its claim uses (imported, not rewritten), so the two cannot drift apart.
 """
@@ -16,9 +17,10 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from aftercare.models import InboxEvent, InboxWait, OutboxMessage, WarehouseHandoff
+from aftercare.models import InboxEvent, InboxWait, OutboxMessage, RecoveryCase, WarehouseHandoff
 from aftercare.orders import shipping, warehouse
 from aftercare.policies import RequestsPolicy
+from aftercare.recovery import store as recovery
 from aftercare.settings import Settings
 from aftercare.spine import inbox, outbox
 
@@ -41,6 +43,7 @@ def _conditions(
             warehouse._claimable(now, handoff_lease, settings.warehouse_max_attempts),
         ),
         "hand-offs to tell ops about": (WarehouseHandoff, warehouse.alert_due(now, window)),
+        "recovery cases past their first-answer deadline": (RecoveryCase, recovery.overdue_condition(now)),
     }
 
 

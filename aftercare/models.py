@@ -690,3 +690,48 @@ class ReviewModeration(SQLModel, table=True):
     note: str | None = None
     moderator: str = Field(max_length=255)
     decided_at: datetime = ts_field(nullable=False)
+
+
+# --- Service recovery: one case per low survey answer (issue 11 item 5, migration 0013) --------------
+
+# The platform of a review row that is a private reply to a customer's own complaint (a recovery
+# case's apology): drafted, checked and approved like a public reply, mailed to the customer through
+# the outbox instead of published, never shown on a public page, and escalated by its case's clock.
+PRIVATE_REPLY_PLATFORM = "private"
+
+
+class RecoveryStatus(StrEnum):
+    OPEN = "open"  # no answer has gone to the customer yet (waiting for approval, or rejected)
+    ANSWERED = "answered"  # an approved apology is in the outbox (or sent)
+
+
+class RecoveryCase(SQLModel, table=True):
+    """A survey answer at or below the recovery policy's threshold, or with a negative comment:
+    one case per survey (unique touchpoint), whatever the customer answers afterwards. Later answers
+    are recorded on the case (`answers`), never open a second one and never close it. The private
+    apology waits for a person as a review row on the `private` platform (`review_id`)."""
+
+    __tablename__ = "recovery_cases"
+    __table_args__ = (
+        sa.UniqueConstraint("touchpoint_id", name="uq_recovery_case_survey"),
+        sa.UniqueConstraint("review_id", name="uq_recovery_case_review"),
+        sa.Index("ix_recovery_cases_status_due", "status", "first_answer_due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    touchpoint_id: int = Field(foreign_key="touchpoints.id")
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    review_id: int | None = Field(default=None, foreign_key="reviews.id")
+    scale: str = Field(max_length=16)
+    score: int  # the score of the answer that opened the case
+    response_id: int = Field(foreign_key="survey_responses.id")
+    reasons: list[str] = json_field(list)  # why it opened: "score 2 <= 2", "negative comment: ..."
+    # Every later answer: [{response_id, seq, score, at, at_or_below_threshold, negative_comment}].
+    answers: list[dict[str, Any]] = json_field(list)
+    status: str = Field(default=RecoveryStatus.OPEN, max_length=16, index=True)
+    opened_at: datetime = ts_field(nullable=False)
+    first_answer_due_at: datetime = ts_field(nullable=False)  # opened_at + N business hours
+    escalated_at: datetime | None = ts_field()
+    answered_at: datetime | None = ts_field()
+    apology_outbox_id: int | None = Field(default=None, foreign_key="outbox.id")
+    policy_version: str = Field(max_length=32)

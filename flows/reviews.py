@@ -29,7 +29,7 @@ from prefect.flow_runs import asuspend_flow_run
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from aftercare.models import DecisionVia, ReviewDraft, utcnow
+from aftercare.models import PRIVATE_REPLY_PLATFORM, DecisionVia, ReviewDraft, utcnow
 from aftercare.reviews import store
 from aftercare.reviews.approval import DecisionRefused, Resolution, approval_markdown, resolve_decision
 from aftercare.reviews.policy import ReviewsPolicy
@@ -215,7 +215,9 @@ async def _finished(rt: Runtime, review_id: int, outcome: str) -> State:
     figures = store.sla(rt.engine, review_id)
     review = store.get_review(rt.engine, review_id)
     # Where the published reply can be seen on our own page (by the review's unguessable public id).
-    page = f" at {public_page_url(rt.settings, review)}" if outcome == "published" and review else ""
+    # A recovery case's apology was mailed to its customer: it has no public page.
+    public = review is not None and review.platform != PRIVATE_REPLY_PLATFORM
+    page = f" at {public_page_url(rt.settings, review)}" if outcome == "published" and public else ""
     await acreate_markdown_artifact(
         key=f"review-{review_id}-sla",
         markdown="\n".join(

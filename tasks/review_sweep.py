@@ -22,13 +22,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from aftercare.errors import AftercareError
-from aftercare.models import ReplyStatus, ReviewDecision, ReviewDraft, utcnow
+from aftercare.models import PRIVATE_REPLY_PLATFORM, ReplyStatus, ReviewDecision, ReviewDraft, utcnow
 from aftercare.models import Review as ReviewRow
+from aftercare.recovery.mail import PrivateApologyMail
+from aftercare.recovery.store import overdue_condition
 from aftercare.rendering import Renderer
 from aftercare.reviews import intake, links, notify
 from aftercare.reviews.policy import ReviewsPolicy
-from aftercare.reviews.publishing import make_platform, publish_reply, recover_stale
-from aftercare.runtime import current
+from aftercare.reviews.publishing import ReviewPlatform, make_platform, publish_reply, recover_stale
+from aftercare.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,14 @@ def start_review_flow(
     with engine.begin() as conn:
         conn.execute(update.values(flow_run_id=str(run.id)))
     return str(run.id)
+
+
+def platform_for(rt: Runtime, platform: str) -> ReviewPlatform:
+    """Where a reply of `platform` goes: a recovery case's private apology is mailed to its customer
+    (aftercare/recovery/mail.py); any other through `publishing.make_platform`."""
+    if platform == PRIVATE_REPLY_PLATFORM:
+        return PrivateApologyMail(rt.engine, rt.settings, rt.renderer)
+    return make_platform(rt.settings, platform)
 
 
 def reviews_needing_a_run(engine: Engine, policy: ReviewsPolicy, limit: int = 20) -> list[tuple[int, str]]:
@@ -157,7 +167,30 @@ def review_housekeeping() -> dict[str, list[int]]:
         # Escalation must never hold up orders; a failed transaction claimed nothing, so the next
         # loop retries.
         log.exception("escalating overdue reviews failed; retried next loop")
-    return {"escalated": escalated, "recovered": recover_replies()}
+    return {
+        "escalated": escalated,
+        "cases_escalated": escalate_recovery_cases(),
+        "recovered": recover_replies(),
+    }
+
+
+def escalate_recovery_cases(now: datetime | None = None) -> list[int]:
+    """Recovery cases past their first-answer deadline (business hours): ops told once
+    (aftercare/recovery/cases.py). One indexed query when none is due; the policies are read only
+    when one is."""
+    rt = current()
+    now = now or utcnow()
+    try:
+        with rt.engine.connect() as conn:
+            due = conn.execute(sa.select(sa.exists().where(overdue_condition(now)))).scalar()
+        if not due:
+            return []
+        from aftercare.recovery.cases import Recovery
+
+        return Recovery.load(rt.settings, rt.renderer).escalate_overdue(rt.engine, now)
+    except (AftercareError, SQLAlchemyError):
+        log.exception("escalating overdue recovery cases failed; retried next loop")
+        return []
 
 
 def review_sweep(limit: int = 20) -> dict[str, list[int]]:
@@ -294,7 +327,7 @@ def recover_replies() -> list[int]:
     try:
         outcome = recover_stale(
             rt.engine,
-            lambda platform: make_platform(settings, platform),
+            lambda platform: platform_for(rt, platform),
             timedelta(seconds=settings.review_publish_lease_s),
             utcnow(),
         )
@@ -306,7 +339,7 @@ def recover_replies() -> list[int]:
                 publish_reply(
                     rt.engine,
                     review_id,
-                    make_platform(settings, review.platform),
+                    platform_for(rt, review.platform),
                     max_attempts=settings.review_publish_max_attempts,
                     backoff_base_s=settings.review_publish_backoff_base_s,
                 )

@@ -20,21 +20,24 @@ from sqlmodel import Session, select
 
 from aftercare.models import Review as ReviewRow
 from aftercare.models import ReviewDecision, ReviewDraft, utcnow
+from aftercare.recovery import apology
+from aftercare.recovery.policy import load_recovery_policy
 from aftercare.rendering import Renderer
-from aftercare.reviews import context, intake, notify, store
+from aftercare.reviews import intake, notify, store
 from aftercare.reviews.approval import DecisionForm, guarded_from_stored, redraft_feedback
 from aftercare.reviews.context import DraftContext
 from aftercare.reviews.drafting import Drafter, build_drafter
 from aftercare.reviews.guardrails import GuardedDraft, draft_with_guardrails
 from aftercare.reviews.models import Draft, ReplyRequest
 from aftercare.reviews.policy import ReviewsPolicy
-from aftercare.reviews.publishing import make_platform, publish_reply
+from aftercare.reviews.publishing import publish_reply
 from aftercare.reviews.settings import LLMSettings
 from aftercare.runtime import Runtime, current
 from aftercare.spine import outbox
+from aftercare.surveys.policy import load_survey_policy
 
 # Re-exported: process-inbox imports them from tasks.review_sweep, which stays light (no LLM SDK).
-from tasks.review_sweep import REVIEW_DEPLOYMENT, review_sweep, start_review_flow  # noqa: F401
+from tasks.review_sweep import REVIEW_DEPLOYMENT, platform_for, review_sweep, start_review_flow  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +76,15 @@ class _Instructed:
 
 
 def draft_context(rt: Runtime, review_id: int, policy: ReviewsPolicy | None = None) -> DraftContext:
-    """Everything drafting and checking a reply to this review needs, read from the database."""
-    return context.draft_context(
+    """Everything drafting and checking a reply to this review needs, read from the database (a
+    recovery case's private apology gets its own: aftercare/recovery/apology.py)."""
+    return apology.reply_context(
         rt.engine,
         review_id,
-        policy=policy or reviews_policy(rt),
+        reviews=policy or reviews_policy(rt),
         shipping=rt.policies.shipping,
         shop_name=rt.settings.shop_name,
+        policies_dir=rt.settings.policies_dir,
     )
 
 
@@ -93,6 +98,15 @@ def make_draft(
 ) -> ReviewDraft:
     """Draft a reply (LLM with template fallback, or templates), check it, and store it."""
     ctx = draft_context(rt, review_id)
+    if drafter is None and apology.is_private(ctx.review):
+        drafter = apology.apology_drafter(
+            llm or LLMSettings(),
+            ctx,
+            engine=rt.engine,
+            recovery=load_recovery_policy(rt.settings.policies_dir),
+            surveys=load_survey_policy(rt.settings.policies_dir),
+            settings=rt.settings,
+        )
     drafter = drafter or build_drafter(
         llm or LLMSettings(), ctx.policy, templates_dir=rt.settings.templates_dir
     )
@@ -190,7 +204,7 @@ def publish(review_id: int) -> dict[str, object]:
     reply = publish_reply(
         rt.engine,
         review_id,
-        make_platform(rt.settings, review.platform),
+        platform_for(rt, review.platform),
         max_attempts=rt.settings.review_publish_max_attempts,
         backoff_base_s=rt.settings.review_publish_backoff_base_s,
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "aftercare"
-WINGS = ("orders", "reviews", "contact", "surveys")
-CORE = ("spine", "orders", "contact", "surveys")
+WINGS = ("orders", "reviews", "contact", "surveys", "recovery")
+CORE = ("spine", "orders", "contact", "surveys", "recovery")
 
 
 def imports_of(path: Path) -> set[str]:

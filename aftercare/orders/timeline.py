@@ -23,7 +23,9 @@ from aftercare.models import (
     Order,
     OrderLine,
     OutboxMessage,
+    RecoveryCase,
     Refund,
+    ReviewDecision,
     Shipment,
     Touchpoint,
     TouchpointStatus,
@@ -224,6 +226,9 @@ def order_timeline(
             message = messages.get(tp.id)
             if message is not None:
                 history.append(_message_entry(message))
+        recovery_history, recovery_planned = _recovery(session, order)
+        history += recovery_history
+        planned += recovery_planned
         delivery = order_delivery(session, order, policy)
     history.sort(key=lambda e: e.at or datetime.min.replace(tzinfo=UTC))
     planned.sort(key=lambda e: e.at or datetime.max.replace(tzinfo=UTC))
@@ -288,6 +293,108 @@ def _consent(session: Session, order: Order) -> list[Entry]:
         )
         for r in rows
     ]
+
+
+def _recovery(session: Session, order: Order) -> tuple[list[Entry], list[Entry]]:
+    """The order's recovery cases (aftercare/recovery): opened by which answer and why, each later
+    answer noted on it, the ops mails, every decision on the private apology, the escalation and
+    the answer. The apology mail itself is the `complaint_reply` touchpoint's message. What is still
+    to come: the first-answer deadline of an open case."""
+    history: list[Entry] = []
+    planned: list[Entry] = []
+    cases = session.exec(
+        select(RecoveryCase).where(RecoveryCase.order_id == order.id).order_by(RecoveryCase.id)  # type: ignore[arg-type]
+    )
+    for case in cases:
+        label = f"recovery case {case.id}"
+        history.append(
+            Entry(
+                case.opened_at,
+                "recovery",
+                f"{label} opened: survey score {case.score} ({case.scale}); " + "; ".join(case.reasons or []),
+                status="opened",
+                policy_version=case.policy_version,
+                detail={"case_id": case.id, "response_id": case.response_id},
+            )
+        )
+        for later in case.answers or []:
+            above = (
+                "at or below the threshold" if later.get("at_or_below_threshold") else "above the threshold"
+            )
+            history.append(
+                Entry(
+                    datetime.fromisoformat(later["at"]),
+                    "recovery",
+                    f"{label}: survey answered again, score {later.get('score')} ({above}); "
+                    "noted on the case, which stays as it was",
+                    status="answer_noted",
+                    detail={"case_id": case.id, **later},
+                )
+            )
+        for mail in session.exec(
+            select(OutboxMessage).where(
+                OutboxMessage.order_id == order.id,
+                OutboxMessage.message_key.like(f"recovery_case_%:case-{case.id}:%"),  # type: ignore[union-attr]
+            )
+        ):
+            what = "ops told" if mail.kind == "recovery_case_opened" else "escalation to"
+            history.append(
+                Entry(
+                    mail.sent_at or mail.created_at,
+                    "recovery",
+                    f"{label}: {what} {mail.to_email} ({mail.status})",
+                    status=mail.status,
+                    detail={"case_id": case.id, "outbox_id": mail.id, "kind": mail.kind},
+                )
+            )
+        if case.review_id is not None:
+            for decision in session.exec(
+                select(ReviewDecision)
+                .where(ReviewDecision.review_id == case.review_id)
+                .order_by(ReviewDecision.decided_at, ReviewDecision.id)  # type: ignore[arg-type]
+            ):
+                said = decision.reason or decision.instructions
+                history.append(
+                    Entry(
+                        decision.decided_at,
+                        "recovery",
+                        f"{label}: apology {decision.action} by {decision.approver} (via {decision.via})"
+                        + (f": {said}" if said else ""),
+                        status=decision.action,
+                        detail={"case_id": case.id, "decision_id": decision.id},
+                    )
+                )
+        if case.escalated_at is not None:
+            history.append(
+                Entry(
+                    case.escalated_at,
+                    "recovery",
+                    f"{label} escalated: no answer by the deadline",
+                    "escalated",
+                )
+            )
+        if case.answered_at is not None:
+            history.append(
+                Entry(
+                    case.answered_at,
+                    "recovery",
+                    f"{label} answered: the approved apology is mail {case.apology_outbox_id}",
+                    status="answered",
+                    detail={"case_id": case.id, "outbox_id": case.apology_outbox_id},
+                )
+            )
+        else:
+            planned.append(
+                Entry(
+                    case.first_answer_due_at,
+                    "recovery",
+                    f"{label}: first answer to the customer due (business hours)",
+                    status=case.status,
+                    policy_version=case.policy_version,
+                    detail={"case_id": case.id},
+                )
+            )
+    return history, planned
 
 
 def _like_prefix(text: str) -> str:

@@ -13,7 +13,7 @@ import json
 import re
 import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -129,11 +129,25 @@ def _support_email(policy: ReviewsPolicy) -> str | None:
 
 class TemplateDrafter:
     """Drafts from `templates/<lang>/review_reply_{negative,positive}.txt`: no LLM, always within
-    policy (the templates offer nothing and name only the support email the policy allows)."""
+    policy (the templates offer nothing and name only the support email the policy allows).
 
-    def __init__(self, policy: ReviewsPolicy, templates_dir: Path):
+    Another kind of reply (a private apology) names its own `template` (`{kind}` is replaced by
+    negative/positive), the `extra` values it renders with, and the actions it promises."""
+
+    def __init__(
+        self,
+        policy: ReviewsPolicy,
+        templates_dir: Path,
+        *,
+        template: str = "review_reply_{kind}.txt",
+        extra: Mapping[str, Any] | None = None,
+        promised_actions: Sequence[str] | None = None,
+    ):
         self.policy = policy
         self.renderer = Renderer(templates_dir)
+        self.template = template
+        self.extra = dict(extra or {})
+        self.promised_actions = list(promised_actions) if promised_actions is not None else None
 
     def draft(
         self,
@@ -145,9 +159,10 @@ class TemplateDrafter:
     ) -> Draft:
         kind = "negative" if request.negative else "positive"
         text = self.renderer.render(
-            f"review_reply_{kind}.txt",
+            self.template.format(kind=kind),
             request.language,
             {
+                **self.extra,
                 "display_name": request.display_name,
                 "product_title": request.product_title,
                 "shop_name": request.shop_name,
@@ -162,7 +177,9 @@ class TemplateDrafter:
             reply_text=re.sub(r"\n{3,}", "\n\n", text).strip(),
             language=request.language,
             apologises=request.negative,
-            promised_actions=["share the feedback with the team"] if request.negative else [],
+            promised_actions=self.promised_actions
+            if self.promised_actions is not None
+            else (["share the feedback with the team"] if request.negative else []),
             risk_notes=notes,
         )
         return Draft(
@@ -244,11 +261,18 @@ class LLMDrafter:
         settings: LLMSettings,
         policy: ReviewsPolicy,
         prompts: PromptTemplates | None = None,
+        *,
+        prompt: str = "review_reply",
+        extra: Mapping[str, Any] | None = None,
     ):
         self.client = client
         self.settings = settings
         self.policy = policy
         self.prompts = prompts or PromptTemplates()
+        # `<prompt>.system.j2` and `<prompt>.user.j2` under prompts/; `extra`: more values for both
+        # (a private apology's survey facts). Never personal data: the templates send all of it.
+        self.prompt = prompt
+        self.extra = dict(extra or {})
 
     def messages(self, request: ReplyRequest, feedback: Sequence[str] = ()) -> list[dict[str, str]]:
         """System and user messages for one request. Everything the reviewer wrote (the review and
@@ -266,6 +290,7 @@ class LLMDrafter:
             allowed[allowed.index("discount")] = f"a discount of at most {remedies.discount_percent_max}%"
         contacts = self.policy.reply.support_contacts
         common = {
+            **self.extra,
             "shop_name": request.shop_name,
             "language": request.language,
             "language_name": LANGUAGE_NAMES[request.language],
@@ -273,7 +298,7 @@ class LLMDrafter:
             "close_marker": close_marker,
         }
         system = self.prompts.render(
-            "review_reply.system.j2",
+            f"{self.prompt}.system.j2",
             {
                 **common,
                 "length": self.policy.reply.length[request.language],
@@ -293,7 +318,7 @@ class LLMDrafter:
             },
         )
         user = self.prompts.render(
-            "review_reply.user.j2",
+            f"{self.prompt}.user.j2",
             {
                 **common,
                 "product_title": request.product_title,
@@ -386,12 +411,21 @@ def build_drafter(
     templates_dir: Path,
     prompts_dir: Path = PROMPTS_DIR,
     client: openai.OpenAI | None = None,
+    prompt: str = "review_reply",
+    template: str = "review_reply_{kind}.txt",
+    extra: Mapping[str, Any] | None = None,
+    promised_actions: Sequence[str] | None = None,
 ) -> Drafter:
-    """The LLM drafter with template fallback when an LLM is configured, else the template drafter."""
-    templates = TemplateDrafter(policy, templates_dir)
+    """The LLM drafter with template fallback when an LLM is configured, else the template drafter.
+    `prompt`, `template`, `extra` and `promised_actions` choose another kind of reply (see
+    `LLMDrafter`, `TemplateDrafter`); the defaults draft a public reply to a review."""
+    templates = TemplateDrafter(
+        policy, templates_dir, template=template, extra=extra, promised_actions=promised_actions
+    )
     if not llm.configured:
         return templates
-    llm_drafter = LLMDrafter(client or make_openai_client(llm), llm, policy, PromptTemplates(prompts_dir))
+    client = client or make_openai_client(llm)
+    llm_drafter = LLMDrafter(client, llm, policy, PromptTemplates(prompts_dir), prompt=prompt, extra=extra)
     return FallbackDrafter(llm_drafter, templates)
 
 

@@ -49,7 +49,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.errors import InvalidPayload
-from aftercare.models import InboxEvent, InboxStatus, Order, Review, ReviewStatus
+from aftercare.models import PRIVATE_REPLY_PLATFORM, InboxEvent, InboxStatus, Order, Review, ReviewStatus
 from aftercare.orders.shopify import parse_json
 from aftercare.orders.timeline import OrderNotFound, find_order
 from aftercare.reviews.models import Review as ReviewText
@@ -89,6 +89,15 @@ class ReviewPayload(BaseModel):
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("platform", mode="after")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        # Our own private replies (recovery apologies) live under this platform: a review sent in
+        # under it could take a case's row, or be mailed to a customer as if it were theirs.
+        if v == PRIVATE_REPLY_PLATFORM:
+            raise ValueError(f"platform {v!r} is reserved for the shop's private replies")
+        return v
 
     @field_validator("review_id", "order_ref", "product_ref", mode="before")
     @classmethod

@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from aftercare.models import PRIVATE_REPLY_PLATFORM, utcnow
 from aftercare.models import Review as ReviewRow
-from aftercare.models import utcnow
 from aftercare.rendering import Renderer
 from aftercare.reviews import links
 from aftercare.reviews.policy import ReviewsPolicy
@@ -59,6 +59,9 @@ class StaffEmail:
     recipients: list[str]
     locale: str
     context: dict[str, Any]
+    # The order the mail is about, when there is one: the timeline and a redaction find it by it.
+    order_id: int | None = None
+    order_name: str | None = None
 
 
 def enqueue_staff_email(
@@ -73,7 +76,14 @@ def enqueue_staff_email(
     rows: dict[int, outbox.Enqueued] = {}
     for to in email.recipients:
         row = outbox.enqueue_staff(
-            session, key=email.key, kind=email.kind, to_email=to, rendered=rendered, locale=email.locale
+            session,
+            key=email.key,
+            kind=email.kind,
+            to_email=to,
+            rendered=rendered,
+            locale=email.locale,
+            order_id=email.order_id,
+            order_name=email.order_name,
         )
         rows.setdefault(row.id, row)
     return list(rows.values())
@@ -218,6 +228,9 @@ def escalate_overdue(
         candidates = list(
             session.exec(
                 select(ReviewRow.id).where(
+                    # A private reply (a recovery case's apology) is escalated by its case's own
+                    # clock, in business hours (aftercare/recovery/cases.py), not by this window.
+                    ReviewRow.platform != PRIVATE_REPLY_PLATFORM,
                     ReviewRow.status == "awaiting_approval",
                     ReviewRow.escalated_at.is_(None),  # type: ignore[union-attr]
                     ReviewRow.approval_requested_at <= overdue_before,  # type: ignore[operator]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -252,10 +252,19 @@ class AnswerConflict(AftercareError):
 
 
 def record_answer(
-    engine: Engine, link: SurveyLink, answer: Answer, *, now: datetime, attempts: int = 8
+    engine: Engine,
+    link: SurveyLink,
+    answer: Answer,
+    *,
+    now: datetime,
+    attempts: int = 8,
+    on_stored: Callable[[Session, SurveyResponse], object] | None = None,
 ) -> Recorded:
     """Store `answer` as the survey's latest, unless it already is. Safe against itself: any number
-    of identical posts at once leave one row; different answers at once are all kept, in order."""
+    of identical posts at once leave one row; different answers at once are all kept, in order.
+
+    `on_stored(session, row)` runs for a new answer inside its transaction, before the commit, so
+    what it writes (a recovery case and the mail it owes) is stored with the answer or not at all."""
     for _ in range(attempts):
         with Session(engine, expire_on_commit=False) as session:
             latest = latest_answer(session, link.touchpoint_id)
@@ -273,6 +282,9 @@ def record_answer(
             )
             session.add(row)
             try:
+                session.flush()
+                if on_stored is not None:
+                    on_stored(session, row)
                 session.commit()
             except sa.exc.IntegrityError:
                 session.rollback()  # another answer took this number first: read again

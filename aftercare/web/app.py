@@ -21,7 +21,15 @@ from starlette.concurrency import run_in_threadpool
 from aftercare.contact import consent, privacy
 from aftercare.drainers import live_holders
 from aftercare.errors import InvalidPayload
-from aftercare.models import InboxStatus, ReplyStatus, Review, ReviewReply, ReviewStatus, utcnow
+from aftercare.models import (
+    PRIVATE_REPLY_PLATFORM,
+    InboxStatus,
+    ReplyStatus,
+    Review,
+    ReviewReply,
+    ReviewStatus,
+    utcnow,
+)
 from aftercare.orders import shopify
 from aftercare.rendering import Renderer
 from aftercare.reviews import intake as review_intake
@@ -417,6 +425,9 @@ def create_app(
                 .join(ReviewReply, ReviewReply.review_id == Review.id)  # type: ignore[arg-type]
                 .where(
                     Review.public_id == public_id,
+                    # A private reply (a recovery case's apology) was mailed to its customer: the
+                    # complaint it answers is never shown on a public page.
+                    Review.platform != PRIVATE_REPLY_PLATFORM,
                     Review.status == ReviewStatus.PUBLISHED,
                     ReviewReply.status == ReplyStatus.PUBLISHED,
                 )

@@ -39,8 +39,9 @@ from starlette.concurrency import run_in_threadpool
 
 from aftercare.models import ReplyStatus, ReviewStatus, utcnow
 from aftercare.policies import load_policies
+from aftercare.recovery import apology
 from aftercare.rendering import Renderer
-from aftercare.reviews import context, intake, links
+from aftercare.reviews import intake, links
 from aftercare.reviews.approval import DecisionForm, DecisionRefused, guarded_from_stored, resolve_decision
 from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.reviews.publishing import public_page_url
@@ -252,12 +253,13 @@ def router(
 
     def drafted(st: links.LinkState, p: ReviewsPolicy) -> tuple[Any, Any]:
         """The link's draft as it was checked, and the context it is checked in (an edit too)."""
-        ctx = context.draft_context(
+        ctx = apology.reply_context(
             engine,
-            st.review.id,
-            policy=p,
+            st.review.id,  # type: ignore[arg-type]
+            reviews=p,
             shipping=shipping,
-            shop_name=settings.shop_name,  # type: ignore[arg-type]
+            shop_name=settings.shop_name,
+            policies_dir=settings.policies_dir,
         )
         return ctx, guarded_from_stored(st.draft, p.version)
 

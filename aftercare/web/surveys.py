@@ -1,4 +1,6 @@
 """The survey page, reached from the score links in the survey mail (aftercare/surveys/mail.py).
+An answer at or below the recovery policy's threshold, or with a negative comment, opens the
+survey's recovery case in the answer's own transaction (aftercare/recovery/cases.py).
 
 `GET /survey/<token>?score=N` shows the page with that score chosen and records nothing: mail
 scanners and link previews open links. The page then posts the answer itself (a few lines of
@@ -34,6 +36,7 @@ from aftercare import signing
 from aftercare.contact.policy import load_contact_policy
 from aftercare.contact.sender import ShopPolicy, load_shop_policy
 from aftercare.models import SurveyResponse, utcnow
+from aftercare.recovery.cases import Recovery
 from aftercare.rendering import BABEL_LOCALES, Renderer
 from aftercare.settings import Settings
 from aftercare.surveys.answers import (
@@ -109,6 +112,20 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
 
     renderer.env.filters["when"] = when
     api = APIRouter()
+
+    @cache
+    def recovery() -> Recovery:
+        return Recovery.load(settings, renderer)
+
+    def store(link: SurveyLink, st: SurveyState, the_answer: Answer) -> None:
+        """Store the answer; a low one (or a negative comment) opens the survey's recovery case, or
+        is noted on it, in the same transaction (aftercare/recovery/cases.py)."""
+        now = clock()
+        rec = recovery()
+        assessment = rec.assess(
+            score=the_answer.score, scale=link.scale.name, comment=the_answer.comment, locale=st.order.locale
+        )
+        record_answer(engine, link, the_answer, now=now, on_stored=rec.on_stored(assessment, now))
 
     def policy() -> SurveyPolicy:
         return load_survey_policy(settings.policies_dir)
@@ -253,7 +270,7 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
             return await run_in_threadpool(
                 lambda: page(raw, link, st, status=422, chosen=chosen, sent=clean_sent, error=refused)
             )
-        await run_in_threadpool(record_answer, engine, link, the_answer, now=clock())
+        await run_in_threadpool(store, link, st, the_answer)
         return RedirectResponse(f"/survey/{raw}?saved=1", status_code=303, headers=_headers(None))
 
     return api
