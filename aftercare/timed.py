@@ -1,7 +1,8 @@
 """Timed contact wired: the contact wing's dispatcher (aftercare/contact/dispatch.py) given what the
 other wings own: the orders wing's measure of a cancelled or fully refunded order, and the composers
-of each kind's words (surveys, review requests and their reminder). Above the wings, like aftercare/processing.py, so no wing imports a
-sibling. Used by the Prefect tasks (tasks/contact.py), the CLI and the benchmark."""
+of each kind's words (surveys, review requests and their reminder). Above the wings, like
+aftercare/processing.py, so no wing imports a sibling. Used by the Prefect tasks (tasks/contact.py),
+the CLI and the benchmark."""
 
 from __future__ import annotations
 

@@ -30,7 +30,12 @@ class ReviewFormLink:
 
 
 def review_form_token(
-    link_secret: str, order_id: int, touchpoint_id: int, now: datetime, *, valid_for: timedelta = DEFAULT_VALID_FOR
+    link_secret: str,
+    order_id: int,
+    touchpoint_id: int,
+    now: datetime,
+    *,
+    valid_for: timedelta = DEFAULT_VALID_FOR,
 ) -> str:
     """The token of one mail's review-form link, good for `valid_for` from `now`."""
     for name, value in (("order_id", order_id), ("touchpoint_id", touchpoint_id)):

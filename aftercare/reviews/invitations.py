@@ -210,7 +210,9 @@ class TrustpilotInvitations:
                     f"Trustpilot answered {status} ({reason_of(response)}); it may have made the invitation",
                     status,
                 )
-            raise InvitationRefused(f"Trustpilot refused the invitation ({status}): {reason_of(response)}", status)
+            raise InvitationRefused(
+                f"Trustpilot refused the invitation ({status}): {reason_of(response)}", status
+            )
         raise InvitationRefused("Trustpilot refused our token twice (401): check the API key's access", 401)
 
 
@@ -253,9 +255,7 @@ def create(
     ).first()
     if inserted is not None:
         return int(inserted[0]), True
-    found = session.execute(
-        sa.select(_TABLE.c.id).where(_TABLE.c.order_id == order.id)
-    ).scalar_one()
+    found = session.execute(sa.select(_TABLE.c.id).where(_TABLE.c.order_id == order.id)).scalar_one()
     return int(found), False
 
 

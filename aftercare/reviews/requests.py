@@ -152,7 +152,8 @@ def asked_keys(session: Session, customer_id: int, since: datetime, *, besides: 
     """The products this customer was asked about since `since` by another request than `besides`
     (a request whose mail failed or was cancelled did not ask)."""
     failed = sa.exists().where(
-        _OUTBOX.c.touchpoint_id == _ITEMS.c.touchpoint_id, _OUTBOX.c.status.in_([s.value for s in _NOT_MAILED])
+        _OUTBOX.c.touchpoint_id == _ITEMS.c.touchpoint_id,
+        _OUTBOX.c.status.in_([s.value for s in _NOT_MAILED]),
     )
     query = (
         sa.select(_ITEMS.c.product_key)
@@ -174,7 +175,9 @@ def select_products(
     since = now - timedelta(days=policy.memory_days)
     customer_id = order.customer_id
     reviewed = reviewed_refs(session, customer_id, since) if customer_id is not None else set()
-    asked = asked_keys(session, customer_id, since, besides=touchpoint_id) if customer_id is not None else set()
+    asked = (
+        asked_keys(session, customer_id, since, besides=touchpoint_id) if customer_id is not None else set()
+    )
     out = Selection()
     seen: set[str] = set()
     for line in lines:
@@ -240,7 +243,9 @@ def _mail_context(
         listed = [{"title": p.title, "variant": p.variant, "url": None} for p in shown]
         closes_on = None
     else:
-        order_url = review_form_url(ctx.base_url, ctx.link_secret, order.id, touchpoint.id, ctx.now, valid_for=valid_for)
+        order_url = review_form_url(
+            ctx.base_url, ctx.link_secret, order.id, touchpoint.id, ctx.now, valid_for=valid_for
+        )
         listed = [
             {
                 "title": p.title,
@@ -320,14 +325,20 @@ def compose_reminder(ctx: ComposeContext, policy: ReviewRequestPolicy) -> Compos
     if ctx.touchpoint.id is None or order.id is None:
         raise ValueError("the reminder's touchpoint and order must be stored before it is composed")
     if not policy.mails():
-        return NotMailed("skipped", f"review requests now go to {policy.destination}, which reminds on its own")
+        return NotMailed(
+            "skipped", f"review requests now go to {policy.destination}, which reminds on its own"
+        )
     if policy.staff.is_staff(ctx.recipient.email):
         return NotMailed("skipped", "a staff address (policies/review_requests.yaml staff)")
     request = session.exec(
-        select(Touchpoint).where(Touchpoint.order_id == order.id, Touchpoint.kind == REQUEST, Touchpoint.seq == 1)
+        select(Touchpoint).where(
+            Touchpoint.order_id == order.id, Touchpoint.kind == REQUEST, Touchpoint.seq == 1
+        )
     ).first()
     mailed = (
-        session.execute(sa.select(_OUTBOX.c.status, _OUTBOX.c.sent_at).where(_OUTBOX.c.touchpoint_id == request.id)).first()
+        session.execute(
+            sa.select(_OUTBOX.c.status, _OUTBOX.c.sent_at).where(_OUTBOX.c.touchpoint_id == request.id)
+        ).first()
         if request is not None and request.id is not None
         else None
     )
@@ -337,7 +348,12 @@ def compose_reminder(ctx: ComposeContext, policy: ReviewRequestPolicy) -> Compos
     assert request.id is not None
     if session.execute(sa.select(_REVIEWS.c.id).where(_REVIEWS.c.order_id == order.id).limit(1)).first():
         return NotMailed("skipped", "a review was written for this order")
-    asked = {row.product_key: row for row in session.exec(select(ReviewRequestItem).where(ReviewRequestItem.touchpoint_id == request.id))}
+    asked = {
+        row.product_key: row
+        for row in session.exec(
+            select(ReviewRequestItem).where(ReviewRequestItem.touchpoint_id == request.id)
+        )
+    }
     if not asked:
         return NotMailed("skipped", "the review request asked about no product")
     lines = _lines(session, order)

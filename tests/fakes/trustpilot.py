@@ -123,7 +123,9 @@ class FakeTrustpilot:
 
     # -- answering ------------------------------------------------------------------------------------
 
-    def handle(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any, dict[str, str]] | None:
+    def handle(
+        self, path: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, Any, dict[str, str]] | None:
         entry = Recorded(path, headers, raw)
         with self._lock:
             self.requests.append(entry)
@@ -154,14 +156,21 @@ class FakeTrustpilot:
             self.tokens.add(token)
         return (
             200,
-            {"access_token": token, "expires_in": str(self.token_lifetime_s), "issued_at": "0", "status": "approved"},
+            {
+                "access_token": token,
+                "expires_in": str(self.token_lifetime_s),
+                "issued_at": "0",
+                "status": "approved",
+            },
             {},
         )
 
     def _check(self, body: Any) -> list[str]:
         if not isinstance(body, dict):
             return ["the body is not a JSON object"]
-        problems = [f"{k} missing or empty" for k in _REQUIRED if not isinstance(body.get(k), str) or not body[k]]
+        problems = [
+            f"{k} missing or empty" for k in _REQUIRED if not isinstance(body.get(k), str) or not body[k]
+        ]
         service = body.get("serviceReviewInvitation")
         if not isinstance(service, dict):
             return [*problems, "serviceReviewInvitation missing"]
@@ -177,7 +186,9 @@ class FakeTrustpilot:
             problems.append("consumerEmail is not an address")
         return problems
 
-    def _invite(self, unit: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any, dict[str, str]] | None:
+    def _invite(
+        self, unit: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, Any, dict[str, str]] | None:
         with self._lock:
             planned = self._plans.popleft() if self._plans else None
             authorised = headers.get("authorization", "").removeprefix("Bearer ") in self.tokens

@@ -99,7 +99,9 @@ def ordered(
     payload["customer"] = {**payload["customer"], "id": 8_300_000 + n, "email": address}
     out = receive(rt, payload)
     assert out.status == "done", out.reason
-    shipped = receive(rt, fulfillment_payload(payload, fulfillment_id=6_300_000 + n), topic="fulfillments/create")
+    shipped = receive(
+        rt, fulfillment_payload(payload, fulfillment_id=6_300_000 + n), topic="fulfillments/create"
+    )
     assert shipped.status == "done", shipped.reason
     with Session(rt.engine) as s:
         tp = s.exec(
@@ -116,7 +118,9 @@ def ordered(
         return Request(out.order_id, payload["name"], tp.id, payload)
 
 
-def dispatch(rt: Any, now: datetime = NOW, composers: dict[str, Composer] | None = None, send: bool = True) -> Any:
+def dispatch(
+    rt: Any, now: datetime = NOW, composers: dict[str, Composer] | None = None, send: bool = True
+) -> Any:
     """The real dispatcher with the real composers (or those given), then the outbox sends."""
     result = timed.dispatch_due(rt, now, composers=composers)
     if send:
