@@ -86,6 +86,7 @@ def ordered(
     email: str | None = None,
     extra_lines: list[dict[str, Any]] | None = None,
     keep_survey: bool = False,
+    due_at: datetime | None = None,
     **overrides: Any,
 ) -> Request:
     """Order n (its own customer unless `email` is shared), shipped: its review request is planned.
@@ -107,13 +108,16 @@ def ordered(
         tp = s.exec(
             select(Touchpoint).where(Touchpoint.order_id == out.order_id, Touchpoint.kind == "review_request")
         ).one()
+        s.expunge(tp)
+        if due_at is not None:
+            s.execute(sa.update(Touchpoint).where(Touchpoint.id == tp.id).values(due_at=due_at))
         if not keep_survey:
             s.execute(
                 sa.update(Touchpoint)
                 .where(Touchpoint.order_id == out.order_id, Touchpoint.kind == "delivery_survey")
                 .values(due_at=datetime(2099, 1, 1, tzinfo=UTC))
             )
-            s.commit()
+        s.commit()
         assert tp.id is not None and out.order_id is not None
         return Request(out.order_id, payload["name"], tp.id, payload)
 
