@@ -42,6 +42,7 @@ class Planned:
     delay_s: float = 0.0
     hang_up: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
 
 
 @dataclass
@@ -84,9 +85,10 @@ class FakeTrustpilot:
         delay_s: float = 0.0,
         hang_up: bool = False,
         headers: dict[str, str] | None = None,
+        body: Any = None,
     ) -> None:
         with self._lock:
-            self._plans.append(Planned(status, made, delay_s, hang_up, dict(headers or {})))
+            self._plans.append(Planned(status, made, delay_s, hang_up, dict(headers or {}), body))
 
     def plan_token(self, status: int) -> None:
         """The next token request answers `status` instead of a token."""
@@ -214,7 +216,10 @@ class FakeTrustpilot:
             if planned.hang_up:
                 return None
             if planned.status is not None:
-                return planned.status, {"message": f"planned {planned.status}"}, planned.headers
+                answer = (
+                    planned.body if planned.body is not None else {"message": f"planned {planned.status}"}
+                )
+                return planned.status, answer, planned.headers
         return 202, None, {}
 
 
