@@ -735,3 +735,61 @@ class RecoveryCase(SQLModel, table=True):
     answered_at: datetime | None = ts_field()
     apology_outbox_id: int | None = Field(default=None, foreign_key="outbox.id")
     policy_version: str = Field(max_length=32)
+
+
+# --- Review requests (issue 11, items 1-3: the request, no gating, where the customer writes;
+# migration 0011) -------------------------------------------------------------------------------------
+
+
+class ReviewRequestItem(SQLModel, table=True):
+    """One product a review request asked the customer about (aftercare/reviews/requests.py): the
+    per-product memory (a product asked about within the policy's months is not asked about again)
+    and what the reminder lists. Nothing personal: the customer is reached through the order, so a
+    redaction (which unlinks the order from its customer) leaves nothing here that names anyone."""
+
+    __tablename__ = "review_request_items"
+    __table_args__ = (sa.UniqueConstraint("touchpoint_id", "product_key", name="uq_review_request_item"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    touchpoint_id: int = Field(foreign_key="touchpoints.id", index=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    line_id: int = Field(sa_type=sa.BigInteger)  # the Shopify line item asked about
+    # "product:<Shopify product id>", else "sku:<SKU>", else "title:<title>" (requests.product_key).
+    product_key: str = Field(max_length=300, index=True)
+    asked_at: datetime = ts_field(nullable=False)
+
+
+class InvitationStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"  # claimed; the platform may or may not have it yet
+    SENT = "sent"
+    FAILED = "failed"  # the platform refused it (its reason kept), or it could not be built
+    UNCERTAIN = "uncertain"  # sent, no clear answer: never sent again automatically
+    CANCELLED = "cancelled"  # the order was refunded or cancelled before it went
+
+
+class ReviewInvitation(SQLModel, table=True):
+    """A review invitation a platform mails on the shop's behalf (Trustpilot's Invitation API): one
+    per order, ever (the unique order_id), claimed pending -> sending like the outbox. The consumer's
+    address and name are read from the order when it is sent, never stored here."""
+
+    __tablename__ = "review_invitations"
+    __table_args__ = (
+        sa.UniqueConstraint("order_id", name="uq_review_invitation_order"),
+        sa.UniqueConstraint("touchpoint_id", name="uq_review_invitation_touchpoint"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id")
+    touchpoint_id: int = Field(foreign_key="touchpoints.id")
+    platform: str = Field(max_length=32)
+    locale: str = Field(max_length=16)
+    send_at: datetime = ts_field(nullable=False)  # the moment the contact rules let it go
+    policy_version: str = Field(max_length=32)
+    status: str = Field(default=InvitationStatus.PENDING, max_length=16, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = ts_field(nullable=False, index=True)
+    claimed_at: datetime | None = ts_field()
+    sent_at: datetime | None = ts_field()
+    last_error: str | None = None
+    created_at: datetime = ts_field(nullable=False, default_now=True)

@@ -128,6 +128,22 @@ class Settings(BaseSettings):
     trustpilot_base_url: str = "https://api.trustpilot.com"
     trustpilot_token: SecretStr = SecretStr("")
     trustpilot_business_user_id: str = ""
+    # Review invitations Trustpilot mails for us (policies/review_requests.yaml `destination:
+    # trustpilot`; aftercare/reviews/invitations.py): its Invitation API with an OAuth token from the
+    # API key and secret (client credentials, at trustpilot_base_url), for this business unit.
+    trustpilot_invitations_base_url: str = "https://invitations-api.trustpilot.com"
+    trustpilot_api_key: SecretStr = SecretStr("")
+    trustpilot_api_secret: SecretStr = SecretStr("")
+    trustpilot_business_unit_id: str = ""
+    trustpilot_invitation_timeout_s: float = Field(default=10.0, gt=0)
+    # An invitation Trustpilot certainly did not take (429, 503, could not connect, no token) waits
+    # base * 2^(attempts-1) seconds, capped, then is tried by a later run; after the last attempt it
+    # fails for ops. A timeout or another 5xx is never tried again: Trustpilot may have it.
+    trustpilot_invitation_max_attempts: int = Field(default=8, ge=1, le=50)
+    trustpilot_invitation_backoff_base_s: float = Field(default=60.0, gt=0)
+    trustpilot_invitation_backoff_cap_s: float = Field(default=3600.0, gt=0)
+    # A claim older than this with no outcome is a worker that stopped mid-send: uncertain, for ops.
+    trustpilot_invitation_lease_s: float = Field(default=300.0, gt=0)
     review_publish_timeout_s: float = 10.0
     review_publish_max_attempts: int = Field(default=5, ge=1, le=50)
     review_publish_backoff_base_s: float = 2.0
@@ -182,6 +198,8 @@ class Settings(BaseSettings):
             real.append("AFTERCARE_GOOGLE_BUSINESS_TOKEN")
         if self.trustpilot_token.get_secret_value():
             real.append("AFTERCARE_TRUSTPILOT_TOKEN")
+        if self.trustpilot_api_key.get_secret_value():
+            real.append("AFTERCARE_TRUSTPILOT_API_KEY")
         return real
 
     def _refuse_public_secrets(self) -> None:

@@ -1,7 +1,8 @@
 """Timed contact wired: the contact wing's dispatcher (aftercare/contact/dispatch.py) given what the
 other wings own: the orders wing's measure of a cancelled or fully refunded order, and the composers
-of each kind's words (surveys). Above the wings, like aftercare/processing.py, so no wing imports a
-sibling. Used by the Prefect tasks (tasks/contact.py), the CLI and the benchmark."""
+of each kind's words (surveys, review requests and their reminder). Above the wings, like
+aftercare/processing.py, so no wing imports a sibling. Used by the Prefect tasks (tasks/contact.py),
+the CLI and the benchmark."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from aftercare.contact.rules import OrderFacts
 from aftercare.contact.sender import ShopPolicy, load_shop_policy
 from aftercare.models import Order, OrderLine, Refund
 from aftercare.orders import shipping
+from aftercare.reviews import invitations
+from aftercare.reviews.request_policy import load_review_request_policy
+from aftercare.reviews.requests import request_composers, shipped_composers
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
 from aftercare.surveys.mail import compose_survey, survey_composer
@@ -59,10 +63,29 @@ def order_facts(session: Session, orders: Sequence[Order]) -> dict[int, OrderFac
 
 def default_composers(policies_dir: Path | None = None) -> dict[str, Composer]:
     """The composers of the kinds we send today: the satisfaction survey (aftercare/surveys/mail.py)
-    under `policies_dir`'s surveys.yaml (the shipped one when None)."""
+    under `policies_dir`'s surveys.yaml, and the review request and its reminder
+    (aftercare/reviews/requests.py) under its review_requests.yaml (the shipped ones when None)."""
     if policies_dir is None:
-        return {shipping.DELIVERY_SURVEY: compose_survey}
-    return {shipping.DELIVERY_SURVEY: survey_composer(load_survey_policy(policies_dir))}
+        return {shipping.DELIVERY_SURVEY: compose_survey, **shipped_composers()}
+    return {
+        shipping.DELIVERY_SURVEY: survey_composer(load_survey_policy(policies_dir)),
+        **request_composers(load_review_request_policy(policies_dir)),
+    }
+
+
+def send_review_invitations(
+    rt: Runtime, now: datetime, limit: int = 50, api: invitations.TrustpilotInvitations | None = None
+) -> list[invitations.Sent]:
+    """Send the review invitations due now (Trustpilot's Invitation API; aftercare/reviews/
+    invitations.py). Without Trustpilot's settings nothing is sent and the rows wait (logged)."""
+    settings = rt.settings
+    policy = load_review_request_policy(settings.policies_dir)
+    if api is None:
+        try:
+            api = invitations.TrustpilotInvitations.from_settings(settings)
+        except invitations.TrustpilotNotConfigured:
+            api = None
+    return invitations.send_due(rt.engine, api, policy, settings, now, limit)
 
 
 @cache

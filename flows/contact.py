@@ -1,4 +1,4 @@
-"""Timed contact as its own flow: surveys (and, next, review requests) go out when the contact rules
+"""Timed contact as its own flow: surveys and review requests go out when the contact rules
 let them, in the customer's own time; each run is named for what it sent ("surveys sent at 09:00
 JST: 124"), and leaves one scheduled run at the next send time named for what it will send
 ("surveys at 09:00 JST: 124"), so the Prefect UI shows when the next timed messages go out and how
@@ -23,6 +23,7 @@ from tasks.contact import (
     BatchFailed,
     claim,
     decide,
+    invite,
     kinds_label,
     minute_label,
     publish_summary,
@@ -74,6 +75,10 @@ def send_timed_messages(
         if decided == 0 or decided + len(result.failed) < batch_size:
             break
     at = first_now or datetime.now(UTC)
+    try:  # review requests that go to Trustpilot: its invitations, after the verdicts that queued them
+        failures.extend(invite((now or datetime.now(UTC)).astimezone(UTC)))
+    except Exception as exc:  # the invitations wait for the next run; the mails above stand
+        failures.append(f"review invitations: {type(exc).__name__}: {exc}")
     what = kinds_label(contact, [d.kind for d in total.sent]) if total.sent else "timed messages"
     name = f"{what} sent at {minute_label(at, contact.tz)}: {sent}"
     summary = f"{name}; " + total.summary()

@@ -98,6 +98,19 @@ def send(items: list[outbox.Claimed]) -> int:
     return sent
 
 
+@task(name="send review invitations", cache_policy=NO_CACHE)
+def invite(now: datetime) -> list[str]:
+    """Send the review invitations a platform mails for us (Trustpilot; aftercare/reviews/
+    invitations.py) that are due; returns what ops must look at (failed, uncertain). No Prefect
+    retries: a retry after an uncertain send could invite a customer twice."""
+    results = timed.send_review_invitations(current(), now)
+    return [
+        f"review invitation {r.invitation_id} ({r.order_name}) {r.status}: {r.reason}"
+        for r in results
+        if r.status in ("failed", "uncertain")
+    ]
+
+
 def claim(outbox_ids: list[int]) -> list[outbox.Claimed]:
     """Claim exactly the rows this run enqueued (one another worker claimed first is left to it)."""
     if not outbox_ids:

@@ -7,6 +7,12 @@ builds a `ComposeContext` (the order, the recipient, the unsubscribe URL for the
 shop as the law asks a feedback mail to show it, the time) and gets back `Composed`; it never
 renders a kind it has no composer for (that touchpoint stays planned, and `aftercare touchpoints
 due` says so).
+
+A composer may instead answer `NotMailed`: the rules let the message go, but the wing that owns its
+words finds nothing to send (`skipped`: e.g. every product of the order was reviewed lately) or has
+handed it to another sender (`done`: e.g. a review platform mails its own invitation). The
+dispatcher then settles the touchpoint with that reason and puts nothing in the outbox; a `done`
+one counts in the customer's frequency caps like a mail of ours.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlmodel import Session
 
@@ -60,7 +66,15 @@ class Composed:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Composer = Callable[[ComposeContext], Composed]
+@dataclass(frozen=True)
+class NotMailed:
+    """A composer's answer when no mail of ours goes for this touchpoint (see the module docstring)."""
+
+    status: Literal["skipped", "done"]
+    reason: str
+
+
+Composer = Callable[[ComposeContext], Composed | NotMailed]
 # Kind -> composer. Wired above the wings (the router, like aftercare/processing.py), so contact never
 # imports surveys: e.g. {"delivery_survey": aftercare.surveys.mail.compose_survey}.
 Composers = Mapping[str, Composer]

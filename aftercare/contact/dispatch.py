@@ -12,6 +12,8 @@ rules right before it is sent, and sent, held or skipped accordingly, with the v
   enqueued in the outbox with the RFC 8058 headers, the verdict stored (the touchpoint stays planned
   until the outbox has sent it, as order confirmations do). HOLD: the verdict and `held_until`.
   SKIP: status skipped, the verdict's line as the reason. Kinds without a composer are never touched.
+  A composer that answers `NotMailed` (compose.py) settles its touchpoint without a mail: skipped
+  with its reason, or done (sent for us by another sender, counted in the caps from then on).
 - `preview(...)`: what the rules would say at each touchpoint's next moment, without writing
   (`aftercare touchpoints due`).
 
@@ -41,7 +43,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.contact import links, rules
-from aftercare.contact.compose import ComposeContext, Composed, Composers, Recipient
+from aftercare.contact.compose import ComposeContext, Composed, Composers, NotMailed, Recipient
 from aftercare.contact.consent import Consent
 from aftercare.contact.policy import ContactPolicy, MessageClass
 from aftercare.contact.rules import (
@@ -231,6 +233,21 @@ def _load_facts(
             )
         )
         for customer_id, kind, at in rows:
+            history[customer_id].append(SentMessage(kind=kind, sent_at=at))
+        # Sent for us by another sender (a composer's NotMailed "done", e.g. a review platform's
+        # invitation): no outbox row, the touchpoint done at the moment it was decided.
+        elsewhere = session.execute(
+            sa.select(_ORDERS.c.customer_id, _TP.c.kind, _TP.c.decided_at)
+            .select_from(_TP.join(_ORDERS, _ORDERS.c.id == _TP.c.order_id))
+            .where(
+                _ORDERS.c.customer_id.in_(customer_ids),
+                _TP.c.kind.in_(counted_kinds),
+                _TP.c.status == TouchpointStatus.DONE,
+                _TP.c.decided_at.is_not(None),
+                ~sa.exists().where(_OUTBOX.c.touchpoint_id == _TP.c.id),
+            )
+        )
+        for customer_id, kind, at in elsewhere:
             history[customer_id].append(SentMessage(kind=kind, sent_at=at))
     consent: dict[int, Consent | None] = {}
     suppressions: dict[int, list[rules.Suppression]] = defaultdict(list)
@@ -603,6 +620,13 @@ def _decide_one(
         return Decided(
             **base, outcome="failed", line=f"could not be written: {type(exc).__name__}: {exc}"[:500]
         )
+    if isinstance(outbox_id, NotMailed):
+        if outbox_id.status == "skipped":
+            why = f"not sent: {outbox_id.reason}"
+            writes.decided(tp, now, status=TouchpointStatus.SKIPPED, reason=why, verdict=verdict)
+            return Decided(**base, outcome="skip", line=why, zone=zone)
+        writes.decided(tp, now, status=TouchpointStatus.DONE, reason=outbox_id.reason, verdict=verdict)
+        return Decided(**base, outcome="send", line=outbox_id.reason, send_at=now, zone=zone)
     writes.created.append({"outbox_id": outbox_id, "new_created_at": now})
     writes.decided(tp, now, verdict=verdict)
     return Decided(**base, outcome="send", line=line, send_at=now, zone=zone, outbox_id=outbox_id)
@@ -619,8 +643,9 @@ def _send(
     settings: Settings,
     renderer: Renderer,
     shop: ShopPolicy,
-) -> int:
-    """Compose and enqueue one message (with the RFC 8058 headers); return its outbox id."""
+) -> int | NotMailed:
+    """Compose and enqueue one message (with the RFC 8058 headers); return its outbox id, or the
+    composer's `NotMailed` (nothing enqueued)."""
     assert tp.id is not None and order.email is not None
     list_name = policy.list_of(tp.kind)
     assert list_name is not None
@@ -656,7 +681,9 @@ def _send(
         base_url=settings.customer_base_url.rstrip("/"),
         link_secret=secret,
     )
-    composed: Composed = composers[tp.kind](ctx)
+    composed: Composed | NotMailed = composers[tp.kind](ctx)
+    if isinstance(composed, NotMailed):
+        return composed
     headers = {**composed.headers, **links.list_unsubscribe_headers(url, shop.contact_email)}
     enqueued = outbox.enqueue(
         session,

@@ -82,11 +82,32 @@ class ShopifyLineItem(_Lenient):
     price: Money
     requires_shipping: bool = True
     properties: list[ShopifyProperty] = Field(default_factory=list)
+    # Which product a line is, and whether anyone reviews it (aftercare/reviews/requests.py). Never a
+    # reason to refuse an order: a value of another shape is kept as None (False for gift_card).
+    product_id: int | None = None
+    variant_id: int | None = None
+    gift_card: bool = False
+    product_type: str | None = None
 
     @field_validator("properties", mode="before")
     @classmethod
     def _none_is_empty(cls, v: Any) -> Any:
         return v or []
+
+    @field_validator("product_id", "variant_id", mode="before")
+    @classmethod
+    def _id_or_none(cls, v: Any) -> int | None:
+        return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v < _BIGINT else None
+
+    @field_validator("gift_card", mode="before")
+    @classmethod
+    def _only_true(cls, v: Any) -> bool:
+        return v is True
+
+    @field_validator("product_type", mode="before")
+    @classmethod
+    def _text_or_none(cls, v: Any) -> str | None:
+        return v[:255] if isinstance(v, str) and v.strip() else None
 
 
 class ShopifyShippingLine(_Lenient):

@@ -45,6 +45,8 @@ from aftercare.models import (
 from aftercare.orders import shipping
 from aftercare.reviews import intake
 from aftercare.reviews.form_links import ReviewFormLink
+from aftercare.reviews.request_policy import Exclusions
+from aftercare.reviews.requests import not_reviewable, raw_items
 from aftercare.spine import addresses
 from aftercare.spine.inbox import Delivery, insert_delivery
 
@@ -85,26 +87,33 @@ def product_ref_of(line: OrderLine) -> str:
     return ((line.sku or "").strip() or line.title.strip())[:255]
 
 
-def reviewable_lines(session: Session, order: Order) -> list[OrderLine]:
+def reviewable_lines(session: Session, order: Order, exclude: Exclusions | None = None) -> list[OrderLine]:
     """The order's lines a customer may review: every line with units, except lines refunded in
-    full.
-
-    TODO(issue 11, item 1): the review-request policy (policies/review_requests.yaml, owned by the
-    review-request work) excludes products that are not reviewable (gift wrap, shipping protection,
-    digital add-ons); filter by it here, the one place the form and the request mail ask."""
+    full and, given the review-request policy's `exclude`, lines that are no product to review
+    (gift wrap, shipping protection, digital add-ons: `requests.not_reviewable`, the measure the
+    request mail asks by)."""
     lines = list(
         session.exec(
             select(OrderLine).where(OrderLine.order_id == order.id).order_by(OrderLine.position, OrderLine.id)  # type: ignore[arg-type]
         )
     )
     refunded = shipping.fully_refunded_lines(session, order, lines)
-    return [line for line in lines if line.quantity > 0 and line.shopify_id not in refunded]
+    items = raw_items(order) if exclude is not None else {}
+    return [
+        line
+        for line in lines
+        if line.quantity > 0
+        and line.shopify_id not in refunded
+        and (exclude is None or not_reviewable(line, items.get(line.shopify_id, {}), exclude) is None)
+    ]
 
 
-def reviewable_products(session: Session, order: Order) -> list[ReviewableProduct]:
+def reviewable_products(
+    session: Session, order: Order, exclude: Exclusions | None = None
+) -> list[ReviewableProduct]:
     """The products of `reviewable_lines`, each once (two lines of one SKU are one product)."""
     seen: dict[str, ReviewableProduct] = {}
-    for line in reviewable_lines(session, order):
+    for line in reviewable_lines(session, order, exclude):
         ref = product_ref_of(line)
         if ref and ref not in seen:
             seen[ref] = ReviewableProduct(ref, line.title, line.variant_title)
@@ -249,7 +258,7 @@ def revisions_of(engine: Engine, order_id: int, product_ref: str) -> list[Review
         )
 
 
-def form_state(engine: Engine, link: ReviewFormLink) -> FormState | None:
+def form_state(engine: Engine, link: ReviewFormLink, exclude: Exclusions | None = None) -> FormState | None:
     """The form a verified link names; None when it is not one of ours (the touchpoint is not a
     review request of that order: another order's, or rows a reset database no longer has)."""
     with Session(engine, expire_on_commit=False) as session:
@@ -264,7 +273,7 @@ def form_state(engine: Engine, link: ReviewFormLink) -> FormState | None:
             link=link,
             order=order,
             touchpoint=touchpoint,
-            products=reviewable_products(session, order),
+            products=reviewable_products(session, order, exclude),
             latest=latest_revisions(session, link.order_id),
             default_name=default_display_name(customer, order),
             closed_reason=_closed_reason(session, touchpoint),

@@ -109,7 +109,7 @@ def public_page_url(settings: Settings, review: Review) -> str:
 # --- HTTP adapters ------------------------------------------------------------------------------------
 
 
-def _reason(response: httpx.Response) -> str:
+def reason_of(response: httpx.Response) -> str:
     """The platform's own words: Google's `error.message`, Trustpilot's `message`/`details`, or the
     start of the body."""
     try:
@@ -127,7 +127,7 @@ def _reason(response: httpx.Response) -> str:
     return response.text.strip()[:500] or response.reason_phrase
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_of(response: httpx.Response) -> float | None:
     try:
         return max(0.0, float(response.headers.get("retry-after", "")))
     except ValueError:
@@ -157,9 +157,9 @@ def _send(
             return None
     if status >= 500 or status in (408, 429):
         raise TransientPublishError(
-            f"{platform} answered {status}: {_reason(response)}", status, _retry_after(response)
+            f"{platform} answered {status}: {reason_of(response)}", status, retry_after_of(response)
         )
-    raise PermanentPublishError(f"{platform} refused the reply ({status}): {_reason(response)}", status)
+    raise PermanentPublishError(f"{platform} refused the reply ({status}): {reason_of(response)}", status)
 
 
 class GoogleBusinessProfile:
@@ -211,10 +211,10 @@ class GoogleBusinessProfile:
         except httpx.TransportError as exc:
             raise TransientPublishError(f"could not read the review back from google: {exc!r}") from exc
         if response.status_code >= 500 or response.status_code in (408, 429):
-            raise TransientPublishError(f"google answered {response.status_code}: {_reason(response)}")
+            raise TransientPublishError(f"google answered {response.status_code}: {reason_of(response)}")
         if response.status_code != 200:
             raise CannotTell(
-                f"google would not show the review ({response.status_code}): {_reason(response)}"
+                f"google would not show the review ({response.status_code}): {reason_of(response)}"
             )
         try:
             found = response.json().get("reviewReply")

@@ -40,6 +40,7 @@ from aftercare.models import utcnow
 from aftercare.rendering import Renderer
 from aftercare.reviews import own_form, showcase
 from aftercare.reviews.form_links import verify_review_form_token
+from aftercare.reviews.requests import policy_for as request_policy_for
 from aftercare.settings import Settings
 from aftercare.web.bodies import BodyTooLarge, read_limited
 from aftercare.web.surveys import browser_locale, page_locale
@@ -108,7 +109,7 @@ def router(
             return notice("expired", 410, browser_locale(request))
         except signing.TokenInvalid:
             return notice("invalid", 404, browser_locale(request))
-        state = own_form.form_state(engine, link)
+        state = own_form.form_state(engine, link, request_policy_for(settings.policies_dir).exclude)
         if state is None:
             return notice("invalid", 404, browser_locale(request))
         if not state.open:

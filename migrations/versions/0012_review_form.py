@@ -2,7 +2,7 @@
 review for abuse or personal data only (review_moderations), and the revision a review row holds
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-01 10:00:00.000000
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import aftercare.models
 
 revision: str = "0012"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

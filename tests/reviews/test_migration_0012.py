@@ -14,7 +14,7 @@ def test_migration_0012_goes_up_down_and_up_with_reviews_kept(own_database):
 
     settings = own_database
     cfg = alembic_config(settings)
-    command.upgrade(cfg, "0010")
+    command.upgrade(cfg, "0011")
     engine = make_engine(settings)
     try:
         with engine.begin() as conn:
@@ -40,7 +40,7 @@ def test_migration_0012_goes_up_down_and_up_with_reviews_kept(own_database):
                     )
                 )
             conn.rollback()
-        command.downgrade(cfg, "0010")
+        command.downgrade(cfg, "0011")
         with engine.connect() as conn:
             inspector = sa.inspect(conn)
             assert "revision" not in {c["name"] for c in inspector.get_columns("reviews")}

@@ -69,8 +69,11 @@ def test_an_order_goes_through_when_no_run_can_start_and_prefect_is_never_called
             with Session(engine) as s:
                 mails = s.exec(select(OutboxMessage).where(OutboxMessage.order_name == "#7701")).all()
                 handed = s.exec(select(WarehouseHandoff).where(WarehouseHandoff.order_name == "#7701")).all()
-            return bool(mails) and all(m.status == OutboxStatus.SENT for m in mails) and bool(handed) and all(
-                h.status == "sent" for h in handed
+            return (
+                bool(mails)
+                and all(m.status == OutboxStatus.SENT for m in mails)
+                and bool(handed)
+                and all(h.status == "sent" for h in handed)
             )
 
         assert wait_for(confirmed_and_handed), "the web app did not drain the order"

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from aftercare import signing
 from aftercare.models import Review, ReviewStatus, Touchpoint, TouchpointStatus, utcnow
 from aftercare.processing import process_row
-from aftercare.reviews import own_form
+from aftercare.reviews import form_links, own_form
 from aftercare.reviews.form_links import REVIEW_FORM_OPEN_DAYS, review_form_token, verify_review_form_token
 from aftercare.reviews.intake import parse_review, reviews_policy
 from aftercare.runtime import Runtime
@@ -499,5 +499,6 @@ def test_bodies_that_are_not_our_form_are_refused(rt: Runtime, client):
 
 def test_the_token_carries_nothing_personal(rt: Runtime):
     r = reviewable(rt)
-    claims = signing.verify(rt.settings.link_secret.get_secret_value(), "review_form", r.token, now=utcnow())
+    secret = rt.settings.link_secret.get_secret_value()
+    claims = signing.verify(secret, form_links.PURPOSE, r.token, now=utcnow())
     assert claims == {"o": r.order_id, "t": r.touchpoint_id}
