@@ -88,6 +88,10 @@ class Config:
     # None runs Prefect's default (300 s), what a shop gets; a number runs the stack with that
     # lease instead, to see past the stall a SIGKILLed flow run causes (reported in the table).
     prefect_lease_s: float | None = None
+    # SQLite only: the process-inbox safety sweep of the embedded stack (Embedded). The full run uses
+    # what `aftercare up` runs (300 s; work is woken on demand, and the web app drains when no run
+    # can start); the short run keeps a run always queued (see Embedded).
+    sweep_seconds: int = 300
 
     @classmethod
     def short(cls, **kw: Any) -> Config:
@@ -102,6 +106,7 @@ class Config:
             "drain_seconds": 120.0,
             "review_settle_seconds": 240.0,
             "fuzz_examples": 200,
+            "sweep_seconds": 5,
         }
         base.update(kw)
         return cls(**base)
@@ -275,11 +280,13 @@ def harness_env(
 class Embedded(Topology):
     """SQLite: what `aftercare up` runs (aftercare.stack.Stack)."""
 
-    # What `aftercare up` runs, but with a 5 s sweep instead of the 5-minute safety sweep: the suite
-    # kills the runner every few seconds, faster than on-demand waking (patrol every 5 s, a dead run
-    # crashed after 20 s) starts a new run, so without a run always queued nothing would be mid-claim
-    # when the next kill lands (tried: 0 kills mid-claim in the short suite).
-    def __init__(self, workdir: Path, env: dict[str, str], sweep_seconds: int = 5):
+    # What `aftercare up` runs. The short suite runs it with a 5 s sweep instead of the 5-minute
+    # safety sweep: it kills the runner every few seconds, faster than on-demand waking (patrol every
+    # 5 s, a dead run crashed after 20 s) starts a new run, so without a run always queued nothing
+    # would be mid-claim when the next kill lands (tried: 0 kills mid-claim in the short suite). The
+    # full suite runs the real 300 s: the 5 s sweep's queue of scheduled and slot-waiting runs was
+    # most of the load under which the embedded Prefect server (SQLite) locked up.
+    def __init__(self, workdir: Path, env: dict[str, str], sweep_seconds: int = 300):
         self.cfg = StackConfig(
             var_dir=workdir,
             prefect_port=free_port(),
@@ -607,7 +614,9 @@ def run(cfg: Config) -> Report:
                 url = f"sqlite:///{workdir / 'aftercare.db'}"
                 migrate(Settings(database_url=url))
                 topo = Embedded(
-                    workdir, harness_env(url, sendgrid.url, three_pl, secrets, cfg.prefect_lease_s)
+                    workdir,
+                    harness_env(url, sendgrid.url, three_pl, secrets, cfg.prefect_lease_s),
+                    sweep_seconds=cfg.sweep_seconds,
                 )
             else:
                 topo = PoolTopology(

@@ -7,8 +7,10 @@ per-customer tokens and order name masked), and its reminder the same. Only what
 legitimately, and never by sentiment, is held fixed per example family: whether an earlier review
 of one of the order's products exists, and how old it is (the per-product memory).
 
-Recovery cases (issue 11, item 5) are built on another branch: once merged, their states join the
-`World` below; nothing in the request's code reads them (the import check at the end)."""
+A survey answer is stored the way the survey page stores it, through the recovery wing's hook, so a
+low score or a negative comment opens a real recovery case (its private apology row, its ops mail);
+the case is then left open, escalated or answered (`case_state`). Nothing in the request's code reads
+them (the import check at the end)."""
 
 from __future__ import annotations
 
@@ -28,12 +30,14 @@ from aftercare.models import (
     Order,
     OutboxMessage,
     OutboxStatus,
+    RecoveryStatus,
     Review,
     ReviewStatus,
     SurveyResponse,
     Touchpoint,
     TouchpointStatus,
 )
+from aftercare.recovery.cases import Recovery
 from aftercare.rendering import RenderedEmail
 from aftercare.settings import PROJECT_ROOT
 from aftercare.spine import outbox
@@ -64,6 +68,7 @@ class World:
     triage_score: float
     triage_reasons: tuple[str, ...]
     review_status: str
+    case_state: str = "open"  # a recovery case opened by the answer: open, escalated or answered
 
     @property
     def family(self) -> tuple[Any, ...]:
@@ -97,6 +102,7 @@ worlds = st.builds(
         st.sampled_from(["rating 1 <= 2", "text score -0.8", "phrase: 壊れて"]), max_size=2
     ).map(tuple),
     review_status=st.sampled_from([s.value for s in ReviewStatus]),
+    case_state=st.sampled_from(["open", "escalated", "answered"]),
 )
 
 _ORDER_NAME = re.compile(r"#8\d{3}\b")
@@ -144,17 +150,28 @@ def set_the_world(rt: Any, order_id: int, world: World) -> None:
         s.add(survey)
         if world.survey is not None:
             scale, score, comment, reasons = world.survey
-            s.add(
-                SurveyResponse(
-                    touchpoint_id=survey.id,  # type: ignore[arg-type]
-                    order_id=order_id,
-                    scale=scale,
-                    score=score,
-                    comment=comment,
-                    reasons=list(reasons),
-                    answered_at=NOW - timedelta(days=4),
-                )
+            answered = NOW - timedelta(days=4)
+            response = SurveyResponse(
+                touchpoint_id=survey.id,  # type: ignore[arg-type]
+                order_id=order_id,
+                scale=scale,
+                score=score,
+                comment=comment,
+                reasons=list(reasons),
+                answered_at=answered,
             )
+            s.add(response)
+            s.flush()
+            # As the survey page stores an answer: the recovery wing's hook, in the same transaction.
+            recovery = Recovery.load(rt.settings)
+            assessment = recovery.assess(score=score, scale=scale, comment=comment, locale=order.locale)
+            case = recovery.note_answer(s, response, assessment, now=answered)
+            if case is not None:
+                if world.case_state == "escalated":
+                    case.escalated_at = answered + timedelta(days=2)
+                elif world.case_state == "answered":
+                    case.status, case.answered_at = RecoveryStatus.ANSWERED, answered + timedelta(hours=3)
+                s.add(case)
         if world.earlier_product is not None:
             s.add(
                 Review(
