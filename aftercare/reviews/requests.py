@@ -43,6 +43,7 @@ from sqlmodel import Session, select
 
 from aftercare.contact.compose import ComposeContext, Composed, Composer, NotMailed
 from aftercare.models import (
+    PRIVATE_REPLY_PLATFORM,
     Order,
     OrderLine,
     OutboxMessage,
@@ -154,6 +155,7 @@ def reviewed_refs(session: Session, customer_id: int, since: datetime) -> set[st
     rows = session.execute(
         sa.select(_REVIEWS.c.product_ref).where(
             _REVIEWS.c.customer_id == customer_id,
+            _REVIEWS.c.platform != PRIVATE_REPLY_PLATFORM,  # a recovery case's apology is no review
             _REVIEWS.c.source_created_at > since,
             _REVIEWS.c.product_ref.is_not(None),
         )
@@ -353,7 +355,12 @@ def compose_reminder(ctx: ComposeContext, policy: ReviewRequestPolicy) -> Compos
         state = mailed.status if mailed is not None else "never written"
         return NotMailed("skipped", f"the review request was not delivered (its mail: {state})")
     assert request.id is not None
-    if session.execute(sa.select(_REVIEWS.c.id).where(_REVIEWS.c.order_id == order.id).limit(1)).first():
+    # A review of the order, on any platform; not the private row of a recovery case's apology (a
+    # low survey score must not stop the reminder: no gating, tests/reviews/test_no_gating.py).
+    written = sa.select(_REVIEWS.c.id).where(
+        _REVIEWS.c.order_id == order.id, _REVIEWS.c.platform != PRIVATE_REPLY_PLATFORM
+    )
+    if session.execute(written.limit(1)).first():
         return NotMailed("skipped", "a review was written for this order")
     asked = {
         row.product_key: row
