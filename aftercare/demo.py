@@ -246,7 +246,9 @@ def review_request_case(now: datetime, policy: ContactPolicy, review_days: int) 
         zone=zone,
         order=order,
         fulfillment=samples.fulfillment(order, at=shipped),
-        delivered=samples.fulfillment(order, at=shipped, shipment_status="delivered", updated_at=delivered_at),
+        delivered=samples.fulfillment(
+            order, at=shipped, shipment_status="delivered", updated_at=delivered_at
+        ),
         expect="sending at",
     )
 

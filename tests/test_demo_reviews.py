@@ -183,7 +183,12 @@ def test_the_demo_reads_forms_as_a_browser_without_script_sends_them():
     )
     (form,) = demo.page_forms(html)
     assert form.action == "/r/T"
-    assert form.fields == [("product", "SKU-1"), ("display_name", "Mei & K."), ("x", "a"), ("body", "kept <b>")]
+    assert form.fields == [
+        ("product", "SKU-1"),
+        ("display_name", "Mei & K."),
+        ("x", "a"),
+        ("body", "kept <b>"),
+    ]
     sent = parse_qs(demo.review_submission(form).decode())
     assert sent["rating"] == ["2"] and sent["product"] == ["SKU-1"] and sent["x"] == ["a"]
     assert sent["body"] == [demo.REVIEW_BODY] and "y" not in sent and "off" not in sent
