@@ -364,16 +364,18 @@ def _demo_review_request(
     from aftercare.policies import load_policies
 
     policy = load_contact_policy(settings.policies_dir / "contact.yaml")
-    days = load_policies(settings.policies_dir).delivery.review_request_days_after_delivery
+    delivery = load_policies(settings.policies_dir).delivery
+    days, survey_days = delivery.review_request_days_after_delivery, delivery.survey_days_after_delivery
     shop = args.shop or settings.shopify_shops[0]
     case = demo.review_request_case(now, policy, days)
     base = url.rsplit("/webhooks/", 1)[0]
     _print(
-        f"\nreviews: a customer whose parcel arrived {days} days ago, so the review request is due now "
-        f"({case.place}, daytime there).\n  They left the surveys list (one-click): their survey, due "
-        "since days, is not sent, so the request is their one feedback mail today. (Policy: one "
-        "feedback mail per 24 h;\n  with both due, one would wait a day, and a fresh database has no "
-        "history of a survey sent days ago.)"
+        f"\nreviews: a customer whose parcel arrived {days} days ago: the review request is due now "
+        f"({case.place}, daytime there).\n"
+        f"  They left the surveys list (one-click): their survey, due {days - survey_days} days ago, is "
+        "not sent, so the request is their one feedback mail today.\n"
+        "  (Policy: one feedback mail per 24 h. With both due, one would wait a day; a fresh database "
+        "has no survey sent days ago.)"
     )
     target, body, headers = demo.unsubscribe_request(
         case, secret=settings.link_secret.get_secret_value(), shop_domain=shop, base_url=base, now=now
@@ -474,10 +476,11 @@ def _demo_reviews_and_recovery(settings: Settings, asked: Any, surveys: list[Any
             return 1
         form = forms[0]
         product = form.value("product")
-        status, _html = post_json(urljoin(link, form.action), demo.review_submission(form), form_type)
+        lang = demo.language_of(asked.order)
+        status, _html = post_json(urljoin(link, form.action), demo.review_submission(form, lang), form_type)
         _print(
             f"  the customer opens it and sends {demo.REVIEW_RATING} stars for {product} "
-            f'("{demo.REVIEW_TITLE}") -> HTTP {status}'
+            f'("{demo.REVIEW_TEXT[lang][0]}") -> HTTP {status}'
         )
         if status != 200:
             return 1
@@ -496,7 +499,8 @@ def _demo_reviews_and_recovery(settings: Settings, asked: Any, surveys: list[Any
             return 1
         _print(
             f"  {name} {triaged.rating}-star review on our form -> stored, triaged "
-            f"{'negative' if triaged.triage_negative else 'positive'} ({triaged.triage_score:.2f})"
+            f"{'negative' if triaged.triage_negative else 'not negative'} "
+            f"({'; '.join(triaged.triage_reasons[:3])})"
         )
 
         def decided_on() -> Any:
@@ -540,12 +544,13 @@ def _demo_reviews_and_recovery(settings: Settings, asked: Any, surveys: list[Any
         if not forms:
             _print(f"  the survey page answered HTTP {status} with no form")
             return 1
+        lang = demo.language_of(due_now.order)
         status, _html = post_json(
-            urljoin(score_link, forms[0].action), demo.survey_submission(forms[0]), form_type
+            urljoin(score_link, forms[0].action), demo.survey_submission(forms[0], lang), form_type
         )
         _print(
             f"  {due_now.order['name']} answers {demo.SURVEY_SCORE} from the survey mail "
-            f'({", ".join(demo.SURVEY_REASONS)}; "{demo.SURVEY_COMMENT}") -> HTTP {status}'
+            f'({", ".join(demo.SURVEY_REASONS)}; "{demo.SURVEY_COMMENT[lang]}") -> HTTP {status}'
         )
 
         def opened() -> Any:

@@ -218,14 +218,29 @@ def unsubscribe_request(
 
 
 REVIEW_RATING = 2
-REVIEW_TITLE = "Arrived late and the box was dented"
-REVIEW_BODY = (
-    "The parcel came two days later than the shipping mail said, and the box was dented. "
-    "The product itself works, but I expected better for a gift."
-)
 SURVEY_SCORE = 1
 SURVEY_REASONS = ("delivery", "packaging")
-SURVEY_COMMENT = "The parcel was late and the box was crushed."
+# What the demo customers write, in the order's language (the review is triaged in it).
+REVIEW_TEXT: dict[str, tuple[str, str]] = {
+    "ja": (
+        "届くのが遅く、箱がつぶれていました",
+        "発送のお知らせより二日遅れて届き、箱もつぶれていました。商品は使えますが、贈り物用だったので残念です。",
+    ),
+    "en": (
+        "Arrived late and the box was dented",
+        "The parcel came two days later than the shipping mail said, and the box was dented. "
+        "The product itself works, but I expected better for a gift.",
+    ),
+}
+SURVEY_COMMENT: dict[str, str] = {
+    "ja": "届くのが遅く、箱がつぶれていて残念でした。",
+    "en": "The parcel was late and the box was crushed.",
+}
+
+
+def language_of(order: dict[str, Any]) -> str:
+    """The demo's language for an order: Japanese for a `ja` customer, else English."""
+    return "ja" if str(order.get("customer_locale") or "").lower().startswith("ja") else "en"
 
 
 def review_request_case(now: datetime, policy: ContactPolicy, review_days: int) -> SurveyCase:
@@ -331,17 +346,18 @@ def page_forms(html: str) -> list[PageForm]:
     return parser.forms
 
 
-def review_submission(form: PageForm) -> bytes:
-    """The demo customer's 2-star review of the product this form is for, sent as the page's button
-    sends it (the product and the display name the page filled in are kept)."""
+def review_submission(form: PageForm, lang: str = "en") -> bytes:
+    """The demo customer's 2-star review of the product this form is for, in `lang`, sent as the
+    page's button sends it (the product and the display name the page filled in are kept)."""
     if str(REVIEW_RATING) not in form.radios.get("rating", []):
         raise ValueError(f"the review form offers no {REVIEW_RATING}-star rating")
-    return form.filled(rating=str(REVIEW_RATING), title=REVIEW_TITLE, body=REVIEW_BODY)
+    title, body = REVIEW_TEXT[lang]
+    return form.filled(rating=str(REVIEW_RATING), title=title, body=body)
 
 
-def survey_submission(form: PageForm) -> bytes:
+def survey_submission(form: PageForm, lang: str = "en") -> bytes:
     """The survey page's answer as its no-script button sends it, the score the link chose (checked
-    on the page) kept, with two reasons ticked and a comment."""
+    on the page) kept, with two reasons ticked and a comment in `lang`."""
     if form.value("score") != str(SURVEY_SCORE):
         raise ValueError(f"the survey page did not choose the score {SURVEY_SCORE} the link asked for")
-    return form.filled(reason=list(SURVEY_REASONS), comment=SURVEY_COMMENT)
+    return form.filled(reason=list(SURVEY_REASONS), comment=SURVEY_COMMENT[lang])

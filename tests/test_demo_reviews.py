@@ -120,15 +120,17 @@ def test_review_request_form_review_and_recovery_case(rt, settings, hour_utc):
         product = form.value("product")
         assert product and form.value("display_name")
         assert form.radios["rating"] == ["1", "2", "3", "4", "5"]
+        lang = demo.language_of(asked.order)
+        title, text = demo.REVIEW_TEXT[lang]
         sent = client.post(
             form.action,
-            content=demo.review_submission(form),
+            content=demo.review_submission(form, lang),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
             follow_redirects=False,
         )
         assert sent.status_code == 303, sent.text
         thanks = client.get(sent.headers["location"])
-        assert thanks.status_code == 200 and demo.REVIEW_TITLE in thanks.text
+        assert thanks.status_code == 200 and title in thanks.text
         while drain(rt):
             pass
         with Session(rt.engine) as session:
@@ -137,7 +139,7 @@ def test_review_request_form_review_and_recovery_case(rt, settings, hour_utc):
             ).one()
             order = session.exec(select(Order).where(Order.name == "#2104")).one()
         assert review.order_id == order.id and review.rating == demo.REVIEW_RATING
-        assert review.title == demo.REVIEW_TITLE and review.body == demo.REVIEW_BODY
+        assert review.title == title and review.body == text
         assert review.triage_negative is True
         assert review.status == "new" and review.flow_run_id is None
         policy_reviews = intake.reviews_policy(settings.policies_dir)
@@ -154,7 +156,7 @@ def test_review_request_form_review_and_recovery_case(rt, settings, hour_utc):
         assert answer_form.value("score") == str(demo.SURVEY_SCORE)
         answered = client.post(
             answer_form.action,
-            content=demo.survey_submission(answer_form),
+            content=demo.survey_submission(answer_form, demo.language_of(surveys[0].order)),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
             follow_redirects=False,
         )
@@ -191,7 +193,7 @@ def test_the_demo_reads_forms_as_a_browser_without_script_sends_them():
     ]
     sent = parse_qs(demo.review_submission(form).decode())
     assert sent["rating"] == ["2"] and sent["product"] == ["SKU-1"] and sent["x"] == ["a"]
-    assert sent["body"] == [demo.REVIEW_BODY] and "y" not in sent and "off" not in sent
+    assert sent["body"] == [demo.REVIEW_TEXT["en"][1]] and "y" not in sent and "off" not in sent
     with pytest.raises(ValueError):
         demo.review_submission(demo.PageForm(action="/r/T", radios={"rating": ["1"]}))
     with pytest.raises(ValueError):  # a page that did not choose the score the link asked for
