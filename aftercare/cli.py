@@ -229,11 +229,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if not args.orders_only and args.survey_wait > 0:
         surveys, failed = _demo_surveys(args, settings, url, secret, now)
         failures += failed
+    asked: Any = None
+    if not args.orders_only and args.reviews_wait > 0:
+        asked, failed = _demo_review_request(args, settings, url, secret, now)
+        failures += failed
     _print(
         f"\nruns: {settings.prefect_ui_url}/runs   mails: {settings.outbox_dir}   list: aftercare outbox list"
     )
     if surveys:
         failures += _await_surveys(settings, surveys, args.survey_wait)
+    if asked is not None:
+        failures += _demo_reviews_and_recovery(settings, asked, surveys, args.reviews_wait)
     if not args.orders_only:
         _print(
             f"the review's approvers: their mails in {settings.outbox_dir / 'staff'} link to "
@@ -335,6 +341,241 @@ def _await_surveys(settings: Settings, cases: list[Any], wait_s: float) -> int:
     bad = [c.label for c in cases if c.label in shown and not shown[c.label].startswith(c.expect)]
     _print("  see each one with: aftercare timeline '#2101' (and #2102, #2103)")
     return 1 if missing or bad else 0
+
+
+def get_page(url: str) -> tuple[int, str]:
+    """GET a page of the user's own web app, as a customer's browser does; (status, body text)."""
+    request = urllib.request.Request(url, headers={"Accept": "text/html"}, method="GET")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _demo_review_request(
+    args: argparse.Namespace, settings: Settings, url: str, secret: str, now: datetime
+) -> tuple[Any, int]:
+    """The customer whose review request is due now (aftercare/demo.py): first their one-click
+    unsubscribe from surveys, then their order, shipment and delivery a week ago. Returns the case
+    and how many posts failed."""
+    from aftercare import demo
+    from aftercare.contact.policy import load_contact_policy
+    from aftercare.policies import load_policies
+
+    policy = load_contact_policy(settings.policies_dir / "contact.yaml")
+    delivery = load_policies(settings.policies_dir).delivery
+    days, survey_days = delivery.review_request_days_after_delivery, delivery.survey_days_after_delivery
+    shop = args.shop or settings.shopify_shops[0]
+    case = demo.review_request_case(now, policy, days)
+    base = url.rsplit("/webhooks/", 1)[0]
+    _print(
+        f"\nreviews: a customer whose parcel arrived {days} days ago: the review request is due now "
+        f"({case.place}, daytime there).\n"
+        f"  They left the surveys list (one-click): their survey, due {days - survey_days} days ago, is "
+        "not sent, so the request is their one feedback mail today.\n"
+        "  (Policy: one feedback mail per 24 h. With both due, one would wait a day; a fresh database "
+        "has no survey sent days ago.)"
+    )
+    target, body, headers = demo.unsubscribe_request(
+        case, secret=settings.link_secret.get_secret_value(), shop_domain=shop, base_url=base, now=now
+    )
+    try:
+        status, _text = post_json(target, body, headers)
+    except OSError as exc:
+        raise AftercareError(f"cannot reach {target} ({exc})") from exc
+    failures = int(status != 200)
+    _print(f"  {'one-click unsubscribe':<20} {'surveys':<9} {case.order['email']} -> HTTP {status}")
+    for topic, payload in (
+        ("orders/create", case.order),
+        ("fulfillments/create", case.fulfillment),
+        ("fulfillments/update", case.delivered),
+    ):
+        status, text = post_webhook(url, secret, topic, payload, shop)
+        failures += status != 200
+        ref = f"{case.order['name']} ({case.place})"
+        _print(f"  {topic:<20} {case.label:<14} {ref:<20} -> HTTP {status} {text}")
+    return case, failures
+
+
+def _sent_mail(engine: Any, order_name: str, kind: str) -> tuple[Any, Any]:
+    """(the touchpoint, its outbox row) of an order's timed mail of `kind`; either may be None."""
+    from aftercare.models import Order, Touchpoint
+
+    with Session(engine) as session:
+        tp = session.exec(
+            select(Touchpoint)
+            .join(Order, Order.id == Touchpoint.order_id)  # type: ignore[arg-type]
+            .where(Order.name == order_name, Touchpoint.kind == kind)
+        ).first()
+        mail = (
+            session.exec(select(OutboxMessage).where(OutboxMessage.touchpoint_id == tp.id)).first()
+            if tp is not None
+            else None
+        )
+        return tp, mail
+
+
+def _wait_for(check: Any, deadline: float) -> Any:
+    """Call `check()` each second until it answers something, or the deadline passes (None)."""
+    while True:
+        found = check()
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(1)
+
+
+def _demo_reviews_and_recovery(settings: Settings, asked: Any, surveys: list[Any], wait_s: float) -> int:
+    """Act as two customers, through the pages a customer sees: the review-request customer opens
+    the form link of their mail and sends a 2-star review, which is triaged and drafted a reply
+    that waits for an approver; the "due now" survey customer answers 1 from their survey mail,
+    which opens a recovery case. Returns 1 when a step did not happen in time."""
+    from urllib.parse import urljoin
+
+    from aftercare import demo
+    from aftercare.models import Order, RecoveryCase, Review, ReviewStatus
+    from aftercare.policies import load_policies
+    from aftercare.recovery.cli import case_line
+    from aftercare.recovery.store import list_cases
+
+    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    engine = make_engine(settings)
+    deadline = time.monotonic() + wait_s
+    name = asked.order["name"]
+    outbox_dir = settings.outbox_dir
+    _print(f"\nwaiting up to {wait_s:.0f} s for the review request, the review and the recovery case:")
+    try:
+
+        def mailed(order_name: str, kind: str) -> Any:
+            tp, mail = _sent_mail(engine, order_name, kind)
+            if (
+                tp is not None
+                and tp.verdict is not None
+                and tp.verdict.get("line", "").startswith("not sent")
+            ):
+                return tp, None  # judged and not sent: nothing will come
+            return (tp, mail) if mail is not None and mail.status == OutboxStatus.SENT else None
+
+        found = _wait_for(lambda: mailed(name, "review_request"), deadline)
+        if found is None or found[1] is None:
+            why = found[0].verdict.get("line") if found else "not sent yet"
+            _print(f"  {name} review request: {why}; see `aftercare timeline '{name}'`")
+            return 1
+        tp, mail = found
+        link = demo.mail_link(mail.text_body, "r")
+        eml = outbox_dir / f"{mail.id:08d}.eml" if outbox_dir else None
+        _print(f"  {name} review request ({asked.place}): {tp.verdict.get('line')}")
+        _print(f"    mail: {eml if eml and eml.exists() else f'outbox message {mail.id}'} to {mail.to_email}")
+        _print(f"    link to our review form: {link}")
+        if link is None:
+            return 1
+        status, html = get_page(link)
+        forms = demo.page_forms(html) if status == 200 else []
+        if not forms:
+            _print(f"  the form page answered HTTP {status} with no form")
+            return 1
+        form = forms[0]
+        product = form.value("product")
+        lang = demo.language_of(asked.order)
+        status, _html = post_json(urljoin(link, form.action), demo.review_submission(form, lang), form_type)
+        _print(
+            f"  the customer opens it and sends {demo.REVIEW_RATING} stars for {product} "
+            f'("{demo.REVIEW_TEXT[lang][0]}") -> HTTP {status}'
+        )
+        if status != 200:
+            return 1
+
+        def review_row() -> Any:
+            with Session(engine) as session:
+                return session.exec(
+                    select(Review)
+                    .join(Order, Order.id == Review.order_id)  # type: ignore[arg-type]
+                    .where(Order.name == name, Review.platform == "own", Review.product_ref == product)
+                ).first()
+
+        triaged = _wait_for(review_row, deadline)
+        if triaged is None:
+            _print("  the review is not stored yet; see `aftercare inbox list`")
+            return 1
+        _print(
+            f"  {name} {triaged.rating}-star review on our form -> stored, triaged "
+            f"{'negative' if triaged.triage_negative else 'not negative'} "
+            f"({'; '.join(triaged.triage_reasons[:3])})"
+        )
+
+        def decided_on() -> Any:
+            row = review_row()
+            return (
+                row
+                if row is not None and row.status not in (ReviewStatus.NEW, ReviewStatus.DRAFTING)
+                else None
+            )
+
+        waiting = _wait_for(decided_on, deadline)
+        staff = outbox_dir / "staff" if outbox_dir else "the outbox"
+        if waiting is None or waiting.status != ReviewStatus.AWAITING_APPROVAL:
+            now_status = waiting.status if waiting is not None else review_row().status
+            _print(
+                f"  {name} review is {now_status}, not yet waiting for an approver; the approval "
+                f"run is the web app's patrol's to start (Prefect UI: {settings.prefect_ui_url}/runs)"
+            )
+            failures = 1
+        else:
+            _print(
+                f"  {name} {waiting.rating}-star review on our form -> drafted, waiting for an approver "
+                f"(mails in {staff})"
+            )
+            failures = 0
+
+        if not surveys:
+            return failures
+        due_now = surveys[0]
+        found = _wait_for(lambda: mailed(due_now.order["name"], "delivery_survey"), deadline)
+        if found is None or found[1] is None:
+            _print(f"  {due_now.order['name']} survey: not sent, so no answer to give")
+            return 1
+        tp, mail = found
+        score_link = demo.mail_link(mail.text_body, "survey", f"score={demo.SURVEY_SCORE}")
+        if score_link is None:
+            _print(f"  the survey mail of {due_now.order['name']} has no link for score {demo.SURVEY_SCORE}")
+            return 1
+        status, html = get_page(score_link)
+        forms = demo.page_forms(html) if status == 200 else []
+        if not forms:
+            _print(f"  the survey page answered HTTP {status} with no form")
+            return 1
+        lang = demo.language_of(due_now.order)
+        status, _html = post_json(
+            urljoin(score_link, forms[0].action), demo.survey_submission(forms[0], lang), form_type
+        )
+        _print(
+            f"  {due_now.order['name']} answers {demo.SURVEY_SCORE} from the survey mail "
+            f'({", ".join(demo.SURVEY_REASONS)}; "{demo.SURVEY_COMMENT[lang]}") -> HTTP {status}'
+        )
+
+        def opened() -> Any:
+            with Session(engine) as session:
+                found = session.exec(
+                    select(RecoveryCase.id).where(RecoveryCase.touchpoint_id == tp.id)
+                ).first()
+            if found is None:
+                return None
+            return next((v for v in list_cases(engine, limit=1000) if v.case.id == found), None)
+
+        view = _wait_for(opened, deadline)
+        if view is None:
+            _print("  no recovery case opened; see `aftercare cases list`")
+            return 1
+        tz = load_policies(settings.policies_dir).shipping.tz
+        _print("  recovery case opened (aftercare cases list):")
+        _print("    " + case_line(view, utcnow(), tz).strip())
+        _print(
+            f"    ops are told by mail ({staff}); the private apology is drafted and waits for a person "
+            f"on the same approval page"
+        )
+        return failures
+    finally:
+        engine.dispose()
 
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
@@ -479,6 +720,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=120,
         help="seconds to wait for the three survey cases to be judged (0: do not post them)",
+    )
+    demo.add_argument(
+        "--reviews-wait",
+        type=float,
+        default=180,
+        help="seconds to wait for the review request, the 2-star review on our form reaching an "
+        "approver and the survey answer's recovery case (0: do not post them)",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -11,7 +11,7 @@ from typing import Any
 from aftercare.models import utcnow
 
 
-def _line(view: Any, now: Any, tz: Any) -> str:
+def case_line(view: Any, now: Any, tz: Any) -> str:
     c = view.case
     due = c.first_answer_due_at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
     late = " OVERDUE" if view.overdue(now) else ""
@@ -43,7 +43,7 @@ def cmd_cases_list(args: argparse.Namespace, settings: Any) -> int:
     elif not views:
         sys.stdout.write("no open recovery cases\n" if args.open else "no recovery cases\n")
     else:
-        sys.stdout.write("".join(_line(v, now, tz) + "\n" for v in views))
+        sys.stdout.write("".join(case_line(v, now, tz) + "\n" for v in views))
     return 0
 
 
