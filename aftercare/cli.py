@@ -263,6 +263,41 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
+def _post_demo_case(
+    settings: Settings, url: str, secret: str, shop: str, case: Any, now: datetime, *, unsubscribe: bool
+) -> int:
+    """Post one demo customer as Shopify and a mailbox provider would: first, when `unsubscribe`, a
+    one-click unsubscribe from surveys (RFC 8058); then their order, its shipment and its delivery.
+    Returns how many posts failed."""
+    from aftercare import demo
+
+    failures = 0
+    if unsubscribe:
+        target, body, headers = demo.unsubscribe_request(
+            case,
+            secret=settings.link_secret.get_secret_value(),
+            shop_domain=shop,
+            base_url=url.rsplit("/webhooks/", 1)[0],
+            now=now,
+        )
+        try:
+            status, _text = post_json(target, body, headers)
+        except OSError as exc:
+            raise AftercareError(f"cannot reach {target} ({exc})") from exc
+        failures += status != 200
+        _print(f"  {'one-click unsubscribe':<20} {'surveys':<9} {case.order['email']} -> HTTP {status}")
+    for topic, payload in (
+        ("orders/create", case.order),
+        ("fulfillments/create", case.fulfillment),
+        ("fulfillments/update", case.delivered),
+    ):
+        status, text = post_webhook(url, secret, topic, payload, shop)
+        failures += status != 200
+        ref = f"{case.order['name']} ({case.place})"
+        _print(f"  {topic:<20} {case.label:<14} {ref:<20} -> HTTP {status} {text}")
+    return failures
+
+
 def _demo_surveys(
     args: argparse.Namespace, settings: Settings, url: str, secret: str, now: datetime
 ) -> tuple[list[Any], int]:
@@ -280,26 +315,9 @@ def _demo_surveys(
     failures = 0
     _print(f"\nsurveys: three customers whose parcels arrived {days} days ago")
     for case in cases:
-        if case.label == "unsubscribed":
-            base = url.rsplit("/webhooks/", 1)[0]
-            target, body, headers = demo.unsubscribe_request(
-                case, secret=settings.link_secret.get_secret_value(), shop_domain=shop, base_url=base, now=now
-            )
-            try:
-                status, _text = post_json(target, body, headers)
-            except OSError as exc:
-                raise AftercareError(f"cannot reach {target} ({exc})") from exc
-            failures += status != 200
-            _print(f"  {'one-click unsubscribe':<20} {'surveys':<9} {case.order['email']} -> HTTP {status}")
-        for topic, payload in (
-            ("orders/create", case.order),
-            ("fulfillments/create", case.fulfillment),
-            ("fulfillments/update", case.delivered),
-        ):
-            status, text = post_webhook(url, secret, topic, payload, shop)
-            failures += status != 200
-            ref = f"{case.order['name']} ({case.place})"
-            _print(f"  {topic:<20} {case.label:<12} {ref:<20} -> HTTP {status} {text}")
+        failures += _post_demo_case(
+            settings, url, secret, shop, case, now, unsubscribe=case.label == "unsubscribed"
+        )
     return cases, failures
 
 
@@ -368,7 +386,6 @@ def _demo_review_request(
     days, survey_days = delivery.review_request_days_after_delivery, delivery.survey_days_after_delivery
     shop = args.shop or settings.shopify_shops[0]
     case = demo.review_request_case(now, policy, days)
-    base = url.rsplit("/webhooks/", 1)[0]
     _print(
         f"\nreviews: a customer whose parcel arrived {days} days ago: the review request is due now "
         f"({case.place}, daytime there).\n"
@@ -377,24 +394,7 @@ def _demo_review_request(
         "  (Policy: one feedback mail per 24 h. With both due, one would wait a day; a fresh database "
         "has no survey sent days ago.)"
     )
-    target, body, headers = demo.unsubscribe_request(
-        case, secret=settings.link_secret.get_secret_value(), shop_domain=shop, base_url=base, now=now
-    )
-    try:
-        status, _text = post_json(target, body, headers)
-    except OSError as exc:
-        raise AftercareError(f"cannot reach {target} ({exc})") from exc
-    failures = int(status != 200)
-    _print(f"  {'one-click unsubscribe':<20} {'surveys':<9} {case.order['email']} -> HTTP {status}")
-    for topic, payload in (
-        ("orders/create", case.order),
-        ("fulfillments/create", case.fulfillment),
-        ("fulfillments/update", case.delivered),
-    ):
-        status, text = post_webhook(url, secret, topic, payload, shop)
-        failures += status != 200
-        ref = f"{case.order['name']} ({case.place})"
-        _print(f"  {topic:<20} {case.label:<14} {ref:<20} -> HTTP {status} {text}")
+    failures = _post_demo_case(settings, url, secret, shop, case, now, unsubscribe=True)
     return case, failures
 
 

@@ -653,6 +653,16 @@ def run(cfg: Config) -> Report:
                     not short,
                     [f"{ref} {status} run {run_id} drafts {n}" for ref, status, run_id, n in short],
                 )
+                # The approval runs that just reached their approvers mail them (outbox rows being
+                # sent this second): the checks below look at a system at rest, so it drains again.
+                drained, took, left = drain(engine, cfg.drain_seconds)
+                report.add(
+                    "drained after the reviews reached approvers (s)",
+                    f"{took:.0f}",
+                    f"settled within {cfg.drain_seconds:.0f} s",
+                    drained,
+                    [f"still unsettled: {left}"],
+                )
             check(report, engine, work, posted, sendgrid, three_pl, faults)
             flow_runs_row(report, topo.cfg.prefect_api_url)
             engine.dispose()
