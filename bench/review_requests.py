@@ -6,7 +6,7 @@ request by the contact rules, the request's own composer (aftercare/reviews/requ
 shipped policies/review_requests.yaml) picks the order's reviewable products, remembers them, plans
 the reminder and writes the mail with a signed link to our form per product, the outbox sends it
 into the loopback SendGrid fake (the SDK for real), in batches as send-timed-messages does. Each
-order was delivered (a shipment with its delivered event) and has two products and a gift wrap
+order was delivered (its shipment marked delivered) and has two products and a gift wrap
 line the request leaves out. Goal: at least 0.33x the bare loop.
 
     python -m bench.review_requests [--requests 20000] [--bare 2000] [--dbs sqlite,postgres]
