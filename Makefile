@@ -46,6 +46,8 @@ bench: install data
 	$(BIN)/python -m bench.reviews
 	$(BIN)/python -m bench.triage
 	$(BIN)/python -m bench.contact
+	$(BIN)/python -m bench.review_requests
+	$(BIN)/python -m bench.review_form --db both --seconds 20
 	$(BIN)/python -m bench.survey_page --db sqlite --seconds 20
 	$(BIN)/python -m bench.survey_page --db postgres --seconds 20
 	$(BIN)/python -m bench.unsubscribe --db both --seconds 20

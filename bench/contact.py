@@ -9,9 +9,8 @@
    all done, against the same query with a small one; the planned rows are the same in both.
    Goal: under 2x.
 
-The survey's composer is on another branch (aftercare/surveys/mail.py): when it is importable it is
-used, else a composer of this file renders a short survey with the shop's feedback footer (the same
-templates/<lang>/_feedback_footer.* every feedback mail includes).
+The composer is the kind's own, as send-timed-messages uses it (`timed.default_composers`). The
+review requests' figure (bench/review_requests.py) is the same measurement of another kind.
 
     python -m bench.contact [--surveys 20000] [--large 1000000] [--small 10000] [--dbs sqlite,postgres]
     python -m bench.contact --quick       # a small size, to check it works
@@ -25,6 +24,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,82 +46,102 @@ SHOP = "bench.myshopify.com"
 TOKYO_ADDRESS = {"country_code": "JP", "province": "東京都", "city": "渋谷区", "zip": "150-0001"}
 
 
-def bench_composer() -> tuple[Composer, str]:
-    """The survey's own composer (aftercare/surveys/mail.py), as send-timed-messages uses it."""
-    return timed.default_composers()["delivery_survey"], "aftercare.surveys.mail.compose_survey"
+GOAL_RATIO = 0.33  # of the bare render+send loop's emails per second, measured in the same run
+
+
+def bench_composer(kind: str = "delivery_survey") -> tuple[Composer, str]:
+    """The kind's own composer, as send-timed-messages uses it (`timed.default_composers`), and its name."""
+    compose = timed.default_composers()[kind]
+    return compose, f"{compose.__module__}.{compose.__qualname__}"
 
 
 # -- data ------------------------------------------------------------------------------------------
 
 
-def _sql(text: str) -> sa.TextClause:
+def bound_sql(text: str) -> sa.TextClause:
     """A statement whose time parameters are bound as the models bind them (UTC; naive on SQLite)."""
     stmt = sa.text(text)
     names = [n for n in ("due", "placed", "stamp", "later") if f":{n}" in text]
     return stmt.bindparams(*[sa.bindparam(n, type_=UTCDateTime) for n in names])
 
 
-def _numbers(n: int) -> str:
+def numbers(n: int) -> str:
     return f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {int(n)}) "
 
 
 def load_surveys(engine: sa.Engine, n: int, due_at: datetime) -> None:
     """n customers, one order each (Tokyo, Japanese), each with a survey due at `due_at`: written with
     INSERT ... SELECT over a number series (the pipeline would take longer than what is measured)."""
-    address = json.dumps(TOKYO_ADDRESS, ensure_ascii=False)
-    due, placed = due_at, due_at - timedelta(days=10)
-    pg = engine.dialect.name == "postgresql"
-    cat = (lambda a, b: f"({a} || {b})") if not pg else (lambda a, b: f"({a} || {b}::text)")
+    placed = due_at - timedelta(days=10)
     with engine.begin() as conn:
-        conn.execute(
-            _sql(
-                _numbers(n)
-                + "INSERT INTO customers (id, shop_domain, email_key, email, first_name, last_name, "
-                "locale, created_at, updated_at) SELECT i, :shop, "
-                + cat("'c'", "i")
-                + " || '@example.jp', "
-                + cat("'c'", "i")
-                + " || '@example.jp', '花子', '山田', 'ja', :placed, :placed FROM n"
-            ),
-            {"shop": SHOP, "placed": placed},
-        )
-        conn.execute(
-            _sql(
-                _numbers(n)
-                + "INSERT INTO orders (id, shop_domain, shopify_id, name, number, customer_id, email, "
-                "locale, currency, subtotal, total_discounts, total_shipping, total_tax, total, "
-                "taxes_included, financial_status, requires_shipping, shipping_address, is_gift, "
-                "discount_codes, is_test, flags, "
-                "placed_at, source_updated_at, purchase_seq, created_at, updated_at, raw) "
-                "SELECT i, :shop, 70000000 + i, "
-                + cat("'#S'", "i")
-                + ", i, i, "
-                + cat("'c'", "i")
-                + " || '@example.jp', 'ja', 'JPY', 5500, 0, 0, 500, 5500, "
-                + ("true" if pg else "1")
-                + ", 'paid', "
-                + ("true" if pg else "1")
-                + ", "
-                + ("CAST(:address AS JSON)" if pg else ":address")
-                + ", "
-                + ("false" if pg else "0")
-                + ", '[]', "
-                + ("false" if pg else "0")
-                + ", '[]', :placed, :placed, 1, :placed, :placed, "
-                + ("CAST('{}' AS JSON)" if pg else "'{}'")
-                + " FROM n"
-            ),
-            {"shop": SHOP, "placed": placed, "address": address},
-        )
-        conn.execute(
-            _sql(
-                _numbers(n)
-                + "INSERT INTO touchpoints (id, order_id, kind, seq, due_at, status, policy_version, "
-                "created_at) SELECT i, i, 'delivery_survey', 1, :due, 'planned', 'bench', :placed FROM n"
-            ),
-            {"due": due, "placed": placed},
-        )
-        _fix_sequences(conn, ("customers", "orders", "touchpoints"))
+        load_orders(conn, n, placed)
+        load_touchpoints(conn, n, "delivery_survey", due_at, placed)
+        fix_sequences(conn, ("customers", "orders", "touchpoints"))
+
+
+def concat(conn: sa.Connection) -> Callable[[str, str], str]:
+    """`a || b` for a text and a number, as the dialect writes it."""
+    if conn.dialect.name == "postgresql":
+        return lambda a, b: f"({a} || {b}::text)"
+    return lambda a, b: f"({a} || {b})"
+
+
+def load_orders(conn: sa.Connection, n: int, placed: datetime) -> None:
+    """Customers and orders 1..n (customer i's order i, Tokyo, Japanese, placed at `placed`)."""
+    address = json.dumps(TOKYO_ADDRESS, ensure_ascii=False)
+    pg = conn.dialect.name == "postgresql"
+    cat = concat(conn)
+    conn.execute(
+        bound_sql(
+            numbers(n) + "INSERT INTO customers (id, shop_domain, email_key, email, first_name, last_name, "
+            "locale, created_at, updated_at) SELECT i, :shop, "
+            + cat("'c'", "i")
+            + " || '@example.jp', "
+            + cat("'c'", "i")
+            + " || '@example.jp', '花子', '山田', 'ja', :placed, :placed FROM n"
+        ),
+        {"shop": SHOP, "placed": placed},
+    )
+    conn.execute(
+        bound_sql(
+            numbers(n) + "INSERT INTO orders (id, shop_domain, shopify_id, name, number, customer_id, email, "
+            "locale, currency, subtotal, total_discounts, total_shipping, total_tax, total, "
+            "taxes_included, financial_status, requires_shipping, shipping_address, is_gift, "
+            "discount_codes, is_test, flags, "
+            "placed_at, source_updated_at, purchase_seq, created_at, updated_at, raw) "
+            "SELECT i, :shop, 70000000 + i, "
+            + cat("'#S'", "i")
+            + ", i, i, "
+            + cat("'c'", "i")
+            + " || '@example.jp', 'ja', 'JPY', 5500, 0, 0, 500, 5500, "
+            + ("true" if pg else "1")
+            + ", 'paid', "
+            + ("true" if pg else "1")
+            + ", "
+            + ("CAST(:address AS JSON)" if pg else ":address")
+            + ", "
+            + ("false" if pg else "0")
+            + ", '[]', "
+            + ("false" if pg else "0")
+            + ", '[]', :placed, :placed, 1, :placed, :placed, "
+            + ("CAST('{}' AS JSON)" if pg else "'{}'")
+            + " FROM n"
+        ),
+        {"shop": SHOP, "placed": placed, "address": address},
+    )
+
+
+def load_touchpoints(
+    conn: sa.Connection, n: int, kind: str, due: datetime, placed: datetime, status: str = "planned"
+) -> None:
+    """Touchpoint i of `kind` for order i, 1..n, due at `due`."""
+    conn.execute(
+        bound_sql(
+            numbers(n) + "INSERT INTO touchpoints (id, order_id, kind, seq, due_at, status, policy_version, "
+            "created_at) SELECT i, i, :kind, 1, :due, :status, 'bench', :placed FROM n"
+        ),
+        {"kind": kind, "due": due, "placed": placed, "status": status},
+    )
 
 
 def load_history(engine: sa.Engine, rows: int, planned: int, now: datetime) -> None:
@@ -135,8 +155,8 @@ def load_history(engine: sa.Engine, rows: int, planned: int, now: datetime) -> N
     with engine.begin() as conn:
         base = orders  # ids 1..orders hold the customers' own (later) surveys
         conn.execute(
-            _sql(
-                _numbers(rows) + "INSERT INTO touchpoints (id, order_id, kind, seq, due_at, status, "
+            bound_sql(
+                numbers(rows) + "INSERT INTO touchpoints (id, order_id, kind, seq, due_at, status, "
                 "policy_version, created_at) SELECT :base + i, 1 + (i % :orders), "
                 "CASE WHEN i % 2 = 0 THEN 'delivery_survey' ELSE 'review_request' END, 1 + i, "
                 f"CASE WHEN i > {done} AND i % 2 = 0 THEN :due WHEN i > {done} THEN :later ELSE :stamp END, "
@@ -145,8 +165,8 @@ def load_history(engine: sa.Engine, rows: int, planned: int, now: datetime) -> N
             {"base": base, "orders": orders, "due": due, "later": later, "stamp": stamp},
         )
         conn.execute(
-            _sql(
-                _numbers(done)
+            bound_sql(
+                numbers(done)
                 + "INSERT INTO outbox (id, touchpoint_id, order_id, order_name, kind, to_email, "
                 "subject, text_body, html_body, locale, is_test, status, attempts, next_attempt_at, "
                 "created_at, sent_at) SELECT i, :base + i, 1 + (i % :orders), '#S', 'delivery_survey', "
@@ -156,26 +176,39 @@ def load_history(engine: sa.Engine, rows: int, planned: int, now: datetime) -> N
             ),
             {"base": base, "orders": orders, "stamp": stamp},
         )
-        _fix_sequences(conn, ("touchpoints", "outbox"))
+        fix_sequences(conn, ("touchpoints", "outbox"))
         conn.execute(sa.text("ANALYZE"))
 
 
-def _fix_sequences(conn: sa.Connection, tables: tuple[str, ...]) -> None:
+def fix_sequences(conn: sa.Connection, tables: tuple[str, ...]) -> None:
     if conn.dialect.name != "postgresql":
         return
     for table in tables:
         conn.execute(
-            _sql(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))")
+            bound_sql(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))"
+            )
         )
 
 
 # -- measurements ----------------------------------------------------------------------------------
 
 
+Loader = Callable[[sa.Engine, int, datetime], None]  # (engine, n, due_at): n of a kind due at due_at
+
+
 def dispatch_throughput(
-    url: str, sendgrid_url: str, n: int, workdir: Path, batch: int = 500
+    url: str,
+    sendgrid_url: str,
+    n: int,
+    workdir: Path,
+    batch: int = 500,
+    *,
+    kind: str = "delivery_survey",
+    load: Loader = load_surveys,
 ) -> dict[str, Any]:
-    """n surveys due at 09:00 JST, dispatched and sent in batches of `batch`, as the flow does."""
+    """n touchpoints of `kind` (written by `load`) due at 09:00 JST, dispatched and sent in batches
+    of `batch`, as the flow does."""
     settings = Settings(
         database_url=url,
         var_dir=workdir,
@@ -191,8 +224,8 @@ def dispatch_throughput(
     )
     rt = Runtime.build(settings)
     now = datetime(2026, 12, 3, 9, 0, tzinfo=UTC) - timedelta(hours=9)  # 09:00 JST
-    load_surveys(rt.engine, n, now - timedelta(hours=6))
-    compose, composer = bench_composer()
+    load(rt.engine, n, now - timedelta(hours=6))
+    compose, composer = bench_composer(kind)
     worker = socket.gethostname()[:40]
     decide_s = send_s = 0.0
     sent = 0
@@ -200,7 +233,7 @@ def dispatch_throughput(
     with ThreadPoolExecutor(max_workers=settings.send_concurrency) as pool:
         while True:
             t0 = time.perf_counter()
-            result = timed.dispatch_due(rt, now, limit=batch, composers={"delivery_survey": compose})
+            result = timed.dispatch_due(rt, now, limit=batch, composers={kind: compose})
             t1 = time.perf_counter()
             decide_s += t1 - t0
             ids = result.outbox_ids
@@ -215,7 +248,8 @@ def dispatch_throughput(
     elapsed = time.perf_counter() - started
     rt.engine.dispose()
     return {
-        "surveys": n,
+        "kind": kind,
+        "due": n,
         "sent": sent,
         "composer": composer,
         "seconds": round(elapsed, 2),
@@ -223,6 +257,43 @@ def dispatch_throughput(
         "decide_compose_enqueue_s": round(decide_s, 2),
         "claim_send_s": round(send_s, 2),
     }
+
+
+def against_bare(
+    dbs: list[str],
+    sendgrid_url: str,
+    workdir: Path,
+    n: int,
+    bare: dict[str, Any],
+    *,
+    kind: str = "delivery_survey",
+    load: Loader = load_surveys,
+    what: str = "surveys",
+    check: Callable[[str, int], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """`dispatch_throughput` on each database, beside the bare loop measured in the same run.
+    `check(url, sent)`: what the database holds afterwards, {"consistent": bool, ...}."""
+    report: dict[str, Any] = {}
+    for db in dbs:
+        with database(db, workdir) as url:
+            got = dispatch_throughput(url, sendgrid_url, n, workdir, kind=kind, load=load)
+            if check is not None:
+                got["database"] = check(url, got["sent"])
+        ratio = got["emails_per_s"] / bare["emails_per_s"]
+        consistent = got["sent"] == n and got.get("database", {}).get("consistent", True)
+        got |= {
+            "ratio_to_bare": round(ratio, 3),
+            "goal_ratio": GOAL_RATIO,
+            "meets_goal": consistent and ratio >= GOAL_RATIO,
+        }
+        say(f"{db}: {n} {what} due at once: {json.dumps(got, ensure_ascii=False)}")
+        say(
+            f"{db}: {got['emails_per_s']} {what}/s vs bare loop {bare['emails_per_s']}/s: {ratio:.2f}x "
+            f"(goal >= {GOAL_RATIO}x), {got['sent']} of {n} sent"
+            + (f", database {json.dumps(got['database'])}" if "database" in got else "")
+        )
+        report[f"dispatch_{db}"] = got
+    return report
 
 
 def due_query_time(url: str, rows: int, planned: int, repeats: int = 30) -> dict[str, Any]:
@@ -267,12 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             bare = bare_loop(sg_url, args.bare)
             say(f"bare render+send loop: {json.dumps(bare)}")
             report["bare"] = bare
-            for kind in args.dbs.split(","):
-                with database(kind, workdir) as url:
-                    got = dispatch_throughput(url, sg_url, args.surveys, workdir)
-                got["ratio_to_bare"] = round(got["emails_per_s"] / bare["emails_per_s"], 3)
-                say(f"{kind}: {args.surveys} surveys due at once: {json.dumps(got, ensure_ascii=False)}")
-                report[f"dispatch_{kind}"] = got
+            report |= against_bare(args.dbs.split(","), sg_url, workdir, args.surveys, bare)
         for kind in args.dbs.split(","):
             sizes = {}
             for rows in (args.small, args.large):

@@ -93,7 +93,9 @@ def phase(name: str, result: loadgen.Result, expected: int) -> dict[str, Any]:
     summary = result.summary()
     unexpected = sum(v for k, v in result.statuses.items() if k != expected)
     # loadgen counts only 2xx as ok; the answer's POST is a 303 by design.
-    summary |= {"ok": result.statuses.get(expected, 0), "errors": unexpected}
+    ok = result.statuses.get(expected, 0)
+    achieved = round(ok / result.duration_s, 1) if result.duration_s else 0.0
+    summary |= {"ok": ok, "errors": unexpected, "achieved_rps": achieved}
     summary |= {"statuses": {str(k): v for k, v in sorted(result.statuses.items())}, "unexpected": unexpected}
     summary["goal_p99_ms"] = GOAL_P99_MS
     summary["meets_goal"] = unexpected == 0 and summary["p99_ms"] < GOAL_P99_MS
