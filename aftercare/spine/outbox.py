@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -23,7 +22,7 @@ from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSe
 from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, utcnow
 from aftercare.rendering import RenderedEmail
 from aftercare.settings import Settings
-from aftercare.spine.db import claim_rows
+from aftercare.spine.db import claim_rows, dialect_insert
 from aftercare.spine.email import EmailBackend, OutgoingEmail, check_headers
 
 log = logging.getLogger(__name__)
@@ -65,11 +64,6 @@ def _new_row(*, rendered: RenderedEmail, **columns: Any) -> dict[str, Any]:
     }
 
 
-def _insert_for(session: Session) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL)."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
 def enqueue(
     session: Session,
     *,
@@ -101,7 +95,7 @@ def enqueue(
         is_test=is_test,
         headers=extra if extra is not None else sa.null(),  # SQL NULL, as for rows without any
     )
-    insert = _insert_for(session)
+    insert = dialect_insert(session)
     # A message nobody has claimed yet is refreshed with the newest order state (say, payment
     # confirmed a second later); once claimed it is never touched again.
     refresh = {
@@ -153,7 +147,7 @@ def enqueue_staff(
         is_test=False,
     )
     values["message_key"] = f"{kind}:{key}:{to_email.strip().lower()}"[:255]
-    insert = _insert_for(session)
+    insert = dialect_insert(session)
     columns = [getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS]
     stmt = insert(OutboxMessage).values(**values).on_conflict_do_nothing(index_elements=["message_key"])
     row = session.execute(stmt.returning(*columns)).first()
