@@ -33,14 +33,16 @@ from starlette.concurrency import run_in_threadpool
 from aftercare import signing
 from aftercare.contact.policy import load_contact_policy
 from aftercare.contact.sender import ShopPolicy, load_shop_policy
-from aftercare.models import SurveyResponse, utcnow
+from aftercare.models import utcnow
 from aftercare.rendering import BABEL_LOCALES, Renderer
 from aftercare.settings import Settings
 from aftercare.surveys.answers import (
     Answer,
     AnswerRefused,
+    Latest,
     SurveyLink,
     SurveyState,
+    SurveyUnavailable,
     parse_score,
     read_answer,
     read_survey_token,
@@ -138,7 +140,7 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
         if st is None:
             return notice("invalid", 404, browser_locale(request))
         if not st.open:
-            return notice("closed", 410, page_locale(st.order.locale))
+            return notice("closed", 410, page_locale(st.order_locale))
         return link, st
 
     def page(
@@ -153,13 +155,13 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
         sent: dict[str, Any] | None = None,
         error: AnswerRefused | None = None,
     ) -> HTMLResponse:
-        locale = page_locale(st.order.locale)
+        locale = page_locale(st.order_locale)
         p = policy()
-        latest: SurveyResponse | None = st.latest
+        latest: Latest | None = st.latest
         if sent is not None:  # a refused answer, shown again as it was sent
             reasons, comment = sent["reasons"], sent["comment"]
         elif latest is not None:
-            reasons, comment = list(latest.reasons or []), latest.comment or ""
+            reasons, comment = list(latest.reasons), latest.comment or ""
         else:
             reasons, comment = [], ""
         if chosen is None and latest is not None and latest.scale == link.scale.name:
@@ -171,8 +173,8 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
             {
                 "shop_name": shop_name(locale),
                 "action": f"/survey/{raw}",
-                "order_name": st.order.name,
-                "lines": [li.title for li in st.lines[:5]],
+                "order_name": st.order_name,
+                "lines": st.lines[:5],
                 "more_lines": max(0, len(st.lines) - 5),
                 "scale": link.scale.name,
                 "scores": link.scale.scores,
@@ -216,18 +218,26 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
 
     @api.post("/survey/{raw:path}", response_class=HTMLResponse)
     async def answer(raw: str, request: Request) -> Response:
-        """Store an answer, then show the page (303): a reload never posts it again."""
-        found = await run_in_threadpool(load, raw, request)
-        if isinstance(found, HTMLResponse):
-            return found
-        link, st = found
-        locale = page_locale(st.order.locale)
+        """Store an answer, then show the page (303): a reload never posts it again. An answer the
+        form gives us is stored in one transaction that also checks the survey (`record_answer`);
+        only a form we refuse reads the survey first, so that a link that is not ours or a closed
+        survey is answered as such (404/410) before what is wrong with the form (415/413/422)."""
+        link = verify(raw, request)
+        if isinstance(link, HTMLResponse):
+            return link
+
+        async def refuse(kind: str, status: int) -> Response:
+            found = await run_in_threadpool(load, raw, request)
+            if isinstance(found, HTMLResponse):
+                return found
+            return notice(kind, status, page_locale(found[1].order_locale))
+
         if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != FORM_TYPE:
-            return notice("bad_form", 415, locale)
+            return await refuse("bad_form", 415)
         try:
             body = await read_limited(request, MAX_FORM_BYTES)
         except BodyTooLarge:
-            return notice("too_large", 413, locale)
+            return await refuse("too_large", 413)
         fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         scores = fields.get("score", [])
         sent = {"reasons": fields.get("reason", []), "comment": (fields.get("comment") or [""])[0]}
@@ -250,10 +260,20 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
                 "reasons": [r for r in sent["reasons"] if r in p.reason_codes],
                 "comment": _printable(sent["comment"]),
             }
-            return await run_in_threadpool(
-                lambda: page(raw, link, st, status=422, chosen=chosen, sent=clean_sent, error=refused)
-            )
-        await run_in_threadpool(record_answer, engine, link, the_answer, now=clock())
+
+            def shown_again() -> Response:
+                found = load(raw, request)
+                if isinstance(found, HTMLResponse):
+                    return found
+                return page(raw, link, found[1], status=422, chosen=chosen, sent=clean_sent, error=refused)
+
+            return await run_in_threadpool(shown_again)
+        try:
+            await run_in_threadpool(record_answer, engine, link, the_answer, now=clock())
+        except SurveyUnavailable as exc:
+            if exc.closed:
+                return notice("closed", 410, page_locale(exc.order_locale))
+            return notice("invalid", 404, browser_locale(request))
         return RedirectResponse(f"/survey/{raw}?saved=1", status_code=303, headers=_headers(None))
 
     return api
