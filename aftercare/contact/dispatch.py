@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -487,20 +487,15 @@ _DECIDED = (
         held_until=sa.bindparam("new_held_until"),
     )
 )
-# created_at is the moment we decided to send (the caps count from it), on the dispatcher's clock;
-# written in the same transaction as the insert, once per batch. (The headers go in with the insert:
-# outbox.enqueue checks them.)
-_CREATED_AT = (
-    sa.update(_OUTBOX)
-    .where(_OUTBOX.c.id == sa.bindparam("outbox_id"), _OUTBOX.c.status == OutboxStatus.PENDING)
-    .values(created_at=sa.bindparam("new_created_at"))
-)
 
 
 @dataclass
 class _Writes:
+    """What a batch writes at its end: the verdicts (one executemany) and the messages decided to
+    go (one `outbox.enqueue_many`), in the batch's transaction."""
+
     touchpoints: list[dict[str, Any]] = field(default_factory=list)
-    created: list[dict[str, Any]] = field(default_factory=list)  # outbox rows' created_at
+    mails: list[outbox.TouchpointMail] = field(default_factory=list)
 
     def decided(
         self,
@@ -523,11 +518,13 @@ class _Writes:
             }
         )
 
-    def flush(self, session: Session) -> None:
-        if self.created:
-            session.execute(_CREATED_AT, self.created)
+    def flush(self, session: Session, now: datetime) -> list[outbox.Enqueued]:
+        """Write it all; the outbox row of each mail, in the order the mails were added. created_at
+        is `now`, the moment we decided to send (the caps count from it), on the dispatcher's clock."""
+        enqueued = outbox.enqueue_many(session, self.mails, now=now)
         if self.touchpoints:
             session.execute(_DECIDED, self.touchpoints)
+        return enqueued
 
 
 def _decide_batch(
@@ -548,12 +545,14 @@ def _decide_batch(
         owner = ("customer", order.customer_id) if order.customer_id is not None else ("order", tp.order_id)
         by_owner[owner].append(tp)
     writes = _Writes()
+    sent: list[Decided] = []  # in the order of writes.mails
     for owner, own in sorted(by_owner.items()):
         history = list(facts.history.get(owner[1], [])) if owner[0] == "customer" else []
         own.sort(key=lambda t: (next_moment(t.due_at, t.held_until), t.id))
         for tp in own:
             order = facts.orders[tp.order_id]
             customer = facts.customers.get(order.customer_id) if order.customer_id else None
+            mails_before = len(writes.mails)
             decided = _decide_one(
                 session,
                 tp,
@@ -570,7 +569,9 @@ def _decide_batch(
                 writes,
             )
             if decided.outcome == "send":
-                result.sent.append(decided)
+                # A composer's NotMailed("done") (say, handed to Trustpilot) counts like a mail in
+                # the caps, but has no outbox row to wait for.
+                (sent if mails_before < len(writes.mails) else result.sent).append(decided)
                 history.append(SentMessage(kind=tp.kind, sent_at=now))
             elif decided.outcome == "hold":
                 result.held.append(decided)
@@ -578,7 +579,8 @@ def _decide_batch(
                 result.skipped.append(decided)
             else:
                 result.failed.append(decided)
-    writes.flush(session)
+    enqueued = writes.flush(session, now)
+    result.sent.extend(replace(d, outbox_id=row.id) for d, row in zip(sent, enqueued, strict=True))
 
 
 def _decide_one(
@@ -612,27 +614,28 @@ def _decide_one(
         writes.decided(tp, now, verdict=verdict, held_until=verdict.send_at)
         return Decided(**base, outcome="hold", line=line, send_at=verdict.send_at, zone=zone)
     try:
-        # A composer may write through the session: what it wrote goes with its message, or not at all.
+        # A composer may write through the session: what it wrote goes with its message, or not at
+        # all. A message that cannot be sent (a header refused) fails here, alone.
         with session.begin_nested():
-            outbox_id = _send(session, tp, order, customer, policy, composers, now, settings, renderer, shop)
+            mail = _compose(session, tp, order, customer, policy, composers, now, settings, renderer, shop)
     except Exception as exc:  # a composer's bug: this touchpoint stays planned, the run says why
         log.exception("touchpoint %s (%s %s) could not be written", tp.id, tp.kind, order.name)
         return Decided(
             **base, outcome="failed", line=f"could not be written: {type(exc).__name__}: {exc}"[:500]
         )
-    if isinstance(outbox_id, NotMailed):
-        if outbox_id.status == "skipped":
-            why = f"not sent: {outbox_id.reason}"
+    if isinstance(mail, NotMailed):
+        if mail.status == "skipped":
+            why = f"not sent: {mail.reason}"
             writes.decided(tp, now, status=TouchpointStatus.SKIPPED, reason=why, verdict=verdict)
             return Decided(**base, outcome="skip", line=why, zone=zone)
-        writes.decided(tp, now, status=TouchpointStatus.DONE, reason=outbox_id.reason, verdict=verdict)
-        return Decided(**base, outcome="send", line=outbox_id.reason, send_at=now, zone=zone)
-    writes.created.append({"outbox_id": outbox_id, "new_created_at": now})
+        writes.decided(tp, now, status=TouchpointStatus.DONE, reason=mail.reason, verdict=verdict)
+        return Decided(**base, outcome="send", line=mail.reason, send_at=now, zone=zone)
+    writes.mails.append(mail)
     writes.decided(tp, now, verdict=verdict)
-    return Decided(**base, outcome="send", line=line, send_at=now, zone=zone, outbox_id=outbox_id)
+    return Decided(**base, outcome="send", line=line, send_at=now, zone=zone)
 
 
-def _send(
+def _compose(
     session: Session,
     tp: Touchpoint,
     order: Order,
@@ -643,9 +646,9 @@ def _send(
     settings: Settings,
     renderer: Renderer,
     shop: ShopPolicy,
-) -> int | NotMailed:
-    """Compose and enqueue one message (with the RFC 8058 headers); return its outbox id, or the
-    composer's `NotMailed` (nothing enqueued)."""
+) -> outbox.TouchpointMail | NotMailed:
+    """Compose one message, with the RFC 8058 headers (checked: InvalidHeader), for the batch's
+    `outbox.enqueue_many`; or the composer's `NotMailed` (nothing to enqueue)."""
     assert tp.id is not None and order.email is not None
     list_name = policy.list_of(tp.kind)
     assert list_name is not None
@@ -685,9 +688,8 @@ def _send(
     if isinstance(composed, NotMailed):
         return composed
     headers = {**composed.headers, **links.list_unsubscribe_headers(url, shop.contact_email)}
-    enqueued = outbox.enqueue(
-        session,
-        touchpoint=tp,
+    return outbox.TouchpointMail.of(
+        tp,
         to_email=order.email,
         to_name=ctx.recipient.name,
         rendered=RenderedEmail(composed.subject, composed.text_body, composed.html_body),
@@ -696,7 +698,6 @@ def _send(
         is_test=order.is_test,
         headers=headers,
     )
-    return enqueued.id
 
 
 def display_name(customer: Customer, order: Order, locale: str) -> str | None:

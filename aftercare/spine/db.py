@@ -12,7 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, select
 
 from aftercare.settings import PROJECT_ROOT, Settings
@@ -148,6 +150,13 @@ def _claim_rows(
         where = sa.and_(model.id.in_(candidates.scalar_subquery()), claimable)
     claimed = list(conn.execute(sa.update(model).where(where).values(**values).returning(model.id, *columns)))
     return sorted(claimed, key=lambda row: row[0])
+
+
+def dialect_insert(bind: OrmSession | sa.Connection | Engine) -> Any:
+    """The INSERT of the database in use, which has ON CONFLICT (SQLite and PostgreSQL): for the
+    inserts whose uniqueness is a guarantee (one outbox row per touchpoint, one suppression per list)."""
+    dialect = (bind.get_bind() if isinstance(bind, OrmSession) else bind).dialect
+    return postgresql.insert if dialect.name == "postgresql" else sqlite.insert
 
 
 def get_many(engine: Engine, model: Any, ids: list[int]) -> list[Any]:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -23,7 +22,7 @@ from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSe
 from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, utcnow
 from aftercare.rendering import RenderedEmail
 from aftercare.settings import Settings
-from aftercare.spine.db import claim_rows
+from aftercare.spine.db import claim_rows, dialect_insert
 from aftercare.spine.email import EmailBackend, OutgoingEmail, check_headers
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,9 @@ class Enqueued:
     status: str
     subject: str
     text_body: str
-    inserted: bool = False  # enqueue_staff: this call made the row (not a plan repeated after a crash)
+    # enqueue_staff, enqueue_many: this call made the row (not a plan repeated after a crash, nor
+    # another worker's)
+    inserted: bool = False
 
 
 _ENQUEUED_COLUMNS = ("id", "status", "subject", "text_body")
@@ -51,23 +52,87 @@ def find(session: Session, touchpoint_id: int) -> Enqueued | None:
     return Enqueued(*row) if row is not None else None
 
 
-def _new_row(*, rendered: RenderedEmail, **columns: Any) -> dict[str, Any]:
-    """The values of a new, pending outbox row: one shape for customer and staff mail."""
-    now = utcnow()
+def _new_row(*, rendered: RenderedEmail, now: datetime | None = None, **columns: Any) -> dict[str, Any]:
+    """The values of a new, pending outbox row: one shape for customer and staff mail. `now`: when
+    it was decided to send (the caps count from `created_at`), default the present moment."""
+    at = utcnow()
     return {
         **columns,
         "text_body": rendered.text,
         "html_body": rendered.html,
         "status": OutboxStatus.PENDING,
         "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
+        "next_attempt_at": at,
+        "created_at": now or at,
     }
 
 
-def _insert_for(session: Session) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL)."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+@dataclass(frozen=True)
+class TouchpointMail:
+    """One customer mail for one touchpoint, as `enqueue` and `enqueue_many` store it. Its extra
+    headers (List-Unsubscribe and List-Unsubscribe-Post on a feedback mail) are checked when it is
+    made (`email.check_headers`: InvalidHeader, a ValueError, for a name or value a header cannot
+    carry), so a message that could never be sent fails where it is written, alone, and a batch
+    never holds one."""
+
+    touchpoint_id: int
+    order_id: int
+    kind: str
+    to_email: str
+    to_name: str | None
+    rendered: RenderedEmail
+    locale: str
+    order_name: str | None
+    is_test: bool
+    headers: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", check_headers(self.headers))
+
+    @classmethod
+    def of(
+        cls,
+        touchpoint: Touchpoint,
+        *,
+        to_email: str,
+        to_name: str | None,
+        rendered: RenderedEmail,
+        locale: str,
+        order_name: str | None,
+        is_test: bool,
+        headers: dict[str, str] | None = None,
+    ) -> TouchpointMail:
+        """The mail of a stored touchpoint."""
+        assert touchpoint.id is not None
+        return cls(
+            touchpoint.id,
+            touchpoint.order_id,
+            touchpoint.kind,
+            to_email,
+            to_name,
+            rendered,
+            locale,
+            order_name,
+            is_test,
+            headers,
+        )
+
+    def row(self, now: datetime | None = None) -> dict[str, Any]:
+        """The values of its new, pending outbox row (`headers` None: no extra header)."""
+        return _new_row(
+            touchpoint_id=self.touchpoint_id,
+            order_id=self.order_id,
+            order_name=self.order_name,
+            kind=self.kind,
+            to_email=self.to_email,
+            to_name=self.to_name,
+            subject=("[TEST] " if self.is_test else "") + self.rendered.subject,
+            rendered=self.rendered,
+            locale=self.locale,
+            is_test=self.is_test,
+            headers=self.headers,
+            now=now,
+        )
 
 
 def enqueue(
@@ -82,26 +147,23 @@ def enqueue(
     is_test: bool,
     headers: dict[str, str] | None = None,
 ) -> Enqueued:
-    """Insert the message for a touchpoint unless it already exists; return the stored row.
-    `headers`: extra mail headers (List-Unsubscribe and List-Unsubscribe-Post on a feedback mail),
-    checked here (`email.check_headers`: InvalidHeader, a ValueError, for a name or value a header
-    cannot carry) and sent by every backend."""
-    assert touchpoint.id is not None
-    extra = check_headers(headers)
-    values = _new_row(
-        touchpoint_id=touchpoint.id,
-        order_id=touchpoint.order_id,
-        order_name=order_name,
-        kind=touchpoint.kind,
+    """Insert the message for a touchpoint unless it already exists; return the stored row. A row
+    nobody has claimed yet is refreshed with this message (see below). `headers`: extra mail headers
+    (List-Unsubscribe and List-Unsubscribe-Post on a feedback mail), checked here (`TouchpointMail`:
+    InvalidHeader) and sent by every backend. For many touchpoints at once: `enqueue_many`."""
+    mail = TouchpointMail.of(
+        touchpoint,
         to_email=to_email,
         to_name=to_name,
-        subject=("[TEST] " if is_test else "") + rendered.subject,
         rendered=rendered,
         locale=locale,
+        order_name=order_name,
         is_test=is_test,
-        headers=extra if extra is not None else sa.null(),  # SQL NULL, as for rows without any
+        headers=headers,
     )
-    insert = _insert_for(session)
+    values = mail.row()
+    values["headers"] = values["headers"] if values["headers"] is not None else sa.null()  # SQL NULL
+    insert = dialect_insert(session)
     # A message nobody has claimed yet is refreshed with the newest order state (say, payment
     # confirmed a second later); once claimed it is never touched again.
     refresh = {
@@ -115,9 +177,82 @@ def enqueue(
     row = session.execute(stmt).first()
     if row is not None:  # inserted, or refreshed
         return Enqueued(*row)
-    claimed = find(session, touchpoint.id)  # claimed already: left as it is
+    claimed = find(session, mail.touchpoint_id)  # claimed already: left as it is
     assert claimed is not None
     return claimed
+
+
+_OUTBOX_TABLE: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+# What TouchpointMail.row() holds.
+_MAIL_COLUMNS = (
+    "touchpoint_id",
+    "order_id",
+    "order_name",
+    "kind",
+    "to_email",
+    "to_name",
+    "subject",
+    "locale",
+    "is_test",
+    "headers",
+    "text_body",
+    "html_body",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+)
+
+
+def _insert_mails(session: Session) -> Any:
+    """INSERT ... ON CONFLICT (touchpoint_id) DO NOTHING RETURNING, for an executemany: SQLAlchemy
+    sends the rows as multi-row VALUES (its "insertmanyvalues"), compiled once per call. `headers`
+    None is SQL NULL, as `enqueue` stores it."""
+    table = _OUTBOX_TABLE
+    values = {c: sa.bindparam(c, type_=table.c[c].type) for c in _MAIL_COLUMNS}
+    values["headers"] = sa.bindparam("headers", type_=sa.JSON(none_as_null=True))
+    return (
+        dialect_insert(session)(table)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["touchpoint_id"])
+        .returning(table.c.touchpoint_id, *[table.c[c] for c in _ENQUEUED_COLUMNS])
+    )
+
+
+def enqueue_many(
+    session: Session, mails: Sequence[TouchpointMail], *, now: datetime | None = None
+) -> list[Enqueued]:
+    """Insert the messages of many touchpoints in one statement (per about a thousand rows), each
+    unless its touchpoint has a row already; return the stored row of each, in the order given,
+    `inserted` True where this call made it. Exactly once, as `enqueue`: the unique touchpoint_id
+    keeps one row per touchpoint, whether a touchpoint comes twice in `mails` (the first one is
+    stored), again in a later call, or from another worker at the same moment. Unlike `enqueue`, a
+    row that exists is left as it is (no refresh): a timed message is decided once. `now`: the
+    rows' created_at, the moment it was decided to send them (the caps count from it)."""
+    if not mails:
+        return []
+    first: dict[int, dict[str, Any]] = {}
+    for mail in mails:
+        first.setdefault(mail.touchpoint_id, mail.row(now))
+    made = {
+        row.touchpoint_id: Enqueued(row.id, row.status, row.subject, row.text_body, inserted=True)
+        for row in session.execute(_insert_mails(session), list(first.values()))
+    }
+    there = [tp for tp in first if tp not in made]
+    existing: dict[int, Enqueued] = {}
+    if there:
+        columns = [_OUTBOX_TABLE.c.touchpoint_id, *[_OUTBOX_TABLE.c[c] for c in _ENQUEUED_COLUMNS]]
+        for row in session.execute(sa.select(*columns).where(_OUTBOX_TABLE.c.touchpoint_id.in_(there))):
+            existing[row.touchpoint_id] = Enqueued(row.id, row.status, row.subject, row.text_body)
+    out: list[Enqueued] = []
+    for mail in mails:
+        tp = mail.touchpoint_id
+        if tp in made:
+            out.append(made.pop(tp))  # the first of a touchpoint given twice; the next one finds it
+            existing[tp] = replace(out[-1], inserted=False)
+        else:
+            out.append(existing[tp])
+    return out
 
 
 STAFF_CATEGORY = "staff"
@@ -153,7 +288,7 @@ def enqueue_staff(
         is_test=False,
     )
     values["message_key"] = f"{kind}:{key}:{to_email.strip().lower()}"[:255]
-    insert = _insert_for(session)
+    insert = dialect_insert(session)
     columns = [getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS]
     stmt = insert(OutboxMessage).values(**values).on_conflict_do_nothing(index_elements=["message_key"])
     row = session.execute(stmt.returning(*columns)).first()

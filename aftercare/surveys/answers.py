@@ -20,6 +20,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -158,11 +159,28 @@ def read_answer(
 
 
 @dataclass(frozen=True)
+class Latest:
+    """The answer that counts (the highest `seq`), as the page shows it and a new answer compares."""
+
+    id: int
+    seq: int
+    scale: str
+    score: int
+    reasons: list[str]
+    comment: str | None
+    answered_at: datetime
+
+
+@dataclass(frozen=True)
 class SurveyState:
-    touchpoint: Touchpoint
-    order: Order
-    lines: list[OrderLine]
-    latest: SurveyResponse | None
+    """What the survey page shows: the order (its name, language and item titles), the answer that
+    counts, and whether the survey takes answers."""
+
+    touchpoint_id: int
+    order_name: str
+    order_locale: str | None
+    lines: list[str]  # the order's item titles, in the order's own order
+    latest: Latest | None
     closed_reason: str | None  # None: open for answers
 
     @property
@@ -170,13 +188,14 @@ class SurveyState:
         return self.closed_reason is None
 
 
-def latest_answer(session: Session, touchpoint_id: int) -> SurveyResponse | None:
-    return session.exec(
-        select(SurveyResponse)
-        .where(SurveyResponse.touchpoint_id == touchpoint_id)
-        .order_by(SurveyResponse.seq.desc(), SurveyResponse.id.desc())  # type: ignore[attr-defined]
-        .limit(1)
-    ).first()
+class SurveyUnavailable(AftercareError):
+    """The link's survey takes no answer: not a survey of ours (`closed` False), or called off before
+    its mail went out (`closed` True). `order_locale`: the order's language, when there is one."""
+
+    def __init__(self, message: str, *, closed: bool, order_locale: str | None = None):
+        super().__init__(message)
+        self.closed = closed
+        self.order_locale = order_locale
 
 
 def answers_of(session: Session, touchpoint_id: int) -> list[SurveyResponse]:
@@ -190,54 +209,118 @@ def answers_of(session: Session, touchpoint_id: int) -> list[SurveyResponse]:
     )
 
 
-def _closed_reason(session: Session, touchpoint: Touchpoint) -> str | None:
+_TP: sa.Table = Touchpoint.__table__  # type: ignore[attr-defined]
+_ORDERS: sa.Table = Order.__table__  # type: ignore[attr-defined]
+_LINES: sa.Table = OrderLine.__table__  # type: ignore[attr-defined]
+_OUTBOX: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+_ANSWERS: sa.Table = SurveyResponse.__table__  # type: ignore[attr-defined]
+_LATER: sa.Table = _ANSWERS.alias("later")  # type: ignore[assignment]
+# Built once: the survey page and its POST are the customer's hot path (100 a second is the goal).
+# One round trip for everything a page or an answer needs but the items: the touchpoint, its
+# order's name and language, whether its mail may have reached the customer (it matters only for a
+# survey called off: `_closed_reason`), and the answer that counts (the highest seq, unique per
+# survey), if any.
+_STATE = (
+    sa.select(
+        _TP.c.kind,
+        _TP.c.order_id,
+        _TP.c.status,
+        _ORDERS.c.name.label("order_name"),
+        _ORDERS.c.locale.label("order_locale"),
+        sa.exists()
+        .where(_OUTBOX.c.touchpoint_id == _TP.c.id, _OUTBOX.c.status.in_([s.value for s in _MAILED]))
+        .label("mailed"),
+        _ANSWERS.c.id.label("answer_id"),
+        _ANSWERS.c.seq,
+        _ANSWERS.c.scale,
+        _ANSWERS.c.score,
+        _ANSWERS.c.reasons,
+        _ANSWERS.c.comment,
+        _ANSWERS.c.answered_at,
+    )
+    .select_from(
+        _TP.join(_ORDERS, _ORDERS.c.id == _TP.c.order_id).outerjoin(
+            _ANSWERS,
+            sa.and_(
+                _ANSWERS.c.touchpoint_id == _TP.c.id,
+                _ANSWERS.c.seq
+                == sa.select(sa.func.max(_LATER.c.seq))
+                .where(_LATER.c.touchpoint_id == _TP.c.id)
+                .scalar_subquery(),
+            ),
+        )
+    )
+    .where(_TP.c.id == sa.bindparam("tp"))
+)
+_ITEM_TITLES = (
+    sa.select(_LINES.c.title)
+    .where(_LINES.c.order_id == sa.bindparam("order"))
+    .order_by(_LINES.c.position, _LINES.c.id)
+)
+_INSERT_ANSWER = _ANSWERS.insert().returning(_ANSWERS.c.id)
+
+
+def _closed_reason(status: str, mailed: bool) -> str | None:
     """Why this survey takes no answers, or None. A survey we called off before its mail went out
     (cancelled: the order was cancelled or refunded, the customer unsubscribed; skipped: too late)
     was never meant to reach anyone. Once the mail may have reached the customer, their answer is
     taken whatever happened to the order since (a refund is part of the experience they rate)."""
-    if touchpoint.status not in (TouchpointStatus.CANCELLED, TouchpointStatus.SKIPPED):
+    if status not in (TouchpointStatus.CANCELLED, TouchpointStatus.SKIPPED) or mailed:
         return None
-    mailed = session.exec(
-        select(OutboxMessage.id).where(
-            OutboxMessage.touchpoint_id == touchpoint.id,
-            OutboxMessage.status.in_(_MAILED),  # type: ignore[attr-defined]
-        )
-    ).first()
-    return None if mailed is not None else f"the survey was called off ({touchpoint.status})"
+    return f"the survey was called off ({status})"
+
+
+def _read_state(conn: sa.Connection, link: SurveyLink) -> sa.Row[Any] | None:
+    """The `_STATE` row of the survey a verified link names; None when it is not a survey of ours
+    (a token signed for rows a reset database no longer has)."""
+    row = conn.execute(_STATE, {"tp": link.touchpoint_id}).first()
+    if row is None or row.kind != KIND or row.order_id != link.order_id:
+        return None
+    return row
+
+
+def _latest(row: sa.Row[Any]) -> Latest | None:
+    if row.seq is None:
+        return None
+    return Latest(
+        row.answer_id, row.seq, row.scale, row.score, list(row.reasons or []), row.comment, row.answered_at
+    )
+
+
+def _reader(engine: Engine) -> sa.Connection:
+    conn = engine.connect()
+    if engine.dialect.name == "postgresql":
+        return conn.execution_options(isolation_level="AUTOCOMMIT")
+    return conn
 
 
 def survey_state(engine: Engine, link: SurveyLink) -> SurveyState | None:
-    """The survey a verified link names, with its order, lines and latest answer; None when it is
-    not a survey of ours (a token signed for rows a reset database no longer has)."""
-    with Session(engine, expire_on_commit=False) as session:
-        touchpoint = session.get(Touchpoint, link.touchpoint_id)
-        if touchpoint is None or touchpoint.kind != KIND or touchpoint.order_id != link.order_id:
+    """The survey a verified link names, with its order, items and the answer that counts; None when
+    it is not a survey of ours. Two reads, whatever the number of answers, outside a transaction (a
+    page shows them; nothing is decided on them together): on PostgreSQL two round trips instead of
+    four (no BEGIN, no ROLLBACK). SQLite's driver reads outside a transaction anyway (and would pay
+    a PRAGMA to reset the isolation level)."""
+    with _reader(engine) as conn:
+        row = _read_state(conn, link)
+        if row is None:
             return None
-        order = session.get(Order, touchpoint.order_id)
-        if order is None:
-            return None
-        lines = list(
-            session.exec(
-                select(OrderLine)
-                .where(OrderLine.order_id == order.id)
-                .order_by(OrderLine.position, OrderLine.id)
-            )  # type: ignore[arg-type]
-        )
-        return SurveyState(
-            touchpoint=touchpoint,
-            order=order,
-            lines=lines,
-            latest=latest_answer(session, touchpoint.id),  # type: ignore[arg-type]
-            closed_reason=_closed_reason(session, touchpoint),
-        )
+        titles = list(conn.execute(_ITEM_TITLES, {"order": link.order_id}).scalars())
+    return SurveyState(
+        touchpoint_id=link.touchpoint_id,
+        order_name=row.order_name,
+        order_locale=row.order_locale,
+        lines=titles,
+        latest=_latest(row),
+        closed_reason=_closed_reason(row.status, row.mailed),
+    )
 
 
-def _same(row: SurveyResponse, link: SurveyLink, answer: Answer) -> bool:
+def _same(latest: Latest, link: SurveyLink, answer: Answer) -> bool:
     return (
-        row.scale == link.scale.name
-        and row.score == answer.score
-        and list(row.reasons or []) == answer.reasons
-        and (row.comment or None) == answer.comment
+        latest.scale == link.scale.name
+        and latest.score == answer.score
+        and latest.reasons == answer.reasons
+        and (latest.comment or None) == answer.comment
     )
 
 
@@ -260,34 +343,60 @@ def record_answer(
     attempts: int = 8,
     on_stored: Callable[[Session, SurveyResponse], object] | None = None,
 ) -> Recorded:
-    """Store `answer` as the survey's latest, unless it already is. Safe against itself: any number
-    of identical posts at once leave one row; different answers at once are all kept, in order.
+    """Store `answer` as the survey's latest, unless it already is; SurveyUnavailable when the
+    survey takes no answer (checked in the same transaction). Safe against itself: any number of
+    identical posts at once leave one row; different answers at once are all kept, in order. One
+    read and one insert per try.
 
     `on_stored(session, row)` runs for a new answer inside its transaction, before the commit, so
     what it writes (a recovery case and the mail it owes) is stored with the answer or not at all."""
     for _ in range(attempts):
-        with Session(engine, expire_on_commit=False) as session:
-            latest = latest_answer(session, link.touchpoint_id)
+        with engine.connect() as conn:
+            row = _read_state(conn, link)
+            if row is None:
+                raise SurveyUnavailable(f"survey {link.touchpoint_id} is not ours", closed=False)
+            closed = _closed_reason(row.status, row.mailed)
+            if closed is not None:
+                raise SurveyUnavailable(closed, closed=True, order_locale=row.order_locale)
+            latest = _latest(row)
             if latest is not None and _same(latest, link, answer):
-                return Recorded(latest, created=False)
-            row = SurveyResponse(
-                touchpoint_id=link.touchpoint_id,
-                order_id=link.order_id,
-                scale=link.scale.name,
-                score=answer.score,
-                comment=answer.comment,
-                reasons=answer.reasons,
-                answered_at=now,
-                seq=(latest.seq + 1) if latest is not None else 1,
-            )
-            session.add(row)
+                return Recorded(_response(link, latest), created=False)
+            values = {
+                "touchpoint_id": link.touchpoint_id,
+                "order_id": link.order_id,
+                "scale": link.scale.name,
+                "score": answer.score,
+                "comment": answer.comment,
+                "reasons": answer.reasons,
+                "answered_at": now,
+                "seq": (latest.seq + 1) if latest is not None else 1,
+            }
             try:
-                session.flush()
+                new_id = conn.execute(_INSERT_ANSWER, values).scalar_one()
                 if on_stored is not None:
-                    on_stored(session, row)
-                session.commit()
+                    # The hook writes through a session joined to this connection's transaction.
+                    with Session(bind=conn) as session:
+                        stored = session.get(SurveyResponse, new_id)
+                        assert stored is not None
+                        on_stored(session, stored)
+                        session.flush()
+                conn.commit()
             except sa.exc.IntegrityError:
-                session.rollback()  # another answer took this number first: read again
+                conn.rollback()  # another answer took this number first: read again
                 continue
-            return Recorded(row, created=True)
+            return Recorded(SurveyResponse(id=new_id, **values), created=True)
     raise AnswerConflict(f"survey {link.touchpoint_id}: gave up after {attempts} competing answers")
+
+
+def _response(link: SurveyLink, latest: Latest) -> SurveyResponse:
+    return SurveyResponse(
+        id=latest.id,
+        touchpoint_id=link.touchpoint_id,
+        order_id=link.order_id,
+        scale=latest.scale,
+        score=latest.score,
+        comment=latest.comment,
+        reasons=latest.reasons,
+        answered_at=latest.answered_at,
+        seq=latest.seq,
+    )

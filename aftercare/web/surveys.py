@@ -30,20 +30,23 @@ from babel.dates import format_datetime
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
 from aftercare import signing
 from aftercare.contact.policy import load_contact_policy
 from aftercare.contact.sender import ShopPolicy, load_shop_policy
-from aftercare.models import SurveyResponse, utcnow
+from aftercare.models import Order, SurveyResponse, utcnow
 from aftercare.recovery.cases import Recovery
 from aftercare.rendering import BABEL_LOCALES, Renderer
 from aftercare.settings import Settings
 from aftercare.surveys.answers import (
     Answer,
     AnswerRefused,
+    Latest,
     SurveyLink,
     SurveyState,
+    SurveyUnavailable,
     parse_score,
     read_answer,
     read_survey_token,
@@ -117,15 +120,21 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
     def recovery() -> Recovery:
         return Recovery.load(settings, renderer)
 
-    def store(link: SurveyLink, st: SurveyState, the_answer: Answer) -> None:
-        """Store the answer; a low one (or a negative comment) opens the survey's recovery case, or
-        is noted on it, in the same transaction (aftercare/recovery/cases.py)."""
+    def store(link: SurveyLink, the_answer: Answer) -> None:
+        """Store the answer (SurveyUnavailable: the survey takes none); a low one, or a negative
+        comment, opens the survey's recovery case, or is noted on it, in the same transaction
+        (aftercare/recovery/cases.py). The comment is judged in the order's language."""
         now = clock()
         rec = recovery()
-        assessment = rec.assess(
-            score=the_answer.score, scale=link.scale.name, comment=the_answer.comment, locale=st.order.locale
-        )
-        record_answer(engine, link, the_answer, now=now, on_stored=rec.on_stored(assessment, now))
+
+        def on_stored(session: Session, row: SurveyResponse) -> object:
+            locale = session.exec(select(Order.locale).where(Order.id == row.order_id)).first()
+            assessment = rec.assess(
+                score=the_answer.score, scale=link.scale.name, comment=the_answer.comment, locale=locale
+            )
+            return rec.note_answer(session, row, assessment, now=now)
+
+        record_answer(engine, link, the_answer, now=now, on_stored=on_stored)
 
     def policy() -> SurveyPolicy:
         return load_survey_policy(settings.policies_dir)
@@ -155,7 +164,7 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
         if st is None:
             return notice("invalid", 404, browser_locale(request))
         if not st.open:
-            return notice("closed", 410, page_locale(st.order.locale))
+            return notice("closed", 410, page_locale(st.order_locale))
         return link, st
 
     def page(
@@ -170,13 +179,13 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
         sent: dict[str, Any] | None = None,
         error: AnswerRefused | None = None,
     ) -> HTMLResponse:
-        locale = page_locale(st.order.locale)
+        locale = page_locale(st.order_locale)
         p = policy()
-        latest: SurveyResponse | None = st.latest
+        latest: Latest | None = st.latest
         if sent is not None:  # a refused answer, shown again as it was sent
             reasons, comment = sent["reasons"], sent["comment"]
         elif latest is not None:
-            reasons, comment = list(latest.reasons or []), latest.comment or ""
+            reasons, comment = list(latest.reasons), latest.comment or ""
         else:
             reasons, comment = [], ""
         if chosen is None and latest is not None and latest.scale == link.scale.name:
@@ -188,8 +197,8 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
             {
                 "shop_name": shop_name(locale),
                 "action": f"/survey/{raw}",
-                "order_name": st.order.name,
-                "lines": [li.title for li in st.lines[:5]],
+                "order_name": st.order_name,
+                "lines": st.lines[:5],
                 "more_lines": max(0, len(st.lines) - 5),
                 "scale": link.scale.name,
                 "scores": link.scale.scores,
@@ -233,18 +242,26 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
 
     @api.post("/survey/{raw:path}", response_class=HTMLResponse)
     async def answer(raw: str, request: Request) -> Response:
-        """Store an answer, then show the page (303): a reload never posts it again."""
-        found = await run_in_threadpool(load, raw, request)
-        if isinstance(found, HTMLResponse):
-            return found
-        link, st = found
-        locale = page_locale(st.order.locale)
+        """Store an answer, then show the page (303): a reload never posts it again. An answer the
+        form gives us is stored in one transaction that also checks the survey (`record_answer`);
+        only a form we refuse reads the survey first, so that a link that is not ours or a closed
+        survey is answered as such (404/410) before what is wrong with the form (415/413/422)."""
+        link = verify(raw, request)
+        if isinstance(link, HTMLResponse):
+            return link
+
+        async def refuse(kind: str, status: int) -> Response:
+            found = await run_in_threadpool(load, raw, request)
+            if isinstance(found, HTMLResponse):
+                return found
+            return notice(kind, status, page_locale(found[1].order_locale))
+
         if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != FORM_TYPE:
-            return notice("bad_form", 415, locale)
+            return await refuse("bad_form", 415)
         try:
             body = await read_limited(request, MAX_FORM_BYTES)
         except BodyTooLarge:
-            return notice("too_large", 413, locale)
+            return await refuse("too_large", 413)
         fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         scores = fields.get("score", [])
         sent = {"reasons": fields.get("reason", []), "comment": (fields.get("comment") or [""])[0]}
@@ -267,10 +284,20 @@ def router(settings: Settings, engine: Engine, *, clock: Callable[[], datetime] 
                 "reasons": [r for r in sent["reasons"] if r in p.reason_codes],
                 "comment": _printable(sent["comment"]),
             }
-            return await run_in_threadpool(
-                lambda: page(raw, link, st, status=422, chosen=chosen, sent=clean_sent, error=refused)
-            )
-        await run_in_threadpool(store, link, st, the_answer)
+
+            def shown_again() -> Response:
+                found = load(raw, request)
+                if isinstance(found, HTMLResponse):
+                    return found
+                return page(raw, link, found[1], status=422, chosen=chosen, sent=clean_sent, error=refused)
+
+            return await run_in_threadpool(shown_again)
+        try:
+            await run_in_threadpool(store, link, the_answer)
+        except SurveyUnavailable as exc:
+            if exc.closed:
+                return notice("closed", 410, page_locale(exc.order_locale))
+            return notice("invalid", 404, browser_locale(request))
         return RedirectResponse(f"/survey/{raw}?saved=1", status_code=303, headers=_headers(None))
 
     return api

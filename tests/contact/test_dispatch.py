@@ -3,6 +3,7 @@ sending, in the customer's own time, capped, consented, and sent exactly once.""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -256,6 +257,26 @@ def test_a_composer_that_raises_leaves_the_survey_planned_and_says_why(rt):
     tp = touchpoint(rt, tp_id)
     assert tp.status == "planned" and tp.verdict is None
     assert [d.touchpoint_id for d in run(rt, jst(2026, 12, 3, 10, 5)).sent] == [tp_id]
+
+
+def test_a_header_the_outbox_refuses_fails_that_survey_alone_and_the_batch_goes(rt):
+    bad = make_survey(rt, 53, due_at=jst(2026, 12, 3, 10, 0))
+    others = [make_survey(rt, n, due_at=jst(2026, 12, 3, 10, 0)) for n in (54, 55)]
+
+    def injecting(ctx):
+        composed = COMPOSERS["delivery_survey"](ctx)
+        if ctx.touchpoint.id == bad:
+            return dataclasses.replace(composed, headers={"X-Campaign": "a\r\nBcc: victim@example.com"})
+        return composed
+
+    result = run(rt, jst(2026, 12, 3, 10, 0), composers={"delivery_survey": injecting})
+    [failed] = result.failed
+    assert failed.touchpoint_id == bad and "InvalidHeader" in failed.line
+    assert sorted(d.touchpoint_id for d in result.sent) == sorted(others)
+    mails = survey_mails(rt)
+    assert sorted(m.touchpoint_id for m in mails) == sorted(others)
+    assert sorted(d.outbox_id for d in result.sent) == sorted(m.id for m in mails)
+    assert touchpoint(rt, bad).status == "planned" and touchpoint(rt, bad).verdict is None
 
 
 def test_due_uses_held_until_and_limit(rt):

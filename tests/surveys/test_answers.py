@@ -9,13 +9,15 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from aftercare.models import SurveyResponse, utcnow
+from aftercare.models import SurveyResponse, Touchpoint, utcnow
 from aftercare.runtime import Runtime
 from aftercare.settings import PROJECT_ROOT
 from aftercare.spine.db import alembic_config, make_engine, migrate
 from aftercare.surveys.answers import (
     Answer,
     AnswerRefused,
+    SurveyLink,
+    SurveyUnavailable,
     clean_comment,
     parse_reasons,
     parse_score,
@@ -160,3 +162,22 @@ def test_migration_0010_numbers_earlier_answers_and_goes_down_and_up(own_databas
         command.upgrade(cfg, "head")
     finally:
         engine.dispose()
+
+
+def test_an_answer_to_a_survey_called_off_or_not_ours_is_refused_in_its_transaction(rt: Runtime):
+    secret = rt.settings.link_secret.get_secret_value()
+    survey = mailed_survey(rt, send=False)  # queued, never sent
+    link = read_survey_token(secret, survey.token, now=utcnow())
+    with rt.engine.begin() as conn:  # then called off (say, the customer unsubscribed)
+        conn.execute(
+            sa.update(Touchpoint).where(Touchpoint.id == survey.touchpoint_id).values(status="cancelled")  # type: ignore[arg-type]
+        )
+    with pytest.raises(SurveyUnavailable) as err:
+        record_answer(rt.engine, link, Answer(5, [], None), now=utcnow())
+    assert err.value.closed and err.value.order_locale == "ja" and "called off" in str(err.value)
+    ghost = SurveyLink(987_654_321, link.order_id, link.scale)
+    with pytest.raises(SurveyUnavailable) as err:
+        record_answer(rt.engine, ghost, Answer(5, [], None), now=utcnow())
+    assert not err.value.closed
+    with Session(rt.engine) as s:
+        assert s.exec(select(SurveyResponse)).all() == []

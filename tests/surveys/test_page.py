@@ -216,6 +216,36 @@ def test_a_survey_called_off_before_its_mail_went_out_takes_no_answer(rt: Runtim
     assert answers(rt) == []
 
 
+def test_a_link_that_takes_no_answer_is_refused_as_such_whatever_the_form(rt: Runtime, client: TestClient):
+    # The answer is checked and stored in one transaction; a form we refuse reads the survey first,
+    # so a called-off survey says 410 and a link naming no survey of ours 404, before the form's fault.
+    called_off = mailed_survey(rt, send=False)
+    order_body = {
+        "id": 820001,
+        "line_items": [{"id": 9100011, "quantity": 1}, {"id": 9100021, "quantity": 2}],
+    }
+    receive(rt, refund_payload(order_body), topic="refunds/create")
+    ghost = survey_token(
+        rt.settings.link_secret.get_secret_value(),
+        touchpoint_id=987_654_321,
+        order_id=called_off.order_id,
+        scale="csat5",
+        closes_at=utcnow() + timedelta(days=30),
+    )
+    form = "application/x-www-form-urlencoded"
+    for path, status, kind in ((called_off.path(), 410, "closed"), (f"/survey/{ghost}", 404, "invalid")):
+        for content_type, body in [
+            *FOREIGN_BODIES,
+            (form, b"score=5"),  # an answer we would take
+            (form, b"score=9"),  # one we would refuse (422)
+            (form, ("comment=" + "x" * 100_000).encode()),  # a form too large (413)
+        ]:
+            headers = {"content-type": content_type} if content_type else {}
+            response = client.post(path, content=body, headers=headers, follow_redirects=False)
+            refused(response, status, kind)
+    assert answers(rt) == []
+
+
 def test_an_order_refunded_after_the_survey_went_out_still_takes_the_answer(rt: Runtime, client: TestClient):
     survey = mailed_survey(rt)
     order_body = {
