@@ -185,3 +185,16 @@ def three_pl() -> Iterator[FakeThreePL]:
     """A loopback 3PL (tests/fakes/warehouse.py) for the HTTP warehouse port."""
     with FakeThreePL() as fake:
         yield fake
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup` (make test), the tests of a module that share a
+    module-scoped fixture (a served Prefect deployment with its runs, a locked Prefect server) run on
+    one worker, one after the other, so it is built once; every other test goes to whichever worker
+    is free. Without xdist the mark does nothing."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
+        if any(d.scope in ("module", "class", "package") for chain in defs for d in chain):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
