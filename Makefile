@@ -40,8 +40,7 @@ chromium:
 
 # Workers of pytest-xdist, each a session of its own (its own PostgreSQL database, SQLite template
 # and Prefect test server); the tests sharing a module-scoped fixture stay on one worker (loadgroup,
-# tests/conftest.py). The suite waits on subprocesses, servers and the database more than it computes,
-# so more workers than cores still pays; TEST_WORKERS=0 runs it in this one process.
+# tests/conftest.py). TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 2
 
 test: install data chromium

@@ -31,6 +31,10 @@ PG_ADMIN_URL = os.environ.get("AFTERCARE_TEST_PG_URL", "postgresql://postgres@12
 TEST_SECRET = "test-webhook-secret-0123456789"
 
 
+# A test's `record_property(PRINTED_REPORT, text)`: the text is printed in the run's summary.
+PRINTED_REPORT = "printed_report"
+
+
 def shared_path(*parts: str) -> Path:
     """A file under ../shared; skipped with a reason when absent, a failure under CI=true."""
     path = (SHARED or Path("../shared")).joinpath(*parts)
@@ -198,3 +202,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
         if any(d.scope in ("module", "class", "package") for chain in defs for d in chain):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+
+
+_printed_reports: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep the reports tests asked to print (in this process, or sent back by an xdist worker)."""
+    if report.when == "call":  # the teardown's report carries the same properties
+        _printed_reports.extend(
+            (report.nodeid, str(value)) for name, value in report.user_properties if name == PRINTED_REPORT
+        )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for nodeid, text in _printed_reports:
+        terminalreporter.write_sep("-", nodeid)
+        terminalreporter.write_line(text)
