@@ -644,6 +644,10 @@ def run(cfg: Config) -> Report:
                     not short,
                     [f"{ref} {status} run {run_id} drafts {n}" for ref, status, run_id, n in short],
                 )
+                # A review reaches its approver a moment before the approval request it owes is sent:
+                # let that mail go (the same wait as above) before checking that nothing stays claimed.
+                # Seen on a busy machine: 'outbox sending: 1', an approval request sent 0.4 s later.
+                drain(engine, cfg.drain_seconds)
             check(report, engine, work, posted, sendgrid, three_pl, faults)
             flow_runs_row(report, topo.cfg.prefect_api_url)
             engine.dispose()
