@@ -38,8 +38,13 @@ chromium:
 		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
+# Workers of pytest-xdist, each a session of its own (its own PostgreSQL database, SQLite template
+# and Prefect test server); the tests sharing a module-scoped fixture stay on one worker (loadgroup,
+# tests/conftest.py). TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
+
 test: install data chromium
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: install data
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

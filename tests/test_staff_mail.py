@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
@@ -54,6 +55,9 @@ def sendgrid(settings: Settings, fake: FakeSendGrid) -> Settings:
             "sendgrid_api_key": SecretStr(fake.api_key),
             "sendgrid_base_url": fake.url,
             "sendgrid_timeout_s": 2.0,
+            # A send retried inline waits 10 ms doubling (tests/conftest.py): its 12 attempts would
+            # sleep 20 s. Capped, they take half a second; the count of attempts is what is tested.
+            "send_backoff_cap_s": 0.05,
         }
     )
 
@@ -186,7 +190,7 @@ review_sweep()
 
 
 def test_an_escalation_claimed_by_a_process_killed_before_sending_is_sent_by_the_next_drain(
-    sg, fake, settings
+    prefect_server, sg, fake, settings
 ):
     """kill -9 after the claim: the sweep runs in a process of its own, which is killed as soon as it
     has claimed the escalation and either handed nothing to the provider yet or is waiting on it."""
@@ -207,6 +211,9 @@ def test_an_escalation_claimed_by_a_process_killed_before_sending_is_sent_by_the
         "AFTERCARE_EMAIL_BACKEND": "sendgrid",
         "AFTERCARE_SENDGRID_API_KEY": fake.api_key,
         "AFTERCARE_SENDGRID_BASE_URL": fake.url,
+        # The sweep's check of the approval runs asks the session's Prefect test server (without
+        # it, Prefect starts a server of its own in the child: ~10 s).
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
     }
     child = subprocess.Popen([sys.executable, "-c", CHILD], env=env, cwd=PROJECT_ROOT)
     deadline = time.monotonic() + 60

@@ -30,7 +30,6 @@ from aftercare.web.app import create_app
 from aftercare.web.approvals import PrefectResumer
 from aftercare.web.wake import NoWaker
 from tasks.review_sweep import DECISION_GRACE_S, deliver_stored_decisions
-from tasks.reviews import review_sweep
 from tests.browser import PHONE, chromium_or_skip, launch
 from tests.flows.test_review_approval import (
     FIRST_DRAFT,
@@ -43,6 +42,7 @@ from tests.flows.test_review_approval import (
     _llm_reply,
     finished,
     read_run,
+    sweep_until_started,
     wait_for,
     waiting,
 )
@@ -108,7 +108,7 @@ def env(prefect_server: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
                     s: add_review(rt.engine, platform_review_id=f"page-{s}", author_display_name="Sam")
                     for s in SCENARIOS
                 }
-                assert sorted(review_sweep()["started"]) == sorted(ids.values())
+                sweep_until_started(ids.values())
                 runs = {s: (ids[s], store.get_review(rt.engine, ids[s]).flow_run_id) for s in SCENARIOS}
                 yield Env(rt=rt, web=web, runs=runs)
         finally:

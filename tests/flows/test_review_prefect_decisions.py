@@ -30,8 +30,14 @@ from aftercare.reviews.policy import ApprovalPolicy, load_reviews_policy
 from aftercare.runtime import Runtime, use_runtime
 from aftercare.settings import PROJECT_ROOT, Settings
 from aftercare.spine.db import migrate
-from tasks.reviews import review_sweep
-from tests.flows.test_review_approval import BackgroundRunner, finished, form_text, read_run, waiting
+from tests.flows.test_review_approval import (
+    BackgroundRunner,
+    finished,
+    form_text,
+    read_run,
+    sweep_until_started,
+    waiting,
+)
 from tests.reviews.factories import CUSTOMER, make_request
 from tests.reviews.fake_openai import API_KEY, FakeOpenAI
 from tests.reviews.helpers import EN_COMPLAINT, add_review
@@ -116,7 +122,7 @@ def shop(prefect_server: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
         try:
             with BackgroundRunner(), use_runtime(rt):
                 ids = {run: add_review(rt.engine, platform_review_id=f"hostile-{run}") for run in RUNS}
-                assert sorted(review_sweep()["started"]) == sorted(ids.values())
+                sweep_until_started(ids.values())
                 yield Shop(
                     rt=rt,
                     runs={run: (ids[run], store.get_review(rt.engine, ids[run]).flow_run_id) for run in RUNS},
