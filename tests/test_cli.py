@@ -431,7 +431,9 @@ def test_demo_orders_only_posts_the_samples_and_a_second_demo_mails_nobody_twice
 
 
 def test_full_demo_posts_orders_then_shipments_and_twice_changes_no_mail(env, rt, web_url, capsys):
-    code, out, err = run(capsys, "demo", "--url", web_url, "--survey-wait", "0")
+    # The review request, the review on our form and the recovery case wait for send-timed-messages
+    # and an approval run, which nothing runs here: tests/test_demo_reviews.py proves that part.
+    code, out, err = run(capsys, "demo", "--url", web_url, "--survey-wait", "0", "--reviews-wait", "0")
     assert code == 0, err
     rows = inbox_events(rt)
     assert out.count("-> HTTP 200") == len(rows)
@@ -451,7 +453,7 @@ def test_full_demo_posts_orders_then_shipments_and_twice_changes_no_mail(env, rt
 
     assert len(by_topic["reviews/create"]) == 1  # the sample review of #1101, waiting for approval
 
-    code, out, err = run(capsys, "demo", "--url", web_url, "--survey-wait", "0")
+    code, out, err = run(capsys, "demo", "--url", web_url, "--survey-wait", "0", "--reviews-wait", "0")
     assert code == 0, err
     # Shopify deliveries get new webhook ids; the review is the same review (platform + id): a no-op.
     assert '{"status":"duplicate"}' in out
@@ -469,14 +471,14 @@ def test_demo_posts_three_survey_cases_and_prints_what_the_rules_said(env, rt, w
     timeline line and succeeds."""
     from aftercare import timed
 
-    code, out, _ = run(capsys, "demo", "--url", web_url, "--survey-wait", "1")
+    code, out, _ = run(capsys, "demo", "--url", web_url, "--survey-wait", "1", "--reviews-wait", "0")
     assert code == 1
     assert "one-click unsubscribe" in out and "survey-unsubscribed@example.com -> HTTP 200" in out
     assert out.count("orders/create        due now") == 1
     assert "not judged yet: due now, quiet hours, unsubscribed" in out
     process_everything(rt)
     timed.dispatch_due(rt, datetime.now(UTC))
-    code, out, _ = run(capsys, "demo", "--url", web_url, "--survey-wait", "10")
+    code, out, _ = run(capsys, "demo", "--url", web_url, "--survey-wait", "10", "--reviews-wait", "0")
     assert code == 0, out
     assert "#2101 due now" in out and ": sending at " in out
     assert "#2102 quiet hours" in out and "(quiet hours)" in out
