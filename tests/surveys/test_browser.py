@@ -6,7 +6,6 @@ answer. And the same without script: the link shows the score chosen, one button
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,31 +14,14 @@ from sqlmodel import Session, select
 from aftercare.models import SurveyResponse
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
-from aftercare.web.app import create_app
-from aftercare.web.wake import NoWaker
-from tests.browser import PHONE, chromium_or_skip, launch
+from tests.browser import PHONE, Env, launch, served_for_chromium
 from tests.surveys.helpers import mailed_survey
-from tests.web.approval_helpers import Served, loopback_socket
-
-
-@dataclass
-class Env:
-    rt: Runtime
-    url: str
 
 
 @pytest.fixture
 def env(settings: Settings) -> Iterator[Env]:
-    chromium_or_skip()
-    sock = loopback_socket()
-    host, port = sock.getsockname()[:2]
-    served = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
-    rt = Runtime.build(served)
-    try:
-        with Served(create_app(served, waker=NoWaker()), sock) as web:
-            yield Env(rt, web.url)
-    finally:
-        rt.engine.dispose()
+    with served_for_chromium(settings) as served:
+        yield served
 
 
 def answers(rt: Runtime) -> list[tuple[int, int, list[str], str | None]]:

@@ -6,7 +6,6 @@ changes their review. And the same without script: the page has none, so nothing
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,32 +14,15 @@ from sqlmodel import Session, select
 from aftercare.models import Review, ReviewRevision
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
-from aftercare.web.app import create_app
-from aftercare.web.wake import NoWaker
-from tests.browser import PHONE, chromium_or_skip, launch
+from tests.browser import PHONE, Env, launch, served_for_chromium
 from tests.reviews.form_helpers import reviewable
 from tests.reviews.intake_helpers import process_all
-from tests.web.approval_helpers import Served, loopback_socket
-
-
-@dataclass
-class Env:
-    rt: Runtime
-    url: str
 
 
 @pytest.fixture
 def env(settings: Settings) -> Iterator[Env]:
-    chromium_or_skip()
-    sock = loopback_socket()
-    host, port = sock.getsockname()[:2]
-    served = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
-    rt = Runtime.build(served)
-    try:
-        with Served(create_app(served, waker=NoWaker()), sock) as web:
-            yield Env(rt, web.url)
-    finally:
-        rt.engine.dispose()
+    with served_for_chromium(settings) as served:
+        yield served
 
 
 def revisions(rt: Runtime) -> list[tuple[str, int, int, str]]:
