@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -150,22 +151,34 @@ def _not_found() -> HTMLResponse:
     return HTMLResponse("<!doctype html><title>Not found</title><p>Not found</p>", 404, headers=PAGE_HEADERS)
 
 
-def prefect_patrol(settings: Settings, waker: Waker | None = None) -> Patrol:
+def runtime_once(settings: Settings) -> Callable[[], Any]:
+    """The Runtime the web app's patrols run their jobs under, built on first use (the app starts
+    without one) and then shared by every job of both patrols."""
+    from aftercare.runtime import Runtime
+
+    @cache
+    def runtime() -> Runtime:
+        return Runtime.build(settings)
+
+    return runtime
+
+
+def prefect_patrol(
+    settings: Settings, waker: Waker | None = None, runtime: Callable[[], Any] | None = None
+) -> Patrol:
     """The jobs the web app's patrol thread runs (aftercare/web/patrol.py): wake process-inbox when
     the database holds work that is due (every 5 s; aftercare/due.py), so that its schedule is only
     a low-frequency safety sweep and an idle system makes no empty runs; start the approval run of
     each new review (every 2 s); start send-timed-messages when a timed message is due now (every
     15 s); restart review runs that died and deliver page decisions that did not reach their run
     (once a minute). The order path itself makes no Prefect call."""
-    built: list[Any] = []
+    the_runtime = runtime or runtime_once(settings)
 
     def in_runtime(fn: Callable[[], object]) -> Callable[[], object]:
         def job() -> object:
-            from aftercare.runtime import Runtime, use_runtime
+            from aftercare.runtime import use_runtime
 
-            if not built:
-                built.append(Runtime.build(settings))
-            with use_runtime(built[0]):
+            with use_runtime(the_runtime()):
                 return fn()
 
         return job
@@ -221,7 +234,9 @@ class DueFor:
         return at - self.since
 
 
-def fallback_patrol(settings: Settings, every_s: float | None = None) -> Patrol:
+def fallback_patrol(
+    settings: Settings, every_s: float | None = None, runtime: Callable[[], Any] | None = None
+) -> Patrol:
     """A patrol of its own (own thread, so a drain never holds up the Prefect jobs, nor they it): when
     work has been due for `settings.fallback_drain_after_s` and a drain slot is free, no process-inbox
     run is draining it (Prefect's server locked, say, so no run can start). Drain it here, with no
@@ -231,17 +246,15 @@ def fallback_patrol(settings: Settings, every_s: float | None = None) -> Patrol:
 
     from aftercare.drainers import drain_slot
     from aftercare.due import work_due
-    from aftercare.runtime import Runtime, use_runtime
+    from aftercare.runtime import use_runtime
     from tasks.drain_here import drain_here
 
-    built: list[Runtime] = []
+    the_runtime = runtime or runtime_once(settings)
     due_for = DueFor()
     holder = f"aftercare-web-{os.getpid()}"
 
     def drain_when_stuck() -> str | None:
-        if not built:
-            built.append(Runtime.build(settings))
-        rt = built[0]
+        rt = the_runtime()
         due = work_due(rt.engine, rt.settings, rt.policies.requests, utcnow())
         waited = due_for.seen(bool(due), time.monotonic())
         if waited < settings.fallback_drain_after_s or not due:
@@ -288,9 +301,13 @@ def create_app(
         else NoWaker()
     )
 
-    patrol = (patrol or prefect_patrol(settings, the_waker)) if settings.wake_prefect else patrol
+    patrol_runtime = runtime_once(settings)
+    if settings.wake_prefect:
+        patrol = patrol or prefect_patrol(settings, the_waker, patrol_runtime)
     fallback = (
-        fallback_patrol(settings) if settings.wake_prefect and settings.fallback_drain_after_s > 0 else None
+        fallback_patrol(settings, runtime=patrol_runtime)
+        if settings.wake_prefect and settings.fallback_drain_after_s > 0
+        else None
     )
 
     @asynccontextmanager
