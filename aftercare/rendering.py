@@ -76,6 +76,11 @@ class Renderer:
         except UndefinedError as exc:
             raise TemplateMissingVariable(f"template {locale}/{name}: {exc.message}") from exc
 
+    def preload(self, name: str, locale: str) -> None:
+        """Compile a mail's three templates now (Jinja keeps them), not on its first render."""
+        for suffix in (".subject.txt", ".txt", ".html"):
+            self.env.get_template(f"{locale}/{name}{suffix}")
+
     def render_email(self, name: str, locale: str, context: dict[str, Any]) -> RenderedEmail:
         return RenderedEmail(
             subject=single_line(self.render(f"{name}.subject.txt", locale, context)),

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from babel.dates import format_datetime
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, select
 
 from aftercare.models import (
@@ -42,7 +43,7 @@ from aftercare.models import (
 )
 from aftercare.policies import load_policies
 from aftercare.recovery.policy import BusinessClock, RecoveryPolicy, load_recovery_policy
-from aftercare.recovery.store import apology_state, case_of_survey, overdue_condition
+from aftercare.recovery.store import apology_state, overdue_condition
 from aftercare.rendering import BABEL_LOCALES, Renderer
 from aftercare.reviews import intake
 from aftercare.reviews.masking import mask_contacts
@@ -52,11 +53,32 @@ from aftercare.reviews.policy import ReviewsPolicy
 from aftercare.reviews.text import normalise_lang
 from aftercare.reviews.triage import Triager
 from aftercare.settings import Settings
+from aftercare.surveys.answers import AnswerContext, answer_context
 from aftercare.surveys.policy import SCALES, SurveyPolicy, load_survey_policy
 
+_CASES: sa.Table = RecoveryCase.__table__  # type: ignore[attr-defined]
+# Built once (an answer that opens a case or is noted on one is on the survey POST's hot path).
+_CASE_OF_SURVEY = sa.select(_CASES.c.id).where(_CASES.c.touchpoint_id == sa.bindparam("tp"))
+_CASE = sa.select(_CASES).where(_CASES.c.id == sa.bindparam("id"))
+_NOTE = _CASES.update().where(_CASES.c.id == sa.bindparam("case")).values(answers=sa.bindparam("noted"))
+_LINK_REPLY = (
+    _CASES.update().where(_CASES.c.id == sa.bindparam("case")).values(review_id=sa.bindparam("reply"))
+)
+_INSERT_CASE_PG, _INSERT_CASE_SQLITE = (
+    dialect_insert(_CASES).on_conflict_do_nothing(index_elements=["touchpoint_id"]).returning(_CASES.c.id)
+    for dialect_insert in (postgresql.insert, sqlite.insert)
+)
 CASE_OPENED = "recovery_case_opened"
 CASE_OVERDUE = "recovery_case_overdue"
 COMMENT_IN_MAIL = 1200
+
+
+def _attached(session: Session, case: RecoveryCase) -> RecoveryCase:
+    """`case`, built from the values just written, as the session's persistent object (no read
+    back): a caller's later change to it is flushed like any other."""
+    make_transient_to_detached(case)
+    session.add(case)
+    return case
 
 
 @dataclass(frozen=True)
@@ -142,6 +164,16 @@ class Recovery:
             reviews_policy=self.reviews_policy,
         )
 
+    def warm(self, locales: tuple[str, ...] = ("ja", "en")) -> None:
+        """Load now what the first answer would load while its customer waits (a few hundred ms,
+        once): the comment analysers of each language, the ops mail's templates and its dates'
+        locale data."""
+        scale = self.surveys.scale
+        for locale in locales:
+            self.assess(score=SCALES[scale].high, scale=scale, comment="warm-up", locale=locale)
+        self.renderer.preload(CASE_OPENED, self.policy.ops.locale)
+        self.when(utcnow(), self.policy.ops.locale)
+
     def when(self, at: datetime, locale: str) -> str:
         """A moment in the shop's time zone, as ops read it."""
         local = at.astimezone(self.clock.tz)
@@ -149,28 +181,43 @@ class Recovery:
             return format_datetime(local, "y年M月d日(E) H:mm", locale="ja_JP") + f" {local:%Z}"
         return format_datetime(local, "EEE, MMMM d, y, h:mm a", locale=BABEL_LOCALES["en"]) + f" {local:%Z}"
 
-    def on_stored(self, assessment: Assessment, now: datetime) -> Callable[[Session, SurveyResponse], object]:
+    def on_stored(
+        self, assessment: Assessment, now: datetime
+    ) -> Callable[[Session, SurveyResponse, AnswerContext], object]:
         """The hook `record_answer` runs in the answer's transaction (see `note_answer`)."""
-        return lambda session, row: self.note_answer(session, row, assessment, now=now)
+        return lambda session, row, context: self.note_answer(
+            session, row, assessment, now=now, context=context
+        )
 
     # -- opening, or noting a later answer ------------------------------------------------------
 
     def note_answer(
-        self, session: Session, row: SurveyResponse, assessment: Assessment, *, now: datetime
+        self,
+        session: Session,
+        row: SurveyResponse,
+        assessment: Assessment,
+        *,
+        now: datetime,
+        context: AnswerContext | None = None,
     ) -> RecoveryCase | None:
         """In the answer's transaction: open the survey's case when the answer calls for one and
-        there is none, or record the answer on the case there is. Returns the case, if any."""
+        there is none, or record the answer on the case there is. Returns the case, if any.
+        `context`: what the answer's own read found (`record_answer`); read here when not given."""
         assert row.id is not None
-        case = case_of_survey(session, row.touchpoint_id)
-        if case is None and assessment.opens:
-            case = self._open(session, row, assessment, now)
+        context = context or answer_context(session, row.touchpoint_id)
+        assert context is not None, f"survey {row.touchpoint_id} has no order"
+        case_id = context.case_id
+        if case_id is None:
+            if not assessment.opens:
+                return None  # no case, and this answer opens none: nothing to write
+            case = self._open(session, row, assessment, now, context)
             if case is not None:
                 return case
-            case = case_of_survey(session, row.touchpoint_id)  # another answer opened it first
-        if case is None:
-            return None
-        case.answers = [
-            *(case.answers or []),
+            # Another answer opened it first (only possible when `context` was read apart).
+            case_id = session.execute(_CASE_OF_SURVEY, {"tp": row.touchpoint_id}).scalar_one()
+        found = session.execute(self._locked(session, _CASE), {"id": case_id}).one()
+        noted = [
+            *(found.answers or []),
             {
                 "response_id": row.id,
                 "seq": row.seq,
@@ -180,50 +227,54 @@ class Recovery:
                 "negative_comment": assessment.negative_comment,
             },
         ]
-        session.add(case)
-        session.flush()
-        return case
+        session.execute(_NOTE, {"case": case_id, "noted": noted})
+        return _attached(session, RecoveryCase(**(found._asdict() | {"answers": noted})))
+
+    @staticmethod
+    def _locked(session: Session, query: sa.Select[Any]) -> sa.Select[Any]:
+        """On PostgreSQL, the case row locked: later answers are noted one after another."""
+        return query.with_for_update() if session.get_bind().dialect.name == "postgresql" else query
 
     def _open(
-        self, session: Session, row: SurveyResponse, assessment: Assessment, now: datetime
+        self,
+        session: Session,
+        row: SurveyResponse,
+        assessment: Assessment,
+        now: datetime,
+        order: AnswerContext,
     ) -> RecoveryCase | None:
-        order = session.get(Order, row.order_id)
-        assert order is not None and order.id is not None
+        """Insert the case, its private reply row and the ops mail's outbox rows; None when the
+        survey has a case already (opened by a competing answer)."""
         due = self.clock.add(now, self.policy.first_answer_business_hours)
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        table = RecoveryCase.__table__  # type: ignore[attr-defined]
-        case_id = session.execute(
-            insert(table)
-            .values(
-                touchpoint_id=row.touchpoint_id,
-                order_id=order.id,
-                scale=row.scale,
-                score=row.score,
-                response_id=row.id,
-                reasons=assessment.reasons,
-                answers=[],
-                status=RecoveryStatus.OPEN,
-                opened_at=now,
-                first_answer_due_at=due,
-                policy_version=self.policy.version,
-            )
-            .on_conflict_do_nothing(index_elements=["touchpoint_id"])
-            .returning(table.c.id)
-        ).scalar()
+        values = {
+            "touchpoint_id": row.touchpoint_id,
+            "order_id": order.order_id,
+            "scale": row.scale,
+            "score": row.score,
+            "response_id": row.id,
+            "reasons": assessment.reasons,
+            "answers": [],
+            "status": RecoveryStatus.OPEN,
+            "opened_at": now,
+            "first_answer_due_at": due,
+            "policy_version": self.policy.version,
+        }
+        insert = _INSERT_CASE_PG if session.get_bind().dialect.name == "postgresql" else _INSERT_CASE_SQLITE
+        case_id = session.execute(insert, values).scalar()
         if case_id is None:
             return None
         scale = SCALES[row.scale]
         reply = Review(
             platform=PRIVATE_REPLY_PLATFORM,
-            platform_review_id=f"case-{case_id} {order.name}"[:128],
+            platform_review_id=f"case-{case_id} {order.order_name}"[:128],
             shop_domain=order.shop_domain,
-            order_id=order.id,
+            order_id=order.order_id,
             customer_id=order.customer_id,
-            order_ref=order.name,
+            order_ref=order.order_name,
             rating=stars_equivalent(row.scale, row.score),
             title=f"survey score {row.score} ({scale.low}-{scale.high})",
             body=row.comment or "",
-            language=order.locale,
+            language=order.order_locale,
             source_created_at=row.answered_at,
             received_at=now,
             triage_negative=True,  # the patrol starts a reply run for it, whatever the score said
@@ -234,10 +285,8 @@ class Recovery:
         )
         session.add(reply)
         session.flush()
-        case = session.get(RecoveryCase, case_id)
-        assert case is not None
-        case.review_id = reply.id
-        session.add(case)
+        session.execute(_LINK_REPLY, {"case": case_id, "reply": reply.id})
+        case = _attached(session, RecoveryCase(id=case_id, review_id=reply.id, **values))
         ops = self.policy.ops
         enqueue_staff_email(
             session,
@@ -248,16 +297,19 @@ class Recovery:
                 f"case-{case_id}",
                 ops.notify,
                 ops.locale,
-                {"case": self._mail_facts(case, order, row, ops.locale), "escalate_to": ops.escalate_to},
-                order_id=order.id,
-                order_name=order.name,
+                {
+                    "case": self._mail_facts(case, order.order_name, row, ops.locale),
+                    "escalate_to": ops.escalate_to,
+                },
+                order_id=order.order_id,
+                order_name=order.order_name,
             ),
         )
         session.flush()
         return case
 
     def _mail_facts(
-        self, case: RecoveryCase, order: Order, row: SurveyResponse | None, locale: str
+        self, case: RecoveryCase, order_name: str, row: SurveyResponse | None, locale: str
     ) -> dict[str, Any]:
         scale = SCALES[case.scale]
         labels = {r.code: r.label(locale) for r in self.surveys.reasons}
@@ -266,7 +318,7 @@ class Recovery:
             comment = comment[:COMMENT_IN_MAIL] + "…"
         return {
             "id": case.id,
-            "order_name": order.name,
+            "order_name": order_name,
             "score": case.score,
             "low": scale.low,
             "high": scale.high,
@@ -304,7 +356,7 @@ class Recovery:
                 assert case is not None
                 order = session.get(Order, case.order_id)
                 assert order is not None
-                facts = self._mail_facts(case, order, None, ops.locale)
+                facts = self._mail_facts(case, order.name, None, ops.locale)
                 facts["apology"] = apology_state(session, case)
                 enqueue_staff_email(
                     session,

@@ -36,14 +36,6 @@ def overdue_condition(now: datetime) -> sa.ColumnElement[bool]:
     )
 
 
-def case_of_survey(session: Session, touchpoint_id: int) -> RecoveryCase | None:
-    """The case of a survey (locked on PostgreSQL, so later answers are noted one after another)."""
-    query = select(RecoveryCase).where(RecoveryCase.touchpoint_id == touchpoint_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    return session.exec(query).first()
-
-
 def case_of_reply(session: Session, review_id: int) -> RecoveryCase | None:
     """The case whose private apology is this review row."""
     return session.exec(select(RecoveryCase).where(RecoveryCase.review_id == review_id)).first()

@@ -33,6 +33,7 @@ from aftercare.models import (
     OrderLine,
     OutboxMessage,
     OutboxStatus,
+    RecoveryCase,
     SurveyResponse,
     Touchpoint,
     TouchpointStatus,
@@ -215,11 +216,12 @@ _LINES: sa.Table = OrderLine.__table__  # type: ignore[attr-defined]
 _OUTBOX: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 _ANSWERS: sa.Table = SurveyResponse.__table__  # type: ignore[attr-defined]
 _LATER: sa.Table = _ANSWERS.alias("later")  # type: ignore[assignment]
+_CASES: sa.Table = RecoveryCase.__table__  # type: ignore[attr-defined]
 # Built once: the survey page and its POST are the customer's hot path (100 a second is the goal).
 # One round trip for everything a page or an answer needs but the items: the touchpoint, its
-# order's name and language, whether its mail may have reached the customer (it matters only for a
-# survey called off: `_closed_reason`), and the answer that counts (the highest seq, unique per
-# survey), if any.
+# order's name, language and what a recovery case copies from it, whether its mail may have reached
+# the customer (it matters only for a survey called off: `_closed_reason`), the answer that counts
+# (the highest seq, unique per survey), if any, and the survey's recovery case, if any.
 _STATE = (
     sa.select(
         _TP.c.kind,
@@ -227,6 +229,9 @@ _STATE = (
         _TP.c.status,
         _ORDERS.c.name.label("order_name"),
         _ORDERS.c.locale.label("order_locale"),
+        _ORDERS.c.shop_domain,
+        _ORDERS.c.customer_id,
+        sa.select(_CASES.c.id).where(_CASES.c.touchpoint_id == _TP.c.id).scalar_subquery().label("case_id"),
         sa.exists()
         .where(_OUTBOX.c.touchpoint_id == _TP.c.id, _OUTBOX.c.status.in_([s.value for s in _MAILED]))
         .label("mailed"),
@@ -279,6 +284,18 @@ def _read_state(conn: sa.Connection, link: SurveyLink) -> sa.Row[Any] | None:
     return row
 
 
+def _context(row: sa.Row[Any]) -> AnswerContext:
+    return AnswerContext(
+        row.order_id, row.order_name, row.order_locale, row.shop_domain, row.customer_id, row.case_id
+    )
+
+
+def answer_context(session: Session, touchpoint_id: int) -> AnswerContext | None:
+    """`AnswerContext` of a survey, read on its own (for callers that store answers themselves)."""
+    row = session.connection().execute(_STATE, {"tp": touchpoint_id}).first()
+    return None if row is None else _context(row)
+
+
 def _latest(row: sa.Row[Any]) -> Latest | None:
     if row.seq is None:
         return None
@@ -325,6 +342,21 @@ def _same(latest: Latest, link: SurveyLink, answer: Answer) -> bool:
 
 
 @dataclass(frozen=True)
+class AnswerContext:
+    """What the answer's own read found besides the answer (`record_answer` hands it to its hook):
+    the order's facts a recovery case copies, and the survey's case, if it had one then. The read
+    and the insert are one consistent step: an answer stored after the read takes the number this
+    one wants, so this one reads again (and sees its case)."""
+
+    order_id: int
+    order_name: str
+    order_locale: str | None
+    shop_domain: str
+    customer_id: int | None
+    case_id: int | None
+
+
+@dataclass(frozen=True)
 class Recorded:
     response: SurveyResponse
     created: bool  # False: the same answer was already the one that counts
@@ -341,15 +373,17 @@ def record_answer(
     *,
     now: datetime,
     attempts: int = 8,
-    on_stored: Callable[[Session, SurveyResponse], object] | None = None,
+    on_stored: Callable[[Session, SurveyResponse, AnswerContext], object] | None = None,
 ) -> Recorded:
     """Store `answer` as the survey's latest, unless it already is; SurveyUnavailable when the
     survey takes no answer (checked in the same transaction). Safe against itself: any number of
     identical posts at once leave one row; different answers at once are all kept, in order. One
     read and one insert per try.
 
-    `on_stored(session, row)` runs for a new answer inside its transaction, before the commit, so
-    what it writes (a recovery case and the mail it owes) is stored with the answer or not at all."""
+    `on_stored(session, row, context)` runs for a new answer inside its transaction, before the
+    commit, so what it writes (a recovery case and the mail it owes) is stored with the answer or not
+    at all. `row` is the stored answer (not attached to the session); `context` is what the same
+    read found about the order and the survey's case, so the hook need not read them again."""
     for _ in range(attempts):
         with engine.connect() as conn:
             row = _read_state(conn, link)
@@ -373,18 +407,17 @@ def record_answer(
             }
             try:
                 new_id = conn.execute(_INSERT_ANSWER, values).scalar_one()
+                stored = SurveyResponse(id=new_id, **values)
                 if on_stored is not None:
                     # The hook writes through a session joined to this connection's transaction.
                     with Session(bind=conn) as session:
-                        stored = session.get(SurveyResponse, new_id)
-                        assert stored is not None
-                        on_stored(session, stored)
+                        on_stored(session, stored, _context(row))
                         session.flush()
                 conn.commit()
             except sa.exc.IntegrityError:
                 conn.rollback()  # another answer took this number first: read again
                 continue
-            return Recorded(SurveyResponse(id=new_id, **values), created=True)
+            return Recorded(stored, created=True)
     raise AnswerConflict(f"survey {link.touchpoint_id}: gave up after {attempts} competing answers")
 
 

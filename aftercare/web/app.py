@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -280,6 +281,17 @@ def fallback_patrol(
     return patrol
 
 
+def warm_up(steps: list[Callable[[], object]]) -> None:
+    """Run the pages' warm-ups (policies read, analysers and templates loaded) once the app has
+    started, so the first customers do not wait for them. Best effort: a step that fails is logged,
+    and the page it serves loads the same thing on first use (and answers its error there)."""
+    for step in steps:
+        try:
+            step()
+        except Exception:  # logged; the page meets it again on first use and answers it there
+            log.warning("warm-up step %s failed; the page loads it on first use", step, exc_info=True)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -310,9 +322,12 @@ def create_app(
         else None
     )
 
+    warm_ups: list[Callable[[], object]] = []
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         stop_checkpointer = start_checkpointer(engine)
+        threading.Thread(target=warm_up, args=(warm_ups,), name="aftercare-warm-up", daemon=True).start()
         await the_waker.start()
         for each in (patrol, fallback):
             if each is not None:
@@ -472,7 +487,7 @@ def create_app(
 
     app.include_router(approvals.router(settings, engine, resumer=resumer))
     app.include_router(unsubscribe_routes.router(settings, engine))
-    app.include_router(survey_pages.router(settings, engine))
+    app.include_router(survey_pages.router(settings, engine, warm_ups=warm_ups))
     app.include_router(review_form_pages.router(settings, engine, waker=the_waker))
 
     @app.get("/healthz")
