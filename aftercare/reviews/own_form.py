@@ -23,7 +23,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -214,6 +214,7 @@ class FormState:
     latest: dict[str, ReviewRevision]  # product_ref -> the revision that counts
     default_name: str
     closed_reason: str | None  # None: open for reviews
+    first_submitted: dict[str, datetime] = field(default_factory=dict)  # product_ref -> revision 1's time
 
     @property
     def open(self) -> bool:
@@ -236,14 +237,16 @@ def _closed_reason(session: Session, touchpoint: Touchpoint) -> str | None:
     return None if mailed is not None else f"the review request was called off ({touchpoint.status})"
 
 
-def latest_revisions(session: Session, order_id: int) -> dict[str, ReviewRevision]:
-    """product_ref -> the newest revision of this order's review of it."""
+def _revisions(session: Session, order_id: int) -> tuple[dict[str, ReviewRevision], dict[str, datetime]]:
+    """product_ref -> the newest revision of this order's review of it, and when its first came."""
     latest: dict[str, ReviewRevision] = {}
+    first: dict[str, datetime] = {}
     for row in session.exec(
         select(ReviewRevision).where(ReviewRevision.order_id == order_id).order_by(ReviewRevision.seq)  # type: ignore[arg-type]
     ):
         latest[row.product_ref] = row
-    return latest
+        first.setdefault(row.product_ref, row.submitted_at)
+    return latest, first
 
 
 def revisions_of(engine: Engine, order_id: int, product_ref: str) -> list[ReviewRevision]:
@@ -262,22 +265,31 @@ def form_state(engine: Engine, link: ReviewFormLink, exclude: Exclusions | None 
     """The form a verified link names; None when it is not one of ours (the touchpoint is not a
     review request of that order: another order's, or rows a reset database no longer has)."""
     with Session(engine, expire_on_commit=False) as session:
-        touchpoint = session.get(Touchpoint, link.touchpoint_id)
-        if touchpoint is None or touchpoint.kind not in FORM_KINDS or touchpoint.order_id != link.order_id:
+        found = session.exec(_FORM.where(Touchpoint.id == link.touchpoint_id)).first()
+        if found is None:
             return None
-        order = session.get(Order, link.order_id)
-        if order is None:
+        touchpoint, order, customer = found
+        if touchpoint.kind not in FORM_KINDS or touchpoint.order_id != link.order_id:
             return None
-        customer = session.get(Customer, order.customer_id) if order.customer_id else None
+        latest, first = _revisions(session, link.order_id)
         return FormState(
             link=link,
             order=order,
             touchpoint=touchpoint,
             products=reviewable_products(session, order, exclude),
-            latest=latest_revisions(session, link.order_id),
+            latest=latest,
             default_name=default_display_name(customer, order),
             closed_reason=_closed_reason(session, touchpoint),
+            first_submitted=first,
         )
+
+
+# The touchpoint a link names, its order and the order's customer: one round trip.
+_FORM = (
+    select(Touchpoint, Order, Customer)
+    .join(Order, Order.id == Touchpoint.order_id)  # type: ignore[arg-type]
+    .outerjoin(Customer, Customer.id == Order.customer_id)  # type: ignore[arg-type]
+)
 
 
 def review_key(order: Order, product_ref: str) -> str:
@@ -334,28 +346,35 @@ def submit_review(
 ) -> Submitted:
     """Store `review` as the newest revision of this order's review of its product, with its inbox
     delivery, unless it already is the newest. Safe against itself: identical posts at once leave
-    one revision and one delivery; different ones are all kept, in order, the last one counting."""
+    one revision and one delivery; different ones are all kept, in order, the last one counting.
+
+    The first try goes by the revisions `state` read: a revision stored since takes the number
+    this one wants (unique per order and product), so this one reads again and either finds its
+    twin or takes the next number."""
     order = state.order
     assert order.id is not None
     key = review_key(order, review.product_ref)
     language = "en" if (order.locale or "").lower().startswith("en") else "ja"
-    for _ in range(attempts):
+    latest: ReviewRevision | None = state.latest.get(review.product_ref)
+    first_at = state.first_submitted.get(review.product_ref, now)
+    for attempt in range(attempts):
         with Session(engine, expire_on_commit=False) as session:
-            history = list(
-                session.exec(
-                    select(ReviewRevision)
-                    .where(
-                        ReviewRevision.order_id == order.id,
-                        ReviewRevision.product_ref == review.product_ref,
+            if attempt:
+                history = list(
+                    session.exec(
+                        select(ReviewRevision)
+                        .where(
+                            ReviewRevision.order_id == order.id,
+                            ReviewRevision.product_ref == review.product_ref,
+                        )
+                        .order_by(ReviewRevision.seq)  # type: ignore[arg-type]
                     )
-                    .order_by(ReviewRevision.seq)  # type: ignore[arg-type]
                 )
-            )
-            latest = history[-1] if history else None
+                latest = history[-1] if history else None
+                first_at = history[0].submitted_at if history else now
             if latest is not None and _same(latest, review):
                 return Submitted(latest, created=False)
             seq = latest.seq + 1 if latest is not None else 1
-            first_at = history[0].submitted_at if history else now
             body = review_json(order, review, key=key, seq=seq, created_at=first_at, language=language)
             try:
                 inbox_id = insert_delivery(
