@@ -698,6 +698,11 @@ class ReviewModeration(SQLModel, table=True):
 # case's apology): drafted, checked and approved like a public reply, mailed to the customer through
 # the outbox instead of published, never shown on a public page, and escalated by its case's clock.
 PRIVATE_REPLY_PLATFORM = "private"
+# The touchpoint of that mail (policies/contact.yaml: transactional). It answers what the customer
+# told us, so the order's fate never calls it off: a cancellation or a refund (often the very remedy
+# the apology announces) ends the order's own mails (`ORDER_ENDING_SPARES`), not this one.
+COMPLAINT_REPLY = "complaint_reply"
+ORDER_ENDING_SPARES = (COMPLAINT_REPLY,)
 
 
 class RecoveryStatus(StrEnum):

@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 
 from aftercare.errors import InvalidPayload
 from aftercare.models import (
+    ORDER_ENDING_SPARES,
     Customer,
     InboxEvent,
     InboxStatus,
@@ -216,11 +217,18 @@ def touchpoints_of(session: Session, order: Order, kinds: tuple[str, ...] | None
     return list(session.exec(query.order_by(Touchpoint.id)))
 
 
+def order_mails(session: Session, order: Order) -> list[Touchpoint]:
+    """The touchpoints the order's own fate decides (all but `ORDER_ENDING_SPARES`: a reply to
+    what the customer told us goes out whatever happens to the order)."""
+    return [t for t in touchpoints_of(session, order) if t.kind not in ORDER_ENDING_SPARES]
+
+
 def cancel_order(session: Session, order: Order) -> list[Touchpoint]:
-    """A cancelled order: every touchpoint still planned is cancelled, the reason saying when."""
+    """A cancelled order: every mail of its own still planned is cancelled (`order_mails`), the
+    reason saying when."""
     assert order.cancelled_at is not None
     reason = f"order cancelled at {order.cancelled_at.astimezone(UTC).isoformat()}"
-    return cancel_touchpoints(session, touchpoints_of(session, order), reason)
+    return cancel_touchpoints(session, order_mails(session, order), reason)
 
 
 # --- Shipments -------------------------------------------------------------------------------------
@@ -480,8 +488,9 @@ def is_fully_refunded(session: Session, order: Order, lines: list[OrderLine]) ->
 def take_back(session: Session, order: Order, lines: list[OrderLine], why: str) -> list[Touchpoint]:
     """Cancel what refunds took back and is not sent yet (with its unclaimed outbox message): the
     notice of a shipment none of whose units the customer still has, and, once nothing of the order
-    is left, everything still planned (no survey, no review request for an order they no longer
-    have). `why` names the cause for the reasons: a refund, or the order's financial status."""
+    is left, every mail of its own still planned (`order_mails`: no survey, no review request for
+    an order they no longer have). `why` names the cause for the reasons: a refund, or the order's
+    financial status."""
     shippable = shippable_quantities(session, order, lines)
     cancelled: list[Touchpoint] = []
     notices = {t.seq: t for t in touchpoints_of(session, order, (SHIPMENT_NOTICE,))}
@@ -491,9 +500,7 @@ def take_back(session: Session, order: Order, lines: list[OrderLine], why: str) 
                 session, [notices[shipment.id]], f"every line of this shipment was refunded ({why})"
             )
     if nothing_left(lines, shippable):
-        cancelled += cancel_touchpoints(
-            session, touchpoints_of(session, order), f"order fully refunded ({why})"
-        )
+        cancelled += cancel_touchpoints(session, order_mails(session, order), f"order fully refunded ({why})")
     return cancelled
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from aftercare.models import (
+    COMPLAINT_REPLY,
     PRIVATE_REPLY_PLATFORM,
     SurveyResponse,
 )
@@ -43,7 +44,7 @@ from aftercare.reviews.text import normalise_lang
 from aftercare.settings import Settings
 from aftercare.surveys.policy import SCALES, SurveyPolicy
 
-KIND = "complaint_reply"  # policies/contact.yaml: transactional
+KIND = COMPLAINT_REPLY  # policies/contact.yaml: transactional
 PROMPT = "recovery_apology"
 TEMPLATE = "recovery_apology.txt"
 

@@ -8,6 +8,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.models import (
+    COMPLAINT_REPLY,
     PRIVATE_REPLY_PLATFORM,
     Customer,
     Order,
@@ -26,7 +27,7 @@ from aftercare.reviews.text import normalise_lang
 from aftercare.settings import Settings
 from aftercare.spine import outbox
 
-KIND = "complaint_reply"  # policies/contact.yaml: transactional
+KIND = COMPLAINT_REPLY  # policies/contact.yaml: transactional
 
 
 class PrivateApologyMail:

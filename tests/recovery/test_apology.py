@@ -25,7 +25,8 @@ from aftercare.reviews.settings import LLMSettings
 from aftercare.runtime import use_runtime
 from tasks.review_sweep import platform_for
 from tasks.reviews import draft_context, make_draft, publish
-from tests.pipeline import send_outbox
+from tests.factories import order_payload, refund_payload
+from tests.pipeline import receive, send_outbox
 from tests.recovery.helpers import answer, app_settings, cases, client_for
 from tests.reviews.fake_openai import API_KEY, FakeOpenAI
 from tests.surveys.helpers import mailed_survey
@@ -219,6 +220,43 @@ def test_approved_on_the_page_the_apology_is_mailed_once_as_a_transactional_mail
     other = client.get(path_of(urls[LEAD]))
     assert other.status_code == 409 and 'data-kind="decided_elsewhere"' in other.text
     assert len(store.decisions(rt.engine, case.review_id)) == 1
+
+
+@pytest.mark.parametrize("ending", ["refunded in full", "cancelled"])
+def test_an_approved_apology_goes_out_even_when_the_order_ends_before_its_mail(env, ending):
+    """The apology answers what the customer told us, so the order's fate never calls it off: a
+    refund (often the very remedy it announces) or a cancellation that arrives while its mail
+    waits in the outbox ends the order's own mails, not this one."""
+    rt, own, client, _ = env
+    survey, case = opened_case(rt, client)
+    _, urls = drafted(rt, own, case)
+    assert decide(client, urls[OWNER], action="approve").status_code == 303
+    assert apply_as_the_flow_does(rt, case.review_id)["status"] == "published"
+    [owed] = apology_mails(rt)
+    assert owed.status == "pending"
+
+    base = order_payload("ja-first-gift")
+    payload = order_payload(
+        "ja-first-gift",
+        id=base["id"],
+        name=survey.order_name,
+        order_number=2000,
+        updated_at="2027-01-05T12:00:00+09:00",
+    )
+    if ending == "refunded in full":
+        receive(rt, refund_payload(payload), topic="refunds/create")
+    else:
+        payload |= {"cancelled_at": "2027-01-05T12:00:00+09:00", "cancel_reason": "customer"}
+        receive(rt, payload, topic="orders/cancelled")
+    with Session(rt.engine) as s:
+        kinds = {t.kind: t for t in s.exec(select(Touchpoint).where(Touchpoint.order_id == case.order_id))}
+    # The order's ending took effect: what was still planned for it is called off ...
+    assert kinds["review_request"].status == "cancelled", kinds["review_request"].reason
+    # ... but not the reply to the customer's complaint.
+    assert kinds["complaint_reply"].status == "planned"
+    send_outbox(rt)
+    [sent] = apology_mails(rt)
+    assert sent.status == "sent", sent.last_error
 
 
 def survey_order_email(rt, case) -> str:
