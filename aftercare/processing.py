@@ -146,11 +146,11 @@ def _erase_again(
     SQLite's write lock, were taken after the first look). A delivery that waits for its order keeps
     its ids (it is erased again when it is carried out), not its personal parts."""
     stripped = refill is not None
-    order = session.get(Order, out.order_id) if out.order_id is not None else None
-    order_ids = [order.shopify_id] if order is not None else []
+    if out.order_id is not None and not subjects.order_ids:  # a review matched to an order
+        order = session.get(Order, out.order_id)
+        if order is not None:
+            subjects = replace(subjects, order_ids=frozenset({order.shopify_id}))
     if refill is None:
-        if order is not None and order.shopify_id not in subjects.order_ids:
-            subjects = replace(subjects, order_ids=subjects.order_ids | {order.shopify_id})
         if not (subjects.order_ids or subjects.customer_ids or privacy.subject_kind(row.topic)):
             return
         refill = privacy.erased_subject(session, row.shop_domain, subjects)
@@ -166,7 +166,6 @@ def _erase_again(
             row,
             refill,
             subjects,
-            order_ids=order_ids,
             stripped=stripped,
             settings=rt.settings,
             policy=contact_policy(rt.settings.policies_dir),

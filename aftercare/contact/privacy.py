@@ -839,7 +839,6 @@ def erase_again(
     refill: Refill,
     subjects: Subjects,
     *,
-    order_ids: Iterable[int] = (),
     stripped: bool,
     settings: Any,
     policy: ContactPolicy,
@@ -852,7 +851,7 @@ def erase_again(
     carried out) the customer it names, by id and address, goes too. Returns the reason's words."""
     assert row.id is not None
     shop = row.shop_domain.strip().lower()
-    ids = set(subjects.order_ids) | set(order_ids)
+    ids = set(subjects.order_ids)
     orders = list(session.exec(select(Order).where(Order.shopify_id.in_(sorted(ids))))) if ids else []  # type: ignore[attr-defined]
     target = Target(shop=shop, whole_shop=False, orders=orders, listed_order_ids=ids)
     customer_ids = {o.customer_id for o in orders if o.customer_id is not None}
