@@ -632,7 +632,7 @@ def redact(
     warehouse_dir = getattr(settings, "warehouse_dir", None)
     var_dir = Path(settings.var_dir)
     if again:
-        pass
+        pass  # a hand-off writes its folder later, from the instructions scrubbed above
     elif target.whole_shop:
         if warehouse_dir is not None:
             erased.add("warehouse folders", _remove(Path(warehouse_dir) / path_segment(target.shop, "shop")))
