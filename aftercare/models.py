@@ -639,6 +639,23 @@ class PrivacyRequest(SQLModel, table=True):
     done_at: datetime = ts_field(nullable=False, default_now=True)
 
 
+class Erasure(SQLModel, table=True):
+    """One order, customer or shop a customers/redact or shop/redact erased, by its Shopify id only
+    (a shop: id 0): a later delivery for it (a retry, a replayed body, an order listed for erasure
+    that we had not stored) is carried out without its personal parts and erased again
+    (aftercare.contact.privacy). It names no one: an id is not personal without what was erased."""
+
+    __tablename__ = "erasures"
+    __table_args__ = (sa.UniqueConstraint("kind", "shopify_id", "shop_domain", name="uq_erasure_subject"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)  # order | customer | shop
+    shopify_id: int = Field(sa_type=sa.BigInteger)
+    shop_domain: str = Field(max_length=255)
+    inbox_id: int = Field(foreign_key="inbox.id")  # the compliance delivery that erased it
+    erased_at: datetime = ts_field(nullable=False, default_now=True)
+
+
 # --- Our own review form (issue 11, item 4: the form that closes the loop; migration 0012) ---------
 
 

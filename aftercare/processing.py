@@ -7,11 +7,12 @@ Everything here is idempotent, so a retried or re-run row changes nothing the se
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 from sqlmodel import Session, select
 
 from aftercare.contact import consent as contact_consent
@@ -103,17 +104,76 @@ def _process(rt: Runtime, inbox_id: int) -> Outcome:
             inbox.finish(session, row, InboxStatus.IGNORED, f"topic {row.topic!r} is not handled")
             session.commit()
             return Outcome(inbox_id, row.topic, InboxStatus.IGNORED, row.reason)
+        # A delivery for an order, customer or shop a redaction erased is carried out without its
+        # personal parts, then erased again (aftercare.contact.privacy, "what was erased stays erased").
+        names = privacy.subject_kind(row.topic)
+        subjects = privacy.subjects_of(names, row.body) if names else privacy.Subjects()
+        refill = privacy.erased_subject(session, row.shop_domain, subjects) if names else None
+        if refill is not None:
+            # Not written yet (the row's lock comes after the order's, as in a redaction); the handler
+            # reads it, and `_erase_again` stores it or the stub.
+            set_committed_value(row, "body", privacy.without_personal_parts(row.body))
         try:
             out = handler(rt, session, row)
         except InvalidPayload as exc:
             session.rollback()
             row = session.get(InboxEvent, inbox_id)
             assert row is not None
-            inbox.finish(session, row, InboxStatus.INVALID, str(exc))
+            reason = str(exc)
+            if refill is not None:
+                row.body = privacy.without_personal_parts(row.body)
+                reason += f"; personal parts removed: {refill.line()}"
+            inbox.finish(session, row, InboxStatus.INVALID, reason)
             session.commit()
-            return Outcome(inbox_id, row.topic, InboxStatus.INVALID, str(exc))
+            return Outcome(inbox_id, row.topic, InboxStatus.INVALID, reason)
+        if handler is not _process_privacy:
+            _erase_again(rt, session, row, out, subjects, refill)
         session.commit()
         return out
+
+
+def _erase_again(
+    rt: Runtime,
+    session: Session,
+    row: InboxEvent,
+    out: Outcome,
+    subjects: privacy.Subjects,
+    refill: privacy.Refill | None,
+) -> None:
+    """The last step of a delivery's transaction: when it was for something a redaction erased, what
+    it wrote is erased again. Checked once more here, after the handler took its locks: a redaction
+    that committed while this delivery was being carried out is seen now (the order's lock, and
+    SQLite's write lock, were taken after the first look). A delivery that waits for its order keeps
+    its ids (it is erased again when it is carried out), not its personal parts."""
+    stripped = refill is not None
+    if out.order_id is not None and not subjects.order_ids:  # a review matched to an order
+        order = session.get(Order, out.order_id)
+        if order is not None:
+            subjects = replace(subjects, order_ids=frozenset({order.shopify_id}))
+    if refill is None:
+        if not (subjects.order_ids or subjects.customer_ids or privacy.subject_kind(row.topic)):
+            return
+        refill = privacy.erased_subject(session, row.shop_domain, subjects)
+        if refill is None:
+            return
+    if out.status == InboxStatus.WAITING:
+        row.body = privacy.without_personal_parts(row.body)
+        flag_modified(row, "body")
+        words = f"personal parts removed: {refill.line()}"
+    else:
+        words = privacy.erase_again(
+            session,
+            row,
+            refill,
+            subjects,
+            stripped=stripped,
+            settings=rt.settings,
+            policy=contact_policy(rt.settings.policies_dir),
+            now=utcnow(),
+        )
+    out.reason = "; ".join(filter(None, [out.reason, words]))
+    out.subject = out.text_preview = None  # a mail's text names the customer
+    inbox.finish(session, row, out.status, out.reason)
 
 
 def _process_order(rt: Runtime, session: Session, row: InboxEvent) -> Outcome:

@@ -12,6 +12,18 @@
   (to `ops_alert_emails` of policies/requests.yaml) saying where it is; the mail carries no personal
   data itself.
 
+What was erased stays erased: `mark_erased` records the Shopify ids of the erased orders (those in
+orders_to_redact we never stored too), customers and shop in `erasures`. A later delivery for one of
+them (a Shopify retry of one we failed to store in time, a signed body replayed under a new webhook
+id: the signature does not cover that header) is found by `erased_subject` before it is carried out
+(its body stored and acted on `without_personal_parts`, so the books get the cancellation, refund or
+fulfillment, while no mail has an address and no warehouse instruction a name), and once more at the
+end of its transaction, after its locks (a redaction that committed meanwhile); then `erase_again`
+runs `redact` on a target of just that order or customer, in the same transaction. For a redacted
+shop this holds for every order and customer from before the redaction (or undated); a shop that
+installs us again keeps what is new. Such deliveries are no privacy requests: their inbox row's
+reason says `erased again` and names the redaction.
+
 Each is logged in `privacy_requests`, one per inbox delivery: carrying out the same delivery again
 does nothing more. The payload's shop_domain must be the shop the delivery came for: the signature
 does not cover the shop header, and a signed body replayed under another shop's name must not erase
@@ -33,6 +45,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from aftercare.contact.consent import TOPICS as CONSENT_TOPICS
 from aftercare.contact.policy import ContactPolicy
 from aftercare.contact.store import email_hash, suppress
 from aftercare.errors import InvalidPayload
@@ -40,6 +53,7 @@ from aftercare.models import (
     ConsentRecord,
     Customer,
     CustomerConsent,
+    Erasure,
     InboxEvent,
     InboxStatus,
     InboxWait,
@@ -62,6 +76,7 @@ from aftercare.models import (
     TouchpointStatus,
     WarehouseHandoff,
 )
+from aftercare.orders.shopify import FULFILLMENT_EVENT_TOPICS, FULFILLMENT_TOPICS, ORDER_TOPICS, REFUND_TOPICS
 from aftercare.orders.warehouse import order_folder, path_segment
 from aftercare.rendering import Renderer
 from aftercare.spine import addresses
@@ -113,6 +128,11 @@ _PERSONAL_LEAVES = frozenset(
         "author_display_name",
         "reviewer",
         "customer_name",
+        # A street address at any depth (a carrier event's "delivered" place is the customer's door).
+        "address1",
+        "address2",
+        "latitude",
+        "longitude",
     }
 )
 
@@ -195,6 +215,7 @@ class Target:
     customers: list[Customer] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
     needles: set[str] = field(default_factory=set)  # lower-cased text that identifies the person
+    listed_order_ids: set[int] = field(default_factory=set)  # orders_to_redact, stored or not
 
     @property
     def order_ids(self) -> list[int]:
@@ -229,6 +250,7 @@ def find_target(session: Session, payload: PrivacyPayload) -> Target:
         target.orders = list(session.exec(select(Order).where(Order.shop_domain == shop)))
     else:
         target.customer_shopify_id = payload.customer_id
+        target.listed_order_ids = set(payload.order_ids)
         if payload.email:
             target.keys.add(payload.email.strip().lower())
         who = []
@@ -253,9 +275,14 @@ def find_target(session: Session, payload: PrivacyPayload) -> Target:
         target.keys |= set(
             session.exec(select(CustomerConsent.email_key).where(CustomerConsent.shop_domain == shop))
         )
+    _fill_needles(target, payload.phone)
+    return target
+
+
+def _fill_needles(target: Target, phone: str | None = None) -> None:
     needles = target.needles
     needles |= target.keys
-    _add_needle(needles, payload.phone, 4)
+    _add_needle(needles, phone, 4)
     for c in target.customers:
         _add_needle(needles, c.email, 3)
         _add_needle(needles, c.first_name, 2)
@@ -266,7 +293,6 @@ def find_target(session: Session, payload: PrivacyPayload) -> Target:
         _address_needles(needles, raw.get("billing_address"))
         _address_needles(needles, raw.get("customer"))
         _add_needle(needles, raw.get("phone"), 4)
-    return target
 
 
 # -- scrubbing ----------------------------------------------------------------------------------------
@@ -407,9 +433,14 @@ def redact(
     now: datetime,
     inbox_id: int | None,
     topic: str,
+    again: bool = False,
 ) -> Erased:
     """Erase the target's personal data from every table and file (see the module's list), leaving a
-    hashed `all` suppression per address. Idempotent: a second run finds nothing left to change."""
+    hashed `all` suppression per address. Idempotent: a second run finds nothing left to change.
+    `again`: a later delivery for what was erased (`erase_again`): of the inbox only that delivery's
+    own row is stubbed (every other delivery for it is erased again when it is carried out; one
+    waiting for its order must keep its ids to be), and no file is touched (what a hand-off writes
+    later comes from the instructions erased here)."""
     erased = Erased()
     if session.get_bind().dialect.name == "sqlite":
         # Overwrite what is deleted or replaced instead of leaving it in free pages of the file.
@@ -571,7 +602,10 @@ def redact(
         )
         erased.add("consent_records", gone.rowcount or 0)
     # Inbox bodies (this very delivery's too: it names the customer).
-    rows = _inbox_rows_of(session, target, inbox_id)
+    if again:
+        rows = [inbox_id] if inbox_id is not None else []
+    else:
+        rows = _inbox_rows_of(session, target, inbox_id)
     if rows:
         for chunk in range(0, len(rows), 500):
             ids = rows[chunk : chunk + 500]
@@ -597,7 +631,9 @@ def redact(
     # Files: warehouse folders and earlier data exports.
     warehouse_dir = getattr(settings, "warehouse_dir", None)
     var_dir = Path(settings.var_dir)
-    if target.whole_shop:
+    if again:
+        pass  # a hand-off writes its folder later, from the instructions scrubbed above
+    elif target.whole_shop:
         if warehouse_dir is not None:
             erased.add("warehouse folders", _remove(Path(warehouse_dir) / path_segment(target.shop, "shop")))
         erased.add("data exports", _remove(export_dir(var_dir, target.shop)))
@@ -629,6 +665,227 @@ def redact(
         erased.add("suppressions added", 1 if made.created else 0)
     session.flush()
     return erased
+
+
+# -- what was erased stays erased ---------------------------------------------------------------------
+
+ORDER, CUSTOMER, SHOP = "order", "customer", "shop"
+
+
+def mark_erased(session: Session, target: Target, *, inbox_id: int, now: datetime) -> int:
+    """Record (once) the Shopify ids the redaction erased: its orders (those listed for it too, stored
+    or not), its customers, and a redacted shop itself (id 0). Returns how many marks are new."""
+    wanted: set[tuple[str, int]] = {(ORDER, o.shopify_id) for o in target.orders}
+    wanted |= {(ORDER, i) for i in target.listed_order_ids}
+    wanted |= {(CUSTOMER, c.shopify_id) for c in target.customers if c.shopify_id is not None}
+    if target.customer_shopify_id is not None:
+        wanted.add((CUSTOMER, target.customer_shopify_id))
+    if target.whole_shop:
+        wanted.add((SHOP, 0))
+    if not wanted:
+        return 0
+    held: set[tuple[str, int]] = set()
+    ids = sorted({sid for _, sid in wanted})
+    for at in range(0, len(ids), 500):
+        held |= set(
+            session.execute(
+                sa.select(Erasure.kind, Erasure.shopify_id).where(  # type: ignore[call-overload]
+                    Erasure.shop_domain == target.shop,
+                    Erasure.shopify_id.in_(ids[at : at + 500]),  # type: ignore[attr-defined]
+                )
+            ).tuples()
+        )
+    new = sorted(wanted - held)
+    session.add_all(
+        Erasure(kind=kind, shopify_id=sid, shop_domain=target.shop, inbox_id=inbox_id, erased_at=now)
+        for kind, sid in new
+    )
+    session.flush()
+    return len(new)
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """The orders and customer a delivery names (by Shopify id), when the thing it is about was
+    created (an order's placing, a customer's creation; None when it does not say), and the address
+    it carries."""
+
+    order_ids: frozenset[int] = frozenset()
+    customer_ids: frozenset[int] = frozenset()
+    dated: datetime | None = None
+    email: str | None = None
+    phone: str | None = None
+
+
+def _when(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
+def subject_kind(topic: str) -> str | None:
+    """How a delivery of `topic` names what it is about (`subjects_of`); None: it names no order or
+    customer by Shopify id (a review, a compliance topic, a topic we do not handle)."""
+    if topic in ORDER_TOPICS:
+        return "order"
+    if topic in FULFILLMENT_TOPICS or topic in FULFILLMENT_EVENT_TOPICS or topic in REFUND_TOPICS:
+        return "order_id"
+    if topic in CONSENT_TOPICS:
+        return "customer"
+    return None
+
+
+def subjects_of(names: str, body: bytes) -> Subjects:
+    """What a delivery names. `names`: "order" (the body is an order), "order_id" (a fulfillment, a
+    carrier event or a refund: the order by its id) or "customer" (a customer or consent topic). An
+    unreadable body names nothing (its handler says what is wrong with it)."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return Subjects()
+    if not isinstance(data, Mapping):
+        return Subjects()
+    for wrapper in ("order", "fulfillment", "refund", "fulfillment_event", "customer"):
+        if isinstance(data.get(wrapper), Mapping) and len(data) == 1:
+            data = data[wrapper]
+    ids = lambda *values: frozenset(i for i in (_id(v) for v in values) if i is not None)  # noqa: E731
+    if names == "order":
+        return Subjects(
+            order_ids=ids(data.get("id")),
+            dated=_when(data.get("processed_at")) or _when(data.get("created_at")),
+        )
+    if names == "order_id":
+        return Subjects(order_ids=ids(data.get("order_id")), dated=_when(data.get("created_at")))
+    return Subjects(
+        customer_ids=ids(data.get("id") if "customer_id" not in data else data.get("customer_id")),
+        dated=_when(data.get("created_at")),
+        email=_text(data.get("email")) or _text(data.get("email_address")),
+        phone=_text(data.get("phone")),
+    )
+
+
+@dataclass(frozen=True)
+class Refill:
+    """A delivery for something a redaction erased: which mark it hit."""
+
+    kind: str
+    shopify_id: int
+    shop_domain: str
+    erased_by: int  # the compliance delivery's inbox id
+    erased_at: datetime
+
+    @property
+    def topic(self) -> str:
+        return SHOP_REDACT if self.kind == SHOP else CUSTOMERS_REDACT
+
+    def line(self) -> str:
+        what = f"shop {self.shop_domain}" if self.kind == SHOP else f"{self.kind} {self.shopify_id}"
+        return f"{what} was erased by {self.topic} (inbox {self.erased_by})"
+
+
+def erased_subject(session: Session, shop: str, subjects: Subjects) -> Refill | None:
+    """The erasure a delivery of `shop` naming `subjects` runs into, if any: an order erased by its
+    id (ids are global, whatever shop's header), a customer of that shop erased by id, or the shop
+    itself redacted, when the delivery's subject dates from before (or does not say when)."""
+    shop = shop.strip().lower()
+    hits = [sa.and_(Erasure.kind == SHOP, Erasure.shopify_id == 0, Erasure.shop_domain == shop)]
+    if subjects.order_ids:
+        hits.append(sa.and_(Erasure.kind == ORDER, Erasure.shopify_id.in_(sorted(subjects.order_ids))))  # type: ignore[attr-defined]
+    if subjects.customer_ids:
+        hits.append(
+            sa.and_(
+                Erasure.kind == CUSTOMER,
+                Erasure.shopify_id.in_(sorted(subjects.customer_ids)),  # type: ignore[attr-defined]
+                Erasure.shop_domain == shop,
+            )
+        )
+    found = list(session.exec(select(Erasure).where(sa.or_(*hits)).order_by(Erasure.kind)))  # type: ignore[attr-defined]
+    for mark in found:  # shop last: an order's or customer's own mark is the better reason
+        if mark.kind == SHOP and subjects.dated is not None and subjects.dated > mark.erased_at:
+            continue  # made after the shop was redacted (installed again): new data, kept
+        assert mark.inbox_id is not None
+        return Refill(mark.kind, mark.shopify_id, mark.shop_domain, mark.inbox_id, mark.erased_at)
+    return None
+
+
+def without_personal_parts(body: bytes) -> bytes:
+    """A delivery's body with the values of its personal keys (addresses, the customer, contact
+    details, notes, line properties) set to null, the ids and the rest kept: what a delivery for an
+    erased subject may store and act on. A body that is not JSON is replaced by a stub."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return _stub("refill", None)
+    return json.dumps(scrub(data, []), ensure_ascii=False).encode()
+
+
+def kept_body(session: Session, topic: str, shop: str, body: bytes) -> tuple[bytes, str | None]:
+    """The body to store of a delivery that is kept unprocessed (unusable, or classified so at
+    receipt), and a note: without its personal parts when it names something a redaction erased."""
+    names = subject_kind(topic)
+    refill = erased_subject(session, shop, subjects_of(names, body)) if names else None
+    if refill is None:
+        return body, None
+    return without_personal_parts(body), f"personal parts removed: {refill.line()}"
+
+
+def erase_again(
+    session: Session,
+    row: InboxEvent,
+    refill: Refill,
+    subjects: Subjects,
+    *,
+    stripped: bool,
+    settings: Any,
+    policy: ContactPolicy,
+    now: datetime,
+) -> str:
+    """After a delivery for an erased subject was carried out (in the same transaction): erase its
+    order(s) and customer again, the delivery's own inbox row included, and mark what it named as
+    erased. `stripped`: its body had its personal parts removed before it was carried out, so
+    nothing it wrote names anyone; otherwise (the redaction committed while this delivery was being
+    carried out) the customer it names, by id and address, goes too. Returns the reason's words."""
+    assert row.id is not None
+    shop = row.shop_domain.strip().lower()
+    ids = set(subjects.order_ids)
+    orders = list(session.exec(select(Order).where(Order.shopify_id.in_(sorted(ids))))) if ids else []  # type: ignore[attr-defined]
+    target = Target(shop=shop, whole_shop=False, orders=orders, listed_order_ids=ids)
+    customer_ids = {o.customer_id for o in orders if o.customer_id is not None}
+    if not stripped:
+        if subjects.customer_ids:
+            target.customer_shopify_id = min(subjects.customer_ids)
+            customer_ids |= set(
+                session.exec(
+                    select(Customer.id).where(
+                        Customer.shop_domain == shop,
+                        Customer.shopify_id.in_(sorted(subjects.customer_ids)),  # type: ignore[union-attr]
+                    )
+                )
+            )
+        key = addresses.customer_key(subjects.email) or (subjects.email or "").strip().lower()
+        if key:
+            target.keys.add(key)
+    if customer_ids:
+        target.customers = list(session.exec(select(Customer).where(Customer.id.in_(sorted(customer_ids)))))  # type: ignore[union-attr]
+    target.keys |= {o.email.strip().lower() for o in orders if o.email}
+    target.keys |= {c.email_key for c in target.customers}
+    _fill_needles(target, subjects.phone)
+    redact(
+        session,
+        target,
+        settings=settings,
+        policy=policy,
+        now=now,
+        inbox_id=row.id,
+        topic=refill.topic,
+        again=True,
+    )
+    mark_erased(session, target, inbox_id=refill.erased_by, now=refill.erased_at)
+    return f"erased again: {refill.line()}"
 
 
 # -- the data request ---------------------------------------------------------------------------------
@@ -856,6 +1113,7 @@ def carry_out(
             session, target, settings=settings, policy=policy, now=now, inbox_id=row.id, topic=row.topic
         )
         summary["erased"] = erased.counts
+        mark_erased(session, target, inbox_id=row.id, now=now)
         if row.topic == SHOP_REDACT:
             reason = f"shop redacted: {len(target.orders)} orders kept with personal fields erased"
         elif target.customers or target.orders or erased.counts.get("consent_records"):

@@ -4,6 +4,7 @@ docs only with AFTERCARE_API_DOCS=true."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -363,6 +364,14 @@ def create_app(
         # A network round trip: let concurrent deliveries overlap it (and PostgreSQL group-commit).
         return await run_in_threadpool(inbox.store_delivery, engine, delivery)
 
+    def without_erased_parts(delivery: inbox.Delivery) -> inbox.Delivery:
+        with Session(engine) as session:
+            body, note = privacy.kept_body(session, delivery.topic, delivery.shop_domain, delivery.body)
+        if note is None:
+            return delivery
+        reason = "; ".join(filter(None, [delivery.reason, note]))
+        return dataclasses.replace(delivery, body=body, reason=reason)
+
     async def store_then_ack(delivery: inbox.Delivery) -> JSONResponse:
         """Commit the delivery to the inbox, then answer 200 (a duplicate changes nothing) and wake
         Prefect for work it can do. A database we cannot reach is a 503 with Retry-After, never a
@@ -426,6 +435,13 @@ def create_app(
             reason=reason,
             subject_ref=order_name,
         )
+        if status != InboxStatus.PENDING and privacy.subject_kind(delivery.topic):
+            # Kept unprocessed: one naming an erased order or customer is kept without its personal
+            # parts (one that is processed is erased again when it is carried out).
+            try:
+                delivery = await run_in_threadpool(without_erased_parts, delivery)
+            except DATABASE_UNAVAILABLE as exc:
+                return database_unavailable(delivery, exc)
         return await store_then_ack(delivery)
 
     @app.post("/webhooks/reviews")
