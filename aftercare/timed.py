@@ -27,7 +27,7 @@ from aftercare.reviews.request_policy import load_review_request_policy
 from aftercare.reviews.requests import request_composers, shipped_composers
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
-from aftercare.surveys.mail import compose_survey, survey_composer
+from aftercare.surveys.mail import shipped_survey_composer, survey_composer
 from aftercare.surveys.policy import load_survey_policy
 
 
@@ -66,7 +66,7 @@ def default_composers(policies_dir: Path | None = None) -> dict[str, Composer]:
     under `policies_dir`'s surveys.yaml, and the review request and its reminder
     (aftercare/reviews/requests.py) under its review_requests.yaml (the shipped ones when None)."""
     if policies_dir is None:
-        return {shipping.DELIVERY_SURVEY: compose_survey, **shipped_composers()}
+        return {shipping.DELIVERY_SURVEY: shipped_survey_composer(), **shipped_composers()}
     return {
         shipping.DELIVERY_SURVEY: survey_composer(load_survey_policy(policies_dir)),
         **request_composers(load_review_request_policy(policies_dir)),
