@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
-from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, utcnow
+from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, UTCDateTime, utcnow
 from aftercare.rendering import RenderedEmail
 from aftercare.settings import Settings
 from aftercare.spine.db import claim_rows, dialect_insert
@@ -256,6 +256,26 @@ def enqueue_many(
 
 
 STAFF_CATEGORY = "staff"
+# One staff mail per message key. SQL text (the same on SQLite and PostgreSQL), as the suppression
+# store does it: SQLAlchemy's dialect INSERT with ON CONFLICT has no cache key, so it was compiled
+# again on every call (an approval request per approver, an ops alert per recovery case).
+_INSERT_STAFF = (
+    sa.text(
+        "INSERT INTO outbox (touchpoint_id, order_id, order_name, kind, to_email, to_name, subject, "
+        "text_body, html_body, locale, is_test, status, attempts, next_attempt_at, created_at, "
+        "message_key) VALUES (:touchpoint_id, :order_id, :order_name, :kind, :to_email, :to_name, "
+        ":subject, :text_body, :html_body, :locale, :is_test, :status, :attempts, :next_attempt_at, "
+        ":created_at, :message_key) ON CONFLICT (message_key) DO NOTHING "
+        "RETURNING " + ", ".join(_ENQUEUED_COLUMNS)
+    )
+    .bindparams(
+        sa.bindparam("next_attempt_at", type_=UTCDateTime()), sa.bindparam("created_at", type_=UTCDateTime())
+    )
+    .columns(*[_OUTBOX_TABLE.c[c] for c in _ENQUEUED_COLUMNS])
+)
+_STAFF_ROW = sa.select(*[_OUTBOX_TABLE.c[c] for c in _ENQUEUED_COLUMNS]).where(
+    _OUTBOX_TABLE.c.message_key == sa.bindparam("message_key")
+)
 
 
 def enqueue_staff(
@@ -288,15 +308,10 @@ def enqueue_staff(
         is_test=False,
     )
     values["message_key"] = f"{kind}:{key}:{to_email.strip().lower()}"[:255]
-    insert = dialect_insert(session)
-    columns = [getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS]
-    stmt = insert(OutboxMessage).values(**values).on_conflict_do_nothing(index_elements=["message_key"])
-    row = session.execute(stmt.returning(*columns)).first()
+    row = session.execute(_INSERT_STAFF, values).first()
     if row is not None:
         return Enqueued(*row, inserted=True)
-    row = session.execute(
-        sa.select(*columns).where(OutboxMessage.message_key == values["message_key"])
-    ).first()
+    row = session.execute(_STAFF_ROW, {"message_key": values["message_key"]}).first()
     assert row is not None
     return Enqueued(*row)
 
