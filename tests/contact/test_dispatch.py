@@ -427,3 +427,21 @@ def test_a_row_the_database_refuses_fails_that_message_alone_and_the_batch_is_ke
     assert [
         d.touchpoint_id for d in run(rt, jst(2026, 12, 3, 10, 5), composers={"delivery_survey": again}).sent
     ] == [ids[0]]
+
+
+def test_a_batch_composer_whose_batch_read_fails_composes_each_message_alone(rt):
+    due = jst(2026, 12, 3, 10, 0)
+    ids = [make_survey(rt, n, due_at=due) for n in (76, 77)]
+    composer, seen = noting_composer()
+    read_one = composer.prepare
+
+    def prepare(session, touchpoints, orders, now):
+        if len(touchpoints) > 1:  # a bug that only a batch shows
+            seen["prepared"].append(sorted(t.id for t in touchpoints))
+            session.execute(sa.text("SELECT no_such_column FROM touchpoints"))
+        return read_one(session, touchpoints, orders, now)
+
+    result = run(rt, due, composers={"delivery_survey": dataclasses.replace(composer, prepare=prepare)})
+    assert seen["prepared"] == [sorted(ids), [ids[0]], [ids[1]]]  # the batch's read, then one each
+    assert sorted(d.touchpoint_id for d in result.sent) == ids and not result.failed
+    assert sorted(noted(rt)) == ids
