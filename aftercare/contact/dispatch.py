@@ -24,6 +24,12 @@ dispatchers at once therefore decide a customer one after the other, and the sec
 outbox rows (in its caps, and as "not due any more"). The outbox's unique touchpoint_id is the last
 guard.
 
+A batch costs a few statements, whatever its size: the rules' facts for all its customers, what
+each kind's BatchComposer needs for all its messages (compose.py), and at its end one write per
+statement for all its messages (outbox rows, verdicts, the composers' rows), in a savepoint; a
+message whose rows the database refuses is then written again alone, and fails alone. A plain
+composer is called in a savepoint of its own, per message.
+
 What the rules need to know about an order (cancelled, refunded in full, a test) is asked of the
 caller (`order_facts`): contact does not import orders; the wiring above the wings
 (aftercare/timed.py) passes the orders wing's own measure.
