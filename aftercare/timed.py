@@ -6,56 +6,42 @@ the CLI and the benchmark."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from aftercare.contact import dispatch as dispatcher
 from aftercare.contact.compose import Composer, Composers
 from aftercare.contact.policy import ContactPolicy, load_contact_policy
 from aftercare.contact.rules import OrderFacts
 from aftercare.contact.sender import ShopPolicy, load_shop_policy
-from aftercare.models import Order, OrderLine, Refund
+from aftercare.models import Order
 from aftercare.orders import shipping
 from aftercare.reviews import invitations
 from aftercare.reviews.request_policy import load_review_request_policy
 from aftercare.reviews.requests import request_composers, shipped_composers
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
-from aftercare.surveys.mail import compose_survey, survey_composer
+from aftercare.surveys.mail import shipped_survey_composer, survey_composer
 from aftercare.surveys.policy import load_survey_policy
 
 
 def order_facts(session: Session, orders: Sequence[Order]) -> dict[int, OrderFacts]:
     """What the contact rules need of each order, by the orders wing's own measure of "refunded in
     full" (`shipping.nothing_left` over `shippable_quantities`), read for all orders in two queries."""
-    ids = [o.id for o in orders if o.id is not None]
-    lines: dict[int, list[OrderLine]] = defaultdict(list)
-    refunded: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    if ids:
-        for line in session.exec(select(OrderLine).where(OrderLine.order_id.in_(ids))):  # type: ignore[attr-defined]
-            lines[line.order_id].append(line)
-        for refund in session.exec(select(Refund).where(Refund.order_id.in_(ids))):  # type: ignore[attr-defined]
-            for li in refund.lines:
-                refunded[refund.order_id][int(li["line_id"])] += int(li["quantity"])
+    lines = shipping.lines_of(session, [o.id for o in orders if o.id is not None])
+    shippable = shipping.shippable_quantities_of(session, orders, lines)
     facts: dict[int, OrderFacts] = {}
     for order in orders:
         assert order.id is not None
-        own = lines.get(order.id, [])
-        if (order.financial_status or "") in shipping.NOTHING_PAID:
-            shippable = {line.shopify_id: 0 for line in own}
-        else:
-            taken = refunded.get(order.id, {})
-            shippable = {li.shopify_id: max(0, li.quantity - taken.get(li.shopify_id, 0)) for li in own}
         facts[order.id] = OrderFacts(
             cancelled_at=order.cancelled_at,
             financial_status=order.financial_status,
-            refunded_in_full=shipping.nothing_left(own, shippable),
+            refunded_in_full=shipping.nothing_left(lines.get(order.id, []), shippable[order.id]),
             test=order.is_test,
         )
     return facts
@@ -66,7 +52,7 @@ def default_composers(policies_dir: Path | None = None) -> dict[str, Composer]:
     under `policies_dir`'s surveys.yaml, and the review request and its reminder
     (aftercare/reviews/requests.py) under its review_requests.yaml (the shipped ones when None)."""
     if policies_dir is None:
-        return {shipping.DELIVERY_SURVEY: compose_survey, **shipped_composers()}
+        return {shipping.DELIVERY_SURVEY: shipped_survey_composer(), **shipped_composers()}
     return {
         shipping.DELIVERY_SURVEY: survey_composer(load_survey_policy(policies_dir)),
         **request_composers(load_review_request_policy(policies_dir)),

@@ -52,7 +52,8 @@ GOAL_RATIO = 0.33  # of the bare render+send loop's emails per second, measured 
 def bench_composer(kind: str = "delivery_survey") -> tuple[Composer, str]:
     """The kind's own composer, as send-timed-messages uses it (`timed.default_composers`), and its name."""
     compose = timed.default_composers()[kind]
-    return compose, f"{compose.__module__}.{compose.__qualname__}"
+    named = getattr(compose, "compose", compose)  # a BatchComposer's own function
+    return compose, f"{named.__module__}.{named.__qualname__}"
 
 
 # -- data ------------------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ dispatchers at once therefore decide a customer one after the other, and the sec
 outbox rows (in its caps, and as "not due any more"). The outbox's unique touchpoint_id is the last
 guard.
 
+A batch costs a few statements, whatever its size: the rules' facts for all its customers, what
+each kind's BatchComposer needs for all its messages (compose.py), and at its end one write per
+statement for all its messages (outbox rows, verdicts, the composers' rows), in a savepoint; a
+message whose rows the database refuses is then written again alone, and fails alone. A plain
+composer is called in a savepoint of its own, per message.
+
 What the rules need to know about an order (cancelled, refunded in full, a test) is asked of the
 caller (`order_facts`): contact does not import orders; the wiring above the wings
 (aftercare/timed.py) passes the orders wing's own measure.
@@ -43,7 +49,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.contact import links, rules
-from aftercare.contact.compose import ComposeContext, Composed, Composers, NotMailed, Recipient
+from aftercare.contact.compose import (
+    BatchComposer,
+    ComposeContext,
+    Composed,
+    Composers,
+    NotMailed,
+    Recipient,
+    Write,
+)
 from aftercare.contact.consent import Consent
 from aftercare.contact.policy import ContactPolicy, MessageClass
 from aftercare.contact.rules import (
@@ -490,41 +504,122 @@ _DECIDED = (
 
 
 @dataclass
+class _Message:
+    """One touchpoint's decision as its batch writes it: the verdict (`_DECIDED`'s parameters), the
+    mail of a send, and the rows its composer needs written with it."""
+
+    decided: Decided
+    verdict: dict[str, Any]
+    mail: outbox.TouchpointMail | None = None
+    writes: tuple[Write, ...] = ()
+
+
+@dataclass
 class _Writes:
-    """What a batch writes at its end: the verdicts (one executemany) and the messages decided to
-    go (one `outbox.enqueue_many`), in the batch's transaction."""
+    """What a batch writes at its end, in its transaction: the composers' rows (one executemany per
+    statement), the mails decided to go (one `outbox.enqueue_many`) and the verdicts (one
+    executemany). In a savepoint: when that fails, each message is written again alone, so a message
+    whose rows are refused fails alone and the others' work is kept. (The caps of the customer's
+    later touchpoints in the batch counted it as sent: at worst one of them was held a day.)"""
 
-    touchpoints: list[dict[str, Any]] = field(default_factory=list)
-    mails: list[outbox.TouchpointMail] = field(default_factory=list)
+    messages: list[_Message] = field(default_factory=list)
 
-    def decided(
+    def add(
         self,
         tp: Touchpoint,
+        decided: Decided,
         now: datetime,
         *,
         status: str = TouchpointStatus.PLANNED,
         reason: str | None = None,
         verdict: Verdict | None = None,
         held_until: datetime | None = None,
-    ) -> None:
-        self.touchpoints.append(
-            {
-                "tp_id": tp.id,
-                "new_status": status,
-                "new_reason": reason,
-                "new_verdict": verdict.as_dict() if verdict else None,
-                "new_decided_at": now,
-                "new_held_until": held_until,
-            }
-        )
+        mail: outbox.TouchpointMail | None = None,
+        writes: tuple[Write, ...] = (),
+    ) -> Decided:
+        row = {
+            "tp_id": tp.id,
+            "new_status": status,
+            "new_reason": reason,
+            "new_verdict": verdict.as_dict() if verdict else None,
+            "new_decided_at": now,
+            "new_held_until": held_until,
+        }
+        self.messages.append(_Message(decided, row, mail, writes))
+        return decided
 
-    def flush(self, session: Session, now: datetime) -> list[outbox.Enqueued]:
-        """Write it all; the outbox row of each mail, in the order the mails were added. created_at
-        is `now`, the moment we decided to send (the caps count from it), on the dispatcher's clock."""
-        enqueued = outbox.enqueue_many(session, self.mails, now=now)
-        if self.touchpoints:
-            session.execute(_DECIDED, self.touchpoints)
-        return enqueued
+    def flush(self, session: Session, now: datetime) -> tuple[list[Decided], list[Decided]]:
+        """Write it all; returns the decisions written (a send's with its outbox row's id) and those
+        that could not be (left planned, retried by the next run). created_at of the outbox rows is
+        `now`, the moment we decided to send (the caps count from it), on the dispatcher's clock."""
+        if not self.messages:
+            return [], []
+        try:
+            with session.begin_nested():
+                return _write(session, self.messages, now), []
+        except sa.exc.StatementError as exc:
+            if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+                raise
+            log.exception("a batch of %d touchpoints could not be written: one at a time", len(self.messages))
+        written: list[Decided] = []
+        failed: list[Decided] = []
+        for message in self.messages:
+            try:
+                with session.begin_nested():
+                    written += _write(session, [message], now)
+            except sa.exc.StatementError as exc:
+                if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+                    raise
+                d = message.decided
+                log.exception(
+                    "touchpoint %s (%s %s) could not be written", d.touchpoint_id, d.kind, d.order_name
+                )
+                line = f"could not be written: {type(exc).__name__}: {exc}"[:500]
+                failed.append(replace(d, outcome="failed", line=line, send_at=None))
+        return written, failed
+
+
+def _write(session: Session, messages: Sequence[_Message], now: datetime) -> list[Decided]:
+    groups: dict[int, tuple[sa.Executable, list[dict[str, Any]]]] = {}
+    for message in messages:
+        for write in message.writes:
+            groups.setdefault(id(write.statement), (write.statement, []))[1].append(dict(write.row))
+    for statement, rows in groups.values():
+        session.execute(statement, rows)
+    mailed = [m.mail for m in messages if m.mail is not None]
+    outbox_ids = {
+        mail.touchpoint_id: row.id
+        for mail, row in zip(mailed, outbox.enqueue_many(session, mailed, now=now), strict=True)
+    }
+    session.execute(_DECIDED, [m.verdict for m in messages])
+    return [
+        replace(m.decided, outbox_id=outbox_ids[m.mail.touchpoint_id]) if m.mail is not None else m.decided
+        for m in messages
+    ]
+
+
+def _prepare(
+    session: Session, touchpoints: Sequence[Touchpoint], facts: _Facts, composers: Composers, now: datetime
+) -> dict[str, Any]:
+    """What each BatchComposer reads for its touchpoints of the batch, by kind. One whose `prepare`
+    raises (a bug) is left out: its messages are then composed one at a time, each in a savepoint
+    (a plain composer's way), so the failure stays with them."""
+    by_kind: dict[str, list[Touchpoint]] = defaultdict(list)
+    for tp in touchpoints:
+        by_kind[tp.kind].append(tp)
+    prepared: dict[str, Any] = {}
+    for kind, own in sorted(by_kind.items()):
+        composer = composers.get(kind)
+        if not isinstance(composer, BatchComposer):
+            continue
+        try:
+            with session.begin_nested():
+                prepared[kind] = composer.prepare(session, own, facts.orders, now)
+        except Exception:  # a composer's bug: its touchpoints are composed alone, and fail alone
+            log.exception(
+                "%s: reading for %d touchpoints at once failed; composing them one at a time", kind, len(own)
+            )
+    return prepared
 
 
 def _decide_batch(
@@ -544,15 +639,14 @@ def _decide_batch(
         order = facts.orders[tp.order_id]
         owner = ("customer", order.customer_id) if order.customer_id is not None else ("order", tp.order_id)
         by_owner[owner].append(tp)
+    prepared = _prepare(session, touchpoints, facts, composers, now)
     writes = _Writes()
-    sent: list[Decided] = []  # in the order of writes.mails
     for owner, own in sorted(by_owner.items()):
         history = list(facts.history.get(owner[1], [])) if owner[0] == "customer" else []
         own.sort(key=lambda t: (next_moment(t.due_at, t.held_until), t.id))
         for tp in own:
             order = facts.orders[tp.order_id]
             customer = facts.customers.get(order.customer_id) if order.customer_id else None
-            mails_before = len(writes.mails)
             decided = _decide_one(
                 session,
                 tp,
@@ -562,6 +656,7 @@ def _decide_batch(
                 history,
                 policy,
                 composers,
+                prepared,
                 now,
                 settings,
                 renderer,
@@ -569,18 +664,15 @@ def _decide_batch(
                 writes,
             )
             if decided.outcome == "send":
-                # A composer's NotMailed("done") (say, handed to Trustpilot) counts like a mail in
-                # the caps, but has no outbox row to wait for.
-                (sent if mails_before < len(writes.mails) else result.sent).append(decided)
+                # A composer's NotMailed("done") (say, handed to Trustpilot) counts like a mail.
                 history.append(SentMessage(kind=tp.kind, sent_at=now))
-            elif decided.outcome == "hold":
-                result.held.append(decided)
-            elif decided.outcome == "skip":
-                result.skipped.append(decided)
-            else:
+            elif decided.outcome == "failed":
                 result.failed.append(decided)
-    enqueued = writes.flush(session, now)
-    result.sent.extend(replace(d, outbox_id=row.id) for d, row in zip(sent, enqueued, strict=True))
+    written, failed = writes.flush(session, now)
+    outcomes = {"send": result.sent, "hold": result.held, "skip": result.skipped}
+    for decided in written:
+        outcomes[decided.outcome].append(decided)
+    result.failed.extend(failed)
 
 
 def _decide_one(
@@ -592,47 +684,60 @@ def _decide_one(
     history: Sequence[SentMessage],
     policy: ContactPolicy,
     composers: Composers,
+    prepared: Mapping[str, Any],
     now: datetime,
     settings: Settings,
     renderer: Renderer,
     shop: ShopPolicy,
     writes: _Writes,
 ) -> Decided:
+    """Decide one touchpoint: its verdict and mail are added to `writes`; a failed one adds nothing."""
     assert tp.id is not None
     base = {"touchpoint_id": tp.id, "order_name": order.name, "kind": tp.kind}
     unaddressable = why_not_addressable(order, customer)
     if unaddressable is not None:
-        writes.decided(tp, now, status=TouchpointStatus.SKIPPED, reason=unaddressable)
-        return Decided(**base, outcome="skip", line=f"not sent: {unaddressable}")
+        decided = Decided(**base, outcome="skip", line=f"not sent: {unaddressable}")
+        return writes.add(tp, decided, now, status=TouchpointStatus.SKIPPED, reason=unaddressable)
     assert customer is not None and order.email is not None
     verdict = rules.decide(_touchpoint_facts(tp, facts), _customer_facts(facts, order), history, policy, now)
     line, zone = verdict.line(), verdict.zone.name
     if verdict.outcome is Outcome.SKIP:
-        writes.decided(tp, now, status=TouchpointStatus.SKIPPED, reason=line, verdict=verdict)
-        return Decided(**base, outcome="skip", line=line, zone=zone)
+        decided = Decided(**base, outcome="skip", line=line, zone=zone)
+        return writes.add(tp, decided, now, status=TouchpointStatus.SKIPPED, reason=line, verdict=verdict)
     if verdict.outcome is Outcome.HOLD:
-        writes.decided(tp, now, verdict=verdict, held_until=verdict.send_at)
-        return Decided(**base, outcome="hold", line=line, send_at=verdict.send_at, zone=zone)
+        decided = Decided(**base, outcome="hold", line=line, send_at=verdict.send_at, zone=zone)
+        return writes.add(tp, decided, now, verdict=verdict, held_until=verdict.send_at)
+    args = (session, tp, order, customer, policy, composers, now, settings, renderer, shop)
     try:
-        # A composer may write through the session: what it wrote goes with its message, or not at
-        # all. A message that cannot be sent (a header refused) fails here, alone.
-        with session.begin_nested():
-            mail = _compose(session, tp, order, customer, policy, composers, now, settings, renderer, shop)
-    except Exception as exc:  # a composer's bug: this touchpoint stays planned, the run says why
+        if tp.kind in prepared:  # a BatchComposer writes nothing until the batch's end
+            answer, mail = _compose(*args, prepared=prepared[tp.kind])
+        else:
+            # A plain composer may write through the session: what it wrote goes with its message,
+            # or not at all.
+            with session.begin_nested():
+                answer, mail = _compose(*args)
+        if answer.kept is not None:
+            answer.kept()
+    except Exception as exc:  # a composer's bug, or a header refused: this touchpoint stays planned
         log.exception("touchpoint %s (%s %s) could not be written", tp.id, tp.kind, order.name)
         return Decided(
             **base, outcome="failed", line=f"could not be written: {type(exc).__name__}: {exc}"[:500]
         )
-    if isinstance(mail, NotMailed):
-        if mail.status == "skipped":
-            why = f"not sent: {mail.reason}"
-            writes.decided(tp, now, status=TouchpointStatus.SKIPPED, reason=why, verdict=verdict)
-            return Decided(**base, outcome="skip", line=why, zone=zone)
-        writes.decided(tp, now, status=TouchpointStatus.DONE, reason=mail.reason, verdict=verdict)
-        return Decided(**base, outcome="send", line=mail.reason, send_at=now, zone=zone)
-    writes.mails.append(mail)
-    writes.decided(tp, now, verdict=verdict)
-    return Decided(**base, outcome="send", line=line, send_at=now, zone=zone)
+    if isinstance(answer, NotMailed):
+        if answer.status == "skipped":
+            why = f"not sent: {answer.reason}"
+            decided = Decided(**base, outcome="skip", line=why, zone=zone)
+            status = TouchpointStatus.SKIPPED
+            return writes.add(
+                tp, decided, now, status=status, reason=why, verdict=verdict, writes=answer.writes
+            )
+        decided = Decided(**base, outcome="send", line=answer.reason, send_at=now, zone=zone)
+        status = TouchpointStatus.DONE
+        return writes.add(
+            tp, decided, now, status=status, reason=answer.reason, verdict=verdict, writes=answer.writes
+        )
+    decided = Decided(**base, outcome="send", line=line, send_at=now, zone=zone)
+    return writes.add(tp, decided, now, verdict=verdict, mail=mail, writes=answer.writes)
 
 
 def _compose(
@@ -646,9 +751,11 @@ def _compose(
     settings: Settings,
     renderer: Renderer,
     shop: ShopPolicy,
-) -> outbox.TouchpointMail | NotMailed:
-    """Compose one message, with the RFC 8058 headers (checked: InvalidHeader), for the batch's
-    `outbox.enqueue_many`; or the composer's `NotMailed` (nothing to enqueue)."""
+    *,
+    prepared: Any = None,
+) -> tuple[Composed | NotMailed, outbox.TouchpointMail | None]:
+    """The composer's answer, and the mail of a Composed one with the RFC 8058 headers (checked:
+    InvalidHeader) for the batch's `outbox.enqueue_many` (None for NotMailed: nothing to enqueue)."""
     assert tp.id is not None and order.email is not None
     list_name = policy.list_of(tp.kind)
     assert list_name is not None
@@ -683,12 +790,13 @@ def _compose(
         shop=shop_vars,
         base_url=settings.customer_base_url.rstrip("/"),
         link_secret=secret,
+        prepared=prepared,
     )
     composed: Composed | NotMailed = composers[tp.kind](ctx)
     if isinstance(composed, NotMailed):
-        return composed
+        return composed, None
     headers = {**composed.headers, **links.list_unsubscribe_headers(url, shop.contact_email)}
-    return outbox.TouchpointMail.of(
+    mail = outbox.TouchpointMail.of(
         tp,
         to_email=order.email,
         to_name=ctx.recipient.name,
@@ -698,6 +806,7 @@ def _compose(
         is_test=order.is_test,
         headers=headers,
     )
+    return composed, mail
 
 
 def display_name(customer: Customer, order: Order, locale: str) -> str | None:

@@ -6,6 +6,7 @@ sent. Everything here runs inside the caller's transaction and is idempotent."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import zip_longest
@@ -33,6 +34,7 @@ from aftercare.models import (
     ShipmentEvent,
     Touchpoint,
     TouchpointStatus,
+    UTCDateTime,
     utcnow,
 )
 from aftercare.orders.shopify import ShopifyFulfillment, ShopifyFulfillmentEvent, ShopifyRefund
@@ -190,6 +192,32 @@ def ensure_touchpoint(
         touchpoint.due_at, touchpoint.policy_version = due_at, policy_version
         session.add(touchpoint)
     return touchpoint
+
+
+# `ensure_touchpoint` (without the revival) as one cacheable statement, for many touchpoints in one
+# executemany: created once; a planned one follows the newest due time and policy version.
+# Parameters: `planned_row`.
+ENSURE_PLANNED = sa.text(
+    "INSERT INTO touchpoints (order_id, kind, seq, due_at, status, policy_version, created_at) "
+    "VALUES (:order_id, :kind, :seq, :due_at, :status, :policy_version, :created_at) "
+    "ON CONFLICT (order_id, kind, seq) DO UPDATE SET due_at = excluded.due_at, "
+    f"policy_version = excluded.policy_version WHERE touchpoints.status = '{TouchpointStatus.PLANNED.value}'"
+).bindparams(sa.bindparam("due_at", type_=UTCDateTime()), sa.bindparam("created_at", type_=UTCDateTime()))
+
+
+def planned_row(
+    *, order_id: int, kind: str, seq: int, due_at: datetime, policy_version: str
+) -> dict[str, Any]:
+    """The parameters of `ENSURE_PLANNED` for the touchpoint (order, kind, seq)."""
+    return {
+        "order_id": order_id,
+        "kind": kind,
+        "seq": seq,
+        "due_at": due_at,
+        "status": TouchpointStatus.PLANNED.value,
+        "policy_version": policy_version,
+        "created_at": utcnow(),
+    }
 
 
 def cancel_touchpoints(session: Session, touchpoints: list[Touchpoint], reason: str) -> list[Touchpoint]:
@@ -462,6 +490,45 @@ def shippable_quantities(session: Session, order: Order, lines: list[OrderLine])
         return {line.shopify_id: 0 for line in lines}
     refunded = refunded_quantities(session, order)
     return {line.shopify_id: max(0, line.quantity - refunded.get(line.shopify_id, 0)) for line in lines}
+
+
+def lines_of(session: Session, order_ids: Iterable[int]) -> dict[int, list[OrderLine]]:
+    """The lines of many orders in one query: order id -> its lines, in the order's own order."""
+    ids = sorted(set(order_ids))
+    lines: dict[int, list[OrderLine]] = defaultdict(list)
+    if ids:
+        query = (
+            select(OrderLine)
+            .where(OrderLine.order_id.in_(ids))  # type: ignore[attr-defined]
+            .order_by(OrderLine.order_id, OrderLine.position, OrderLine.id)  # type: ignore[arg-type]
+        )
+        for line in session.exec(query):
+            lines[line.order_id].append(line)
+    return dict(lines)
+
+
+def shippable_quantities_of(
+    session: Session, orders: Iterable[Order], lines: Mapping[int, list[OrderLine]]
+) -> dict[int, dict[int, int]]:
+    """`shippable_quantities` of many orders (`lines`: order id -> its lines, as `lines_of` reads
+    them), their refunds read in one query: order id -> Shopify line id -> units the customer has."""
+    orders = list(orders)
+    ids = sorted(o.id for o in orders if o.id is not None and (o.financial_status or "") not in NOTHING_PAID)
+    refunded: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    if ids:
+        for refund in session.exec(select(Refund).where(Refund.order_id.in_(ids))):  # type: ignore[attr-defined]
+            for line in refund.lines:
+                refunded[refund.order_id][int(line["line_id"])] += int(line["quantity"])
+    out: dict[int, dict[int, int]] = {}
+    for order in orders:
+        assert order.id is not None
+        own = lines.get(order.id, [])
+        if (order.financial_status or "") in NOTHING_PAID:
+            out[order.id] = {line.shopify_id: 0 for line in own}
+        else:
+            taken = refunded.get(order.id, {})
+            out[order.id] = {li.shopify_id: max(0, li.quantity - taken.get(li.shopify_id, 0)) for li in own}
+    return out
 
 
 def nothing_left(lines: list[OrderLine], shippable: dict[int, int]) -> bool:

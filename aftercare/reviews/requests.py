@@ -24,13 +24,20 @@ between cancels it, and the rules judge the order again). Its composer sends it 
 request was delivered (outbox `sent`), nothing was reviewed for the order since (a review linked to
 the order, or the customer's review of an asked product), and products are left to ask about.
 
+Both composers are BatchComposers (aftercare/contact/compose.py): what the dispatcher's batch of
+requests (or reminders) needs is read for all of them in a few queries, in its transaction and under
+its lock (`prepare_requests`, `prepare_reminders`), and what a request writes (the products it asks
+about, its reminder, a Trustpilot invitation) is handed back in its answer and written by the
+dispatcher with its verdict, or not at all.
+
 No gating: nothing here reads a survey answer, a review's rating or triage, or a complaint. The
 only reviews read are the customer's own, by product and date, whatever they say."""
 
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -38,10 +45,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from aftercare.contact.compose import ComposeContext, Composed, Composer, NotMailed
+from aftercare.contact.compose import (
+    BatchComposer,
+    ComposeContext,
+    Composed,
+    Composer,
+    NotMailed,
+    Prepare,
+    Write,
+)
 from aftercare.models import (
     PRIVATE_REPLY_PLATFORM,
     Order,
@@ -51,6 +65,7 @@ from aftercare.models import (
     Review,
     ReviewRequestItem,
     Touchpoint,
+    UTCDateTime,
 )
 from aftercare.orders import shipping
 from aftercare.reviews import invitations
@@ -142,57 +157,189 @@ def not_reviewable(line: OrderLine, item: dict[str, Any], exclude: Exclusions) -
     )
 
 
-def _lines(session: Session, order: Order) -> list[OrderLine]:
-    return list(
-        session.exec(
-            select(OrderLine).where(OrderLine.order_id == order.id).order_by(OrderLine.position, OrderLine.id)  # type: ignore[arg-type]
-        )
-    )
+# -- what a batch of requests or reminders reads at once ---------------------------------------------
 
 
-def reviewed_refs(session: Session, customer_id: int, since: datetime) -> set[str]:
-    """What the customer's reviews since `since` name as their product (folded), whatever they say."""
+@dataclass
+class Requested:
+    """An order's review request, as its reminder looks at it."""
+
+    touchpoint_id: int
+    mail_status: str | None  # its outbox row's status; None when it has none
+    items: dict[str, datetime] = field(default_factory=dict)  # product key asked about -> when
+
+
+@dataclass
+class Known:
+    """What the dispatcher's batch of requests (or of reminders) needs, read for all of them at once
+    (their composers' `prepare`), in the batch's transaction."""
+
+    lines: dict[int, list[OrderLine]]  # order id -> its lines, in the order's own order
+    keeps: dict[int, dict[int, int]]  # order id -> Shopify line id -> units the customer still has
+    # customer id -> (a product ref their review names, folded; when the review was written)
+    reviews: dict[int, list[tuple[str, datetime]]]
+    # customer id -> (the request's touchpoint id, a product key it asked about), within the memory
+    asked: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
+    invited: set[int] = field(default_factory=set)  # orders with their Trustpilot invitation already
+    requests: dict[int, Requested] = field(default_factory=dict)  # order id -> its request (reminders)
+    reviewed_orders: set[int] = field(default_factory=set)  # orders with a review (reminders)
+
+    def reviewed_refs(self, customer_id: int | None, since: datetime) -> set[str]:
+        """What the customer's reviews written after `since` name as their product."""
+        if customer_id is None:
+            return set()
+        return {ref for ref, at in self.reviews.get(customer_id, ()) if at > since}
+
+    def asked_keys(self, customer_id: int | None, *, besides: int | None) -> set[str]:
+        """The products this customer was asked about by another request than `besides` (a request
+        whose mail failed or was cancelled did not ask)."""
+        if customer_id is None:
+            return set()
+        return {key for tp, key in self.asked.get(customer_id, ()) if tp != besides}
+
+    def asked_now(self, order: Order, touchpoint_id: int, products: list[Product]) -> None:
+        """A request of this batch asks about these products: the customer's next request in the
+        batch knows it (its rows are written at the batch's end)."""
+        if order.customer_id is not None:
+            self.asked.setdefault(order.customer_id, []).extend((touchpoint_id, p.key) for p in products)
+
+
+def _orders_of(touchpoints: Sequence[Touchpoint], orders: Mapping[int, Order]) -> list[Order]:
+    return list({t.order_id: orders[t.order_id] for t in touchpoints}.values())
+
+
+def _customers(orders: list[Order]) -> list[int]:
+    return sorted({o.customer_id for o in orders if o.customer_id is not None})
+
+
+def _reviews_of(
+    session: Session, customer_ids: list[int], since: datetime
+) -> dict[int, list[tuple[str, datetime]]]:
+    """What these customers' reviews since `since` name as their product (folded), whatever they
+    say; not the private row of a recovery case's apology."""
+    out: dict[int, list[tuple[str, datetime]]] = {}
+    if not customer_ids:
+        return out
     rows = session.execute(
-        sa.select(_REVIEWS.c.product_ref).where(
-            _REVIEWS.c.customer_id == customer_id,
-            _REVIEWS.c.platform != PRIVATE_REPLY_PLATFORM,  # a recovery case's apology is no review
+        sa.select(_REVIEWS.c.customer_id, _REVIEWS.c.product_ref, _REVIEWS.c.source_created_at).where(
+            _REVIEWS.c.customer_id.in_(customer_ids),
+            _REVIEWS.c.platform != PRIVATE_REPLY_PLATFORM,
             _REVIEWS.c.source_created_at > since,
             _REVIEWS.c.product_ref.is_not(None),
         )
     )
-    return {_fold(ref) for (ref,) in rows if _fold(ref)}
+    for customer_id, ref, at in rows:
+        if _fold(ref):
+            out.setdefault(customer_id, []).append((_fold(ref), at))
+    return out
 
 
-def asked_keys(session: Session, customer_id: int, since: datetime, *, besides: int | None) -> set[str]:
-    """The products this customer was asked about since `since` by another request than `besides`
-    (a request whose mail failed or was cancelled did not ask)."""
+def _asked_of(session: Session, customer_ids: list[int], since: datetime) -> dict[int, list[tuple[int, str]]]:
+    """The products these customers were asked about since `since`, with the request that asked (a
+    request whose mail failed or was cancelled did not ask)."""
+    out: dict[int, list[tuple[int, str]]] = {}
+    if not customer_ids:
+        return out
     failed = sa.exists().where(
         _OUTBOX.c.touchpoint_id == _ITEMS.c.touchpoint_id,
         _OUTBOX.c.status.in_([s.value for s in _NOT_MAILED]),
     )
-    query = (
-        sa.select(_ITEMS.c.product_key)
+    rows = session.execute(
+        sa.select(_ORDERS.c.customer_id, _ITEMS.c.touchpoint_id, _ITEMS.c.product_key)
         .select_from(_ITEMS.join(_ORDERS, _ORDERS.c.id == _ITEMS.c.order_id))
-        .where(_ORDERS.c.customer_id == customer_id, _ITEMS.c.asked_at > since, ~failed)
+        .where(_ORDERS.c.customer_id.in_(customer_ids), _ITEMS.c.asked_at > since, ~failed)
     )
-    if besides is not None:
-        query = query.where(_ITEMS.c.touchpoint_id != besides)
-    return set(session.execute(query).scalars())
+    for customer_id, touchpoint_id, key in rows:
+        out.setdefault(customer_id, []).append((touchpoint_id, key))
+    return out
+
+
+def prepare_requests(policy: ReviewRequestPolicy) -> Prepare:
+    """The requests composer's `prepare`: the orders' lines and refunds, and their customers'
+    reviews and products asked about within the policy's memory: five queries for the batch."""
+
+    def prepare(
+        session: Session, touchpoints: Sequence[Touchpoint], orders: Mapping[int, Order], now: datetime
+    ) -> Known:
+        mine = _orders_of(touchpoints, orders)
+        ids = [o.id for o in mine if o.id is not None]
+        since = now - timedelta(days=policy.memory_days)
+        customers = _customers(mine)
+        lines = shipping.lines_of(session, ids)
+        return Known(
+            lines=lines,
+            keeps=shipping.shippable_quantities_of(session, mine, lines),
+            reviews=_reviews_of(session, customers, since),
+            asked=_asked_of(session, customers, since),
+            invited=invitations.invited(session, ids) if policy.destination == "trustpilot" else set(),
+        )
+
+    return prepare
+
+
+def prepare_reminders(policy: ReviewRequestPolicy) -> Prepare:
+    """The reminders composer's `prepare`: each order's request with its mail's status and the
+    products it asked about, the orders reviewed since, their lines and refunds, and their customers'
+    reviews since the earliest request: six queries for the batch."""
+
+    def prepare(
+        session: Session, touchpoints: Sequence[Touchpoint], orders: Mapping[int, Order], now: datetime
+    ) -> Known:
+        if not policy.mails():
+            return Known(lines={}, keeps={}, reviews={})  # nothing to read: no reminder is mailed
+        mine = _orders_of(touchpoints, orders)
+        ids = [o.id for o in mine if o.id is not None]
+        requests: dict[int, Requested] = {}
+        for order_id, touchpoint_id, status in session.execute(
+            sa.select(_TP.c.order_id, _TP.c.id, _OUTBOX.c.status)
+            .select_from(_TP.outerjoin(_OUTBOX, _OUTBOX.c.touchpoint_id == _TP.c.id))
+            .where(_TP.c.order_id.in_(ids), _TP.c.kind == REQUEST, _TP.c.seq == 1)
+        ):
+            requests[order_id] = Requested(touchpoint_id, status)
+        by_touchpoint = {r.touchpoint_id: r for r in requests.values()}
+        if by_touchpoint:
+            for touchpoint_id, key, at in session.execute(
+                sa.select(_ITEMS.c.touchpoint_id, _ITEMS.c.product_key, _ITEMS.c.asked_at).where(
+                    _ITEMS.c.touchpoint_id.in_(sorted(by_touchpoint))
+                )
+            ):
+                by_touchpoint[touchpoint_id].items[key] = at
+        # A review of the order, on any platform; not the private row of a recovery case's apology (a
+        # low survey score must not stop the reminder: no gating, tests/reviews/test_no_gating.py).
+        reviewed_orders = set(
+            session.execute(
+                sa.select(_REVIEWS.c.order_id)
+                .where(_REVIEWS.c.order_id.in_(ids), _REVIEWS.c.platform != PRIVATE_REPLY_PLATFORM)
+                .distinct()
+            ).scalars()
+        )
+        lines = shipping.lines_of(session, ids)
+        first_asked = min((at for r in requests.values() for at in r.items.values()), default=None)
+        return Known(
+            lines=lines,
+            keeps=shipping.shippable_quantities_of(session, mine, lines),
+            reviews={} if first_asked is None else _reviews_of(session, _customers(mine), first_asked),
+            requests=requests,
+            reviewed_orders=reviewed_orders,
+        )
+
+    return prepare
+
+
+# -- composing ------------------------------------------------------------------------------------------
 
 
 def select_products(
-    session: Session, order: Order, policy: ReviewRequestPolicy, now: datetime, *, touchpoint_id: int | None
+    known: Known, order: Order, policy: ReviewRequestPolicy, now: datetime, *, touchpoint_id: int | None
 ) -> Selection:
     """The order's products to ask this customer about now, and why each other line is left out."""
-    lines = _lines(session, order)
+    assert order.id is not None
+    lines = known.lines.get(order.id, [])
     raw = raw_items(order)
-    keeps = shipping.shippable_quantities(session, order, lines)
+    keeps = known.keeps.get(order.id, {})
     since = now - timedelta(days=policy.memory_days)
-    customer_id = order.customer_id
-    reviewed = reviewed_refs(session, customer_id, since) if customer_id is not None else set()
-    asked = (
-        asked_keys(session, customer_id, since, besides=touchpoint_id) if customer_id is not None else set()
-    )
+    reviewed = known.reviewed_refs(order.customer_id, since)
+    asked = known.asked_keys(order.customer_id, besides=touchpoint_id)
     out = Selection()
     seen: set[str] = set()
     for line in lines:
@@ -218,22 +365,29 @@ def select_products(
     return out
 
 
-def remember(session: Session, touchpoint: Touchpoint, products: list[Product], now: datetime) -> None:
-    """Record what this request asks about (once per product per request)."""
-    if not products:
-        return
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    rows = [
-        {
-            "touchpoint_id": touchpoint.id,
-            "order_id": touchpoint.order_id,
-            "line_id": p.line_id,
-            "product_key": p.key,
-            "asked_at": now,
-        }
+# What a request asks about (once per product per request): the per-product memory and what the
+# reminder lists. SQL text: one cached statement for the batch's rows.
+_REMEMBER = sa.text(
+    "INSERT INTO review_request_items (touchpoint_id, order_id, line_id, product_key, asked_at) "
+    "VALUES (:touchpoint_id, :order_id, :line_id, :product_key, :asked_at) ON CONFLICT DO NOTHING"
+).bindparams(sa.bindparam("asked_at", type_=UTCDateTime()))
+
+
+def remembered(touchpoint: Touchpoint, products: list[Product], now: datetime) -> list[Write]:
+    """The rows recording what this request asks about, written with it."""
+    return [
+        Write(
+            _REMEMBER,
+            {
+                "touchpoint_id": touchpoint.id,
+                "order_id": touchpoint.order_id,
+                "line_id": p.line_id,
+                "product_key": p.key,
+                "asked_at": now,
+            },
+        )
         for p in products
     ]
-    session.execute(insert(ReviewRequestItem).values(rows).on_conflict_do_nothing())
 
 
 def google_url(place_id: str) -> str:
@@ -294,43 +448,61 @@ def _render(ctx: ComposeContext, template: str, context: dict[str, Any]) -> Comp
 
 
 def compose_request(ctx: ComposeContext, policy: ReviewRequestPolicy) -> Composed | NotMailed:
-    """The review request of `ctx.touchpoint` (see the module docstring)."""
+    """The review request of `ctx.touchpoint` (see the module docstring), from what `prepare_requests`
+    read for the batch (`ctx.prepared`). Its rows (the products asked about, the reminder planned, a
+    Trustpilot invitation) are in its answer's writes."""
     order, touchpoint = ctx.order, ctx.touchpoint
     if touchpoint.id is None or order.id is None:
         raise ValueError("the request's touchpoint and order must be stored before it is composed")
+    known: Known = ctx.prepared
     if policy.staff.is_staff(ctx.recipient.email):
         return NotMailed("skipped", "a staff address (policies/review_requests.yaml staff)")
-    selection = select_products(ctx.session, order, policy, ctx.now, touchpoint_id=touchpoint.id)
+    selection = select_products(known, order, policy, ctx.now, touchpoint_id=touchpoint.id)
     if not selection.asked:
         return NotMailed("skipped", selection.why_none())
-    remember(ctx.session, touchpoint, selection.asked, ctx.now)
+    writes = remembered(touchpoint, selection.asked, ctx.now)
+
+    def kept() -> None:
+        known.asked_now(order, touchpoint.id, selection.asked)
+
     if policy.destination == "trustpilot":
-        invitation_id, created = invitations.create(
-            ctx.session,
-            order=order,
-            touchpoint=touchpoint,
+        already = order.id in known.invited
+        row = invitations.pending_row(
+            order_id=order.id,
+            touchpoint_id=touchpoint.id,
             locale=ctx.recipient.locale,
             send_at=ctx.now,
             policy_version=policy.version,
         )
-        what = "handed to Trustpilot" if created else "already handed to Trustpilot"
-        return NotMailed("done", f"{what}: invitation {invitation_id} (Trustpilot mails it)")
+
+        def invited() -> None:
+            kept()
+            known.invited.add(order.id)
+
+        what = "already handed to Trustpilot" if already else "handed to Trustpilot"
+        return NotMailed(
+            "done",
+            f"{what}: invitation for order {order.name} (Trustpilot mails it)",
+            writes=(*writes, Write(invitations.INSERT_PENDING, row)),
+            kept=invited,
+        )
     if policy.reminder.enabled:
-        shipping.ensure_touchpoint(
-            ctx.session,
-            order=order,
+        planned = shipping.planned_row(
+            order_id=order.id,
             kind=REMINDER,
             seq=1,
             due_at=ctx.now + timedelta(days=policy.reminder.days_after_request),
             policy_version=policy.version,
         )
-    return _render(ctx, REQUEST, _mail_context(ctx, policy, selection.asked, reminder=False))
+        writes.append(Write(shipping.ENSURE_PLANNED, planned))
+    composed = _render(ctx, REQUEST, _mail_context(ctx, policy, selection.asked, reminder=False))
+    return replace(composed, writes=tuple(writes), kept=kept)
 
 
 def compose_reminder(ctx: ComposeContext, policy: ReviewRequestPolicy) -> Composed | NotMailed:
     """The one reminder: the request's products not reviewed since, when the request was delivered
-    and nothing was reviewed for the order."""
-    session, order = ctx.session, ctx.order
+    and nothing was reviewed for the order; from what `prepare_reminders` read for the batch."""
+    order = ctx.order
     if ctx.touchpoint.id is None or order.id is None:
         raise ValueError("the reminder's touchpoint and order must be stored before it is composed")
     if not policy.mails():
@@ -339,44 +511,21 @@ def compose_reminder(ctx: ComposeContext, policy: ReviewRequestPolicy) -> Compos
         )
     if policy.staff.is_staff(ctx.recipient.email):
         return NotMailed("skipped", "a staff address (policies/review_requests.yaml staff)")
-    request = session.exec(
-        select(Touchpoint).where(
-            Touchpoint.order_id == order.id, Touchpoint.kind == REQUEST, Touchpoint.seq == 1
-        )
-    ).first()
-    mailed = (
-        session.execute(
-            sa.select(_OUTBOX.c.status, _OUTBOX.c.sent_at).where(_OUTBOX.c.touchpoint_id == request.id)
-        ).first()
-        if request is not None and request.id is not None
-        else None
-    )
-    if request is None or mailed is None or mailed.status != OutboxStatus.SENT:
-        state = mailed.status if mailed is not None else "never written"
+    known: Known = ctx.prepared
+    request = known.requests.get(order.id)
+    if request is None or request.mail_status != OutboxStatus.SENT:
+        state = request.mail_status if request is not None and request.mail_status else "never written"
         return NotMailed("skipped", f"the review request was not delivered (its mail: {state})")
-    assert request.id is not None
-    # A review of the order, on any platform; not the private row of a recovery case's apology (a
-    # low survey score must not stop the reminder: no gating, tests/reviews/test_no_gating.py).
-    written = sa.select(_REVIEWS.c.id).where(
-        _REVIEWS.c.order_id == order.id, _REVIEWS.c.platform != PRIVATE_REPLY_PLATFORM
-    )
-    if session.execute(written.limit(1)).first():
+    if order.id in known.reviewed_orders:
         return NotMailed("skipped", "a review was written for this order")
-    asked = {
-        row.product_key: row
-        for row in session.exec(
-            select(ReviewRequestItem).where(ReviewRequestItem.touchpoint_id == request.id)
-        )
-    }
+    asked = request.items
     if not asked:
         return NotMailed("skipped", "the review request asked about no product")
-    lines = _lines(session, order)
     raw = raw_items(order)
-    keeps = shipping.shippable_quantities(session, order, lines)
-    since = min(row.asked_at for row in asked.values())
-    reviewed = reviewed_refs(session, order.customer_id, since) if order.customer_id is not None else set()
+    keeps = known.keeps.get(order.id, {})
+    reviewed = known.reviewed_refs(order.customer_id, min(asked.values()))
     products: list[Product] = []
-    for line in lines:
+    for line in known.lines.get(order.id, []):
         product = product_of(line, raw.get(line.shopify_id, {}))
         if product.key not in asked or product.key in {p.key for p in products}:
             continue
@@ -391,7 +540,8 @@ def compose_reminder(ctx: ComposeContext, policy: ReviewRequestPolicy) -> Compos
 
 
 def request_composers(policy: ReviewRequestPolicy) -> dict[str, Composer]:
-    """The composers of `review_request` and `review_reminder` under `policy`."""
+    """The composers of `review_request` and `review_reminder` under `policy` (BatchComposers: each
+    reads for the dispatcher's whole batch at once)."""
 
     def request(ctx: ComposeContext) -> Composed | NotMailed:
         return compose_request(ctx, policy)
@@ -399,7 +549,10 @@ def request_composers(policy: ReviewRequestPolicy) -> dict[str, Composer]:
     def reminder(ctx: ComposeContext) -> Composed | NotMailed:
         return compose_reminder(ctx, policy)
 
-    return {REQUEST: request, REMINDER: reminder}
+    return {
+        REQUEST: BatchComposer(prepare=prepare_requests(policy), compose=request),
+        REMINDER: BatchComposer(prepare=prepare_reminders(policy), compose=reminder),
+    }
 
 
 @cache

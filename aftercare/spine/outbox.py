@@ -19,10 +19,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.errors import AmbiguousSendError, PermanentSendError, TransientSendError
-from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, utcnow
+from aftercare.models import OutboxMessage, OutboxStatus, Touchpoint, TouchpointStatus, UTCDateTime, utcnow
 from aftercare.rendering import RenderedEmail
 from aftercare.settings import Settings
-from aftercare.spine.db import claim_rows, dialect_insert
+from aftercare.spine.db import autocommit, claim_rows, dialect_insert
 from aftercare.spine.email import EmailBackend, OutgoingEmail, check_headers
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,26 @@ def enqueue_many(
 
 
 STAFF_CATEGORY = "staff"
+# One staff mail per message key. SQL text (the same on SQLite and PostgreSQL), as the suppression
+# store does it: SQLAlchemy's dialect INSERT with ON CONFLICT has no cache key, so it was compiled
+# again on every call (an approval request per approver, an ops alert per recovery case).
+_INSERT_STAFF = (
+    sa.text(
+        "INSERT INTO outbox (touchpoint_id, order_id, order_name, kind, to_email, to_name, subject, "
+        "text_body, html_body, locale, is_test, status, attempts, next_attempt_at, created_at, "
+        "message_key) VALUES (:touchpoint_id, :order_id, :order_name, :kind, :to_email, :to_name, "
+        ":subject, :text_body, :html_body, :locale, :is_test, :status, :attempts, :next_attempt_at, "
+        ":created_at, :message_key) ON CONFLICT (message_key) DO NOTHING "
+        "RETURNING " + ", ".join(_ENQUEUED_COLUMNS)
+    )
+    .bindparams(
+        sa.bindparam("next_attempt_at", type_=UTCDateTime()), sa.bindparam("created_at", type_=UTCDateTime())
+    )
+    .columns(*[_OUTBOX_TABLE.c[c] for c in _ENQUEUED_COLUMNS])
+)
+_STAFF_ROW = sa.select(*[_OUTBOX_TABLE.c[c] for c in _ENQUEUED_COLUMNS]).where(
+    _OUTBOX_TABLE.c.message_key == sa.bindparam("message_key")
+)
 
 
 def enqueue_staff(
@@ -288,15 +308,10 @@ def enqueue_staff(
         is_test=False,
     )
     values["message_key"] = f"{kind}:{key}:{to_email.strip().lower()}"[:255]
-    insert = dialect_insert(session)
-    columns = [getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS]
-    stmt = insert(OutboxMessage).values(**values).on_conflict_do_nothing(index_elements=["message_key"])
-    row = session.execute(stmt.returning(*columns)).first()
+    row = session.execute(_INSERT_STAFF, values).first()
     if row is not None:
         return Enqueued(*row, inserted=True)
-    row = session.execute(
-        sa.select(*columns).where(OutboxMessage.message_key == values["message_key"])
-    ).first()
+    row = session.execute(_STAFF_ROW, {"message_key": values["message_key"]}).first()
     assert row is not None
     return Enqueued(*row)
 
@@ -367,7 +382,7 @@ def _called_back(engine: Engine, touchpoint_id: int | None) -> str | None:
     cancelled meanwhile), or None when it still stands. Staff mail has no touchpoint."""
     if touchpoint_id is None:
         return None
-    with engine.connect() as conn:
+    with autocommit(engine) as conn:
         row = conn.execute(_TOUCHPOINT_CANCELLED, {"tp": touchpoint_id}).first()
     return None if row is None else (row.reason or "its touchpoint was cancelled")
 
@@ -412,8 +427,10 @@ def deliver(
     provider's Retry-After) while the wait is short; a longer wait reschedules the row for the
     sweep. Permanent failures mark it failed with the provider's reason, and so does any other error
     (its type and message): a claimed row never stays `sending` because of what it holds. Core
-    statements, no ORM: this runs once per message, and each statement is a round trip on PostgreSQL."""
-    with engine.connect() as conn:
+    statements, no ORM: this runs once per message, and each statement is a round trip on PostgreSQL
+    (two in all for a message sent at the first attempt: the row read and the outcome written, each
+    a statement of its own outside an explicit transaction)."""
+    with autocommit(engine) as conn:
         row = conn.execute(_LOAD, {"id": outbox_id}).first()
     if row is None or row.status != OutboxStatus.SENDING:
         return DeliveryResult(
@@ -483,7 +500,7 @@ def get(engine: Engine, outbox_id: int) -> OutboxMessage | None:
 
 
 def _note_attempt(engine: Engine, outbox_id: int, attempts: int, error: str) -> None:
-    with engine.begin() as conn:
+    with autocommit(engine) as conn, conn.begin():
         conn.execute(
             _OUTBOX.update().where(_OUTBOX.c.id == outbox_id).values(attempts=attempts, last_error=error)
         )
@@ -508,15 +525,24 @@ def _record(
         )
     if next_attempt_at is not None:
         values.update(next_attempt_at=next_attempt_at, claimed_by=None, claimed_at=None)
-    with engine.begin() as conn:
-        conn.execute(_OUTBOX.update().where(_OUTBOX.c.id == outbox_id).values(**values))
-        if touchpoint_id is not None and status in (OutboxStatus.SENT, OutboxStatus.FAILED):
-            done = TouchpointStatus.DONE if status == OutboxStatus.SENT else TouchpointStatus.FAILED
-            conn.execute(
-                _TOUCHPOINTS.update()
-                .where(_TOUCHPOINTS.c.id == touchpoint_id)
-                .values(status=done, reason=error)
-            )
+    settle: Any = _OUTBOX.update().where(_OUTBOX.c.id == outbox_id).values(**values)
+    if touchpoint_id is not None and status in (OutboxStatus.SENT, OutboxStatus.FAILED):
+        done = TouchpointStatus.DONE if status == OutboxStatus.SENT else TouchpointStatus.FAILED
+        settle_touchpoint = (
+            _TOUCHPOINTS.update().where(_TOUCHPOINTS.c.id == touchpoint_id).values(status=done, reason=error)
+        )
+        if engine.dialect.name == "postgresql":
+            # Both rows in one statement (the outbox row's UPDATE in a WITH): atomic on its own, one
+            # round trip instead of four (BEGIN, two UPDATEs, COMMIT), the window between "provider
+            # accepted" and "row marked sent" as short as it gets.
+            settle = settle_touchpoint.add_cte(settle.cte("settled"))
+        else:
+            with engine.begin() as conn:
+                conn.execute(settle)
+                conn.execute(settle_touchpoint)
+            return DeliveryResult(outbox_id, status, provider_id, error, attempts)
+    with autocommit(engine) as conn, conn.begin():
+        conn.execute(settle)
     return DeliveryResult(outbox_id, status, provider_id, error, attempts)
 
 

@@ -38,6 +38,7 @@ from aftercare.models import (
     Touchpoint,
     TouchpointStatus,
 )
+from aftercare.spine.db import autocommit
 from aftercare.surveys.policy import SCALES, Scale, SurveyPolicy
 
 PURPOSE = "survey"
@@ -304,20 +305,13 @@ def _latest(row: sa.Row[Any]) -> Latest | None:
     )
 
 
-def _reader(engine: Engine) -> sa.Connection:
-    conn = engine.connect()
-    if engine.dialect.name == "postgresql":
-        return conn.execution_options(isolation_level="AUTOCOMMIT")
-    return conn
-
-
 def survey_state(engine: Engine, link: SurveyLink) -> SurveyState | None:
     """The survey a verified link names, with its order, items and the answer that counts; None when
     it is not a survey of ours. Two reads, whatever the number of answers, outside a transaction (a
     page shows them; nothing is decided on them together): on PostgreSQL two round trips instead of
     four (no BEGIN, no ROLLBACK). SQLite's driver reads outside a transaction anyway (and would pay
     a PRAGMA to reset the isolation level)."""
-    with _reader(engine) as conn:
+    with autocommit(engine) as conn:
         row = _read_state(conn, link)
         if row is None:
             return None

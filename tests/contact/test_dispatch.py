@@ -14,8 +14,9 @@ from sqlmodel import Session, select
 from aftercare import timed
 from aftercare.contact import dispatch as dispatcher
 from aftercare.contact import links, store
+from aftercare.contact.compose import BatchComposer, Write
 from aftercare.contact.consent import Consent
-from aftercare.models import Customer, Order, OutboxMessage, Refund, Touchpoint
+from aftercare.models import Customer, Order, OutboxMessage, Refund, Touchpoint, UTCDateTime
 from aftercare.spine import outbox
 from tests.contact.survey_setup import BERLIN, COMPOSERS, NEW_YORK, make_survey, touchpoint
 from tests.factories import SHOP
@@ -350,3 +351,97 @@ def test_an_order_whose_address_is_not_one_is_skipped_and_a_hostile_name_never_r
     [mail] = survey_mails(rt)
     assert mail.to_name is not None and "\r" not in mail.to_name and "\n" not in mail.to_name
     assert "\u202e" not in mail.to_name
+
+
+# A row each mail has written with it (a table keyed by touchpoint; which one does not matter here).
+_NOTED = sa.text(
+    "INSERT INTO review_request_items (touchpoint_id, order_id, line_id, product_key, asked_at) "
+    "VALUES (:touchpoint_id, :order_id, 1, :product_key, :asked_at)"
+).bindparams(sa.bindparam("asked_at", type_=UTCDateTime()))
+
+
+def noting_composer(*, raises=(), refused=()):
+    """A BatchComposer over the plain survey: what it prepared and what was kept are recorded, and
+    each mail has a row written with it (`refused`: one the database refuses, a NULL key)."""
+    seen: dict[str, list] = {"prepared": [], "kept": []}
+
+    def prepare(session, touchpoints, orders, now):
+        seen["prepared"].append(sorted(t.id for t in touchpoints))
+        return {t.id: orders[t.order_id].name for t in touchpoints}
+
+    def compose(ctx):
+        tp = ctx.touchpoint.id
+        if tp in raises:
+            raise KeyError("missing template variable 'score_links'")
+        row = {
+            "touchpoint_id": tp,
+            "order_id": ctx.order.id,
+            "product_key": None if tp in refused else ctx.prepared[tp],
+            "asked_at": ctx.now,
+        }
+        return dataclasses.replace(
+            COMPOSERS["delivery_survey"](ctx),
+            writes=(Write(_NOTED, row),),
+            kept=lambda: seen["kept"].append(tp),
+        )
+
+    return BatchComposer(prepare, compose), seen
+
+
+def noted(rt):
+    with Session(rt.engine) as s:
+        return dict(s.execute(sa.text("SELECT touchpoint_id, product_key FROM review_request_items")).all())
+
+
+def test_a_batch_composer_reads_once_for_the_batch_and_a_failing_message_writes_nothing(rt):
+    due = jst(2026, 12, 3, 10, 0)
+    ids = [make_survey(rt, n, due_at=due) for n in (70, 71, 72)]
+    composer, seen = noting_composer(raises={ids[1]})
+    result = run(rt, due, composers={"delivery_survey": composer})
+    assert seen["prepared"] == [sorted(ids)]  # one read for the whole batch
+    assert [d.touchpoint_id for d in result.failed] == [ids[1]] and "score_links" in result.failed[0].line
+    assert sorted(d.touchpoint_id for d in result.sent) == sorted(seen["kept"]) == [ids[0], ids[2]]
+    with Session(rt.engine) as s:
+        names = {o.id: o.name for o in s.exec(select(Order))}
+    assert noted(rt) == {tp: names[touchpoint(rt, tp).order_id] for tp in (ids[0], ids[2])}
+    assert sorted(m.touchpoint_id for m in survey_mails(rt)) == [ids[0], ids[2]]
+    assert touchpoint(rt, ids[1]).status == "planned" and touchpoint(rt, ids[1]).verdict is None
+
+
+def test_a_row_the_database_refuses_fails_that_message_alone_and_the_batch_is_kept(rt):
+    due = jst(2026, 12, 3, 10, 0)
+    ids = [make_survey(rt, n, due_at=due) for n in (73, 74, 75)]
+    composer, _seen = noting_composer(refused={ids[0]})
+    result = run(rt, due, composers={"delivery_survey": composer})
+    [failed] = result.failed
+    assert failed.touchpoint_id == ids[0] and "IntegrityError" in failed.line
+    assert sorted(d.touchpoint_id for d in result.sent) == ids[1:]
+    mails = survey_mails(rt)
+    assert sorted(m.touchpoint_id for m in mails) == ids[1:]
+    assert sorted(d.outbox_id for d in result.sent) == sorted(m.id for m in mails)
+    assert sorted(noted(rt)) == ids[1:]
+    tp = touchpoint(rt, ids[0])
+    assert tp.status == "planned" and tp.verdict is None
+    # The next run, its row accepted, sends it.
+    again, _seen = noting_composer()
+    assert [
+        d.touchpoint_id for d in run(rt, jst(2026, 12, 3, 10, 5), composers={"delivery_survey": again}).sent
+    ] == [ids[0]]
+
+
+def test_a_batch_composer_whose_batch_read_fails_composes_each_message_alone(rt):
+    due = jst(2026, 12, 3, 10, 0)
+    ids = [make_survey(rt, n, due_at=due) for n in (76, 77)]
+    composer, seen = noting_composer()
+    read_one = composer.prepare
+
+    def prepare(session, touchpoints, orders, now):
+        if len(touchpoints) > 1:  # a bug that only a batch shows
+            seen["prepared"].append(sorted(t.id for t in touchpoints))
+            session.execute(sa.text("SELECT no_such_column FROM touchpoints"))
+        return read_one(session, touchpoints, orders, now)
+
+    result = run(rt, due, composers={"delivery_survey": dataclasses.replace(composer, prepare=prepare)})
+    assert seen["prepared"] == [sorted(ids), [ids[0]], [ids[1]]]  # the batch's read, then one each
+    assert sorted(d.touchpoint_id for d in result.sent) == ids and not result.failed
+    assert sorted(noted(rt)) == ids
