@@ -15,6 +15,7 @@ from pydantic import Field
 
 from aftercare.drainers import drain_slot
 from aftercare.runtime import current
+from tasks import artifacts
 from tasks.receipt import (
     BatchFailed,
     chunked,
@@ -41,13 +42,26 @@ def process_inbox(
     The run holds a drain slot in its name while it drains (aftercare/drainers.py): a slot dies
     with the process, so the waker can tell this run is alive, and crash a killed run that Prefect
     still shows Running (it would hold the deployment's concurrency slot for good). A run that finds
-    every slot taken for a moment leaves the work to the runs that hold them."""
+    every slot taken for a moment leaves the work to the runs that hold them.
+
+    The drain makes no Prefect call it waits for: its tasks queue their artifacts, posted by a thread
+    of this process (tasks/artifacts.py). A Prefect server that stops answering for a minute (its
+    SQLite locked) then delays what the UI shows, not the orders (issue 8)."""
     rt = current()
     holder = str(flow_run.get_id() or "")
-    with drain_slot(rt.engine, rt.settings.workers, wait_s=linger_seconds + 5, holder=holder) as slot:
-        if slot is None:
-            return Completed(message=f"all {rt.settings.workers} drain slots are held by live runs")
-        return _drain(batch_size, linger_seconds, max_seconds)
+    try:
+        with drain_slot(rt.engine, rt.settings.workers, wait_s=linger_seconds + 5, holder=holder) as slot:
+            if slot is None:
+                return Completed(message=f"all {rt.settings.workers} drain slots are held by live runs")
+            return _drain(batch_size, linger_seconds, max_seconds)
+    finally:
+        # The artifacts the tasks queued (tasks/artifacts.py), posted after the slot is given back:
+        # a Prefect that answers slowly then holds up no drainer.
+        artifacts.flush(ARTIFACT_FLUSH_S)
+
+
+# How long a run that has drained waits for its artifacts to reach Prefect before it ends.
+ARTIFACT_FLUSH_S = 15.0
 
 
 def _drain(batch_size: int, linger_seconds: float, max_seconds: float) -> State:

@@ -15,6 +15,13 @@ from flows.contact import send_timed_messages
 from flows.receipt import process_inbox
 from flows.reviews import review_reply
 
+# How early the runner takes a scheduled run (Prefect's default: 10 s). A run taken early holds the
+# deployment's concurrency slot, Pending, until its scheduled time (Prefect delays its Running until
+# then): a sweep, or a run waiting for the slot whose turn came, taken this way kept the slot from the
+# waker's run for up to 10 s while deliveries waited (issue 8: Pending to Running took 9-13 s for
+# such runs, 2-3 s for a woken one). The runner looks every second (PREFECT_RUNNER_POLL_FREQUENCY).
+PREFETCH_SECONDS = 1
+
 
 def main() -> None:
     sweep_seconds = int(os.environ.get("AFTERCARE_SWEEP_SECONDS", "300"))
@@ -49,6 +56,7 @@ def main() -> None:
             "publish it once.",
             tags=["aftercare", "reviews"],
         ),
+        prefetch_seconds=PREFETCH_SECONDS,
     )
 
 

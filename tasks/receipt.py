@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import TypeVar
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 from prefect.runtime import task_run
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +26,7 @@ from aftercare.orders.shopify import FULFILLMENT_EVENT_TOPICS, FULFILLMENT_TOPIC
 from aftercare.runtime import Runtime, current
 from aftercare.spine import addresses, inbox, outbox
 from aftercare.spine.db import get_many, session_scope
+from tasks.artifacts import post_markdown
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -107,18 +107,19 @@ def preview_markdown(message: OutboxMessage) -> str:
 
 
 def publish_previews(messages: list[OutboxMessage]) -> None:
-    """Attach what was sent (or why not) to the task run. One artifact per order, keyed by its number,
-    while volume is low; under load one artifact per batch holding every preview, because an artifact
-    costs the Prefect server ~30 ms of CPU (measured), which at 20 orders/s is a core of its own."""
+    """Attach what was sent (or why not) to the task run, posted off the drain (tasks/artifacts.py).
+    One artifact per order, keyed by its number, while volume is low; under load one artifact per
+    batch holding every preview, because an artifact costs the Prefect server ~30 ms of CPU
+    (measured), which at 20 orders/s is a core of its own."""
     if len(messages) == 1 and messages[0].order_name:
         [message] = messages
-        create_markdown_artifact(
+        post_markdown(
             key=artifact_key(message.order_name or "", message.kind),
             markdown=preview_markdown(message),
             description=f"{message.kind} for {message.order_name}: {message.status}",
         )
     elif messages:
-        create_markdown_artifact(
+        post_markdown(
             markdown="\n\n---\n\n".join(preview_markdown(m) for m in messages),
             description=f"{len(messages)} messages: "
             + " ".join(f"{m.order_name or m.id}={m.status}" for m in messages),
@@ -242,7 +243,7 @@ def receive(rows: list[inbox.ClaimedRow]) -> list[processing.Outcome]:
         if outcome.order_name and outcome.status == "done" and outcome.topic in TIMELINE_TOPICS:
             # After a shipment, refund or cancellation ops want the whole story of the order in one place.
             tl = timeline.order_timeline(rt.engine, outcome.order_name, rt.policies.delivery)
-            create_markdown_artifact(
+            post_markdown(
                 key=artifact_key(outcome.order_name, "timeline"),
                 markdown=timeline.render_markdown(tl, rt.policies.shipping.tz),
                 description=f"timeline of {outcome.order_name} after {outcome.topic}",

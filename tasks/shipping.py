@@ -7,7 +7,6 @@ from dataclasses import asdict
 from datetime import timedelta
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import task_run
 from sqlmodel import Session
 
@@ -16,6 +15,7 @@ from aftercare.orders import warehouse
 from aftercare.reviews import notify
 from aftercare.runtime import Runtime, current
 from aftercare.spine.db import get_many
+from tasks.artifacts import post_markdown, post_table
 from tasks.receipt import BatchFailed, artifact_key, each_concurrently, refs_label
 
 WAREHOUSE_ALERT = "warehouse_alert"
@@ -123,14 +123,14 @@ def _publish(handoffs: list[WarehouseHandoff]) -> None:
     hand-off is also in each order's timeline."""
     if len(handoffs) == 1:
         [handoff] = handoffs
-        create_markdown_artifact(
+        post_markdown(
             key=artifact_key(handoff.order_name, "handoff"),
             markdown=handoff_markdown(handoff),
             description=f"warehouse {'cancellation' if warehouse.is_cancellation(handoff) else 'hand-off'} "
             f"v{handoff.version} for {handoff.order_name}: {handoff.status}",
         )
     elif handoffs:
-        create_table_artifact(
+        post_table(
             table=[
                 {
                     "order": h.order_name,

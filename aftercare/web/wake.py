@@ -19,7 +19,11 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +54,15 @@ class NoWaker:
 
 
 class PrefectWaker:
-    """Creates a run of the deployment when poked, unless one is on its way: a run scheduled to start
-    now, or a Pending/Running run that holds a drain slot or is still starting. With `live_runs`
-    (the ids of the runs holding a drain slot), a run that is past `starting_s` (Running) or
-    `pending_s` (Pending/Submitting) and holds none is a dead process's: it is marked Crashed."""
+    """Creates a run of the deployment when poked, unless one is on its way: a run due to start
+    within seconds, a Pending/Running run that holds a drain slot or is still starting, or the run
+    this waker created last while it still waits to start (for `requeue_s`). A run waiting for the
+    deployment's concurrency slot (`AwaitingConcurrencySlot`) is not on its way: Prefect gave it a
+    time up to 30 s ahead to ask again, so when the run that held the slot has ended, work would wait
+    for that time (and a process start) while the slot is free (issue 8: the SQLite bench's stall).
+    With `live_runs` (the ids of the runs holding a drain slot), a run that is past `starting_s`
+    (Running) or `pending_s` (Pending/Submitting) and holds none is a dead process's: it is marked
+    Crashed."""
 
     def __init__(
         self,
@@ -64,6 +73,7 @@ class PrefectWaker:
         starting_s: float = 20.0,
         pending_s: float = 45.0,
         patrol_s: float = 10.0,
+        requeue_s: float = 30.0,
     ):
         self.deployment_name = deployment_name
         self.min_interval_s = min_interval_s
@@ -71,6 +81,10 @@ class PrefectWaker:
         self.starting_s = starting_s
         self.pending_s = pending_s
         self.patrol_s = patrol_s
+        # Prefect's wait before a run refused the concurrency slot asks again
+        # (PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS, 30 s by default).
+        self.requeue_s = requeue_s
+        self._last_created: tuple[UUID, float] | None = None  # (run id, time.monotonic())
         self._event = asyncio.Event()
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -138,20 +152,21 @@ class PrefectWaker:
             now = datetime.now(UTC)
             soon = now + timedelta(seconds=5)
             # Scheduled runs asked for apart: a few hundred sweeps and wakes waiting for the slot must
-            # not hide the Pending/Running run that holds it.
+            # not hide the Pending/Running run that holds it. The first ones are the next to start.
             scheduled = await client.read_flow_runs(
                 deployment_filter=deployment_filter,
                 flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
                 ),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-                limit=20,
+                sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
+                limit=5,
             )
-            # One that waits for the concurrency slot, or is due, will drain: no need for another.
+            # One due to start now will drain: no need for another. When it next asks counts, not
+            # when it was first meant to start: a run refused the concurrency slot keeps its expected
+            # start and asks again only at its `next_scheduled_start_time`.
             on_its_way = any(
-                run.state_name == "AwaitingConcurrencySlot"
-                or bool(run.expected_start_time and run.expected_start_time <= soon)
-                for run in scheduled
+                bool(starts and starts <= soon)
+                for starts in (run.next_scheduled_start_time or run.expected_start_time for run in scheduled)
             )
             active = await client.read_flow_runs(
                 deployment_filter=deployment_filter,
@@ -188,10 +203,27 @@ class PrefectWaker:
             # ask again after 30 s, so a poke creates a run at once.
             if not create or (on_its_way and not crashed):
                 return
+            if not crashed and await self._last_run_waits(client):
+                return
             bucket = int(time.time() // max(self.min_interval_s, 1.0))
-            await client.create_flow_run_from_deployment(
+            created = await client.create_flow_run_from_deployment(
                 self._deployment_id,
                 idempotency_key=f"wake-{bucket}",
                 tags=["wake"],
             )
+            self._last_created = (created.id, time.monotonic())
             self.created_runs += 1
+
+    async def _last_run_waits(self, client: PrefectClient) -> bool:
+        """Whether the run this waker created last, less than `requeue_s` ago, still waits to start.
+        Refused the slot (another run took it first, or a slot Prefect never gave back), it asks again
+        by itself within `requeue_s`: one more run per poke would only pile up behind it."""
+        from prefect.client.schemas.objects import StateType
+
+        if self._last_created is None:
+            return False
+        run_id, at = self._last_created
+        if time.monotonic() - at >= self.requeue_s:
+            return False
+        run = await client.read_flow_run(run_id)
+        return run.state_type == StateType.SCHEDULED

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from aftercare.drainers import drain_slot
 from aftercare.models import InboxEvent, InboxStatus, OutboxMessage, OutboxStatus, WarehouseHandoff
 from aftercare.spine.db import make_engine
-from aftercare.web.app import DueFor, create_app
+from aftercare.web.app import DueFor, create_app, fallback_patrol
 from aftercare.web.patrol import Patrol
 from aftercare.web.wake import NoWaker
 from tests.factories import deliver, order_payload
@@ -130,3 +130,51 @@ def test_no_fallback_drain_when_turned_off_or_without_prefect(settings):
     assert create_app(off, waker=NoWaker(), patrol=Patrol()).state.fallback is None
     # Without Prefect (AFTERCARE_WAKE_PREFECT=false) the operator runs `aftercare process` themselves.
     assert create_app(settings, waker=NoWaker(), patrol=Patrol()).state.fallback is None
+
+
+def test_time_a_live_run_drained_does_not_count_towards_the_fallback(settings, prefect_calls):
+    """Issue 8: under a steady stream of orders work is due for minutes while runs drain it; the web
+    app took the drain slot the moment a healthy run ended and drained slower than a run, while the
+    runs that started found the slot taken. Only time with no drain slot held counts."""
+    stuck = settings.model_copy(update={"wake_prefect": True, "fallback_drain_after_s": 60, "workers": 1})
+    engine = make_engine(stuck)
+    inbox_id = deliver(engine, order_payload(name="#7703", id=97703))
+    clock = [1000.0]
+    job = fallback_patrol(stuck, every_s=5, clock=lambda: clock[0]).jobs[0]
+    held = threading.Event()
+    release = threading.Event()
+
+    def a_live_run() -> None:
+        with drain_slot(engine, 1, wait_s=5, holder="flow-run-2") as slot:
+            assert slot == 0
+            held.set()
+            release.wait(30)
+
+    def status() -> str:
+        with Session(engine) as s:
+            row = s.get(InboxEvent, inbox_id)
+            assert row is not None
+            return row.status
+
+    run = threading.Thread(target=a_live_run)
+    run.start()
+    assert held.wait(10)
+    try:
+        for _ in range(20):  # 100 s of due work, all of it while a live run held the slot
+            assert job.run() in (None, "every drain slot is held by a live run")
+            assert status() == InboxStatus.PENDING
+            clock[0] += 5
+    finally:
+        release.set()
+        run.join(10)
+    # The run ended with the order still due (it arrived as the run lingered out): a new run is on
+    # its way, and the web app leaves it the time it is allowed.
+    assert job.run() is None and status() == InboxStatus.PENDING
+    clock[0] += 55
+    assert job.run() is None and status() == InboxStatus.PENDING
+    clock[0] += 6
+    summary = job.run()
+    assert isinstance(summary, str) and summary.startswith("received 1 deliveries"), summary
+    assert status() == InboxStatus.DONE
+    assert prefect_calls == []
+    engine.dispose()
