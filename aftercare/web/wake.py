@@ -219,11 +219,15 @@ class PrefectWaker:
         Refused the slot (another run took it first, or a slot Prefect never gave back), it asks again
         by itself within `requeue_s`: one more run per poke would only pile up behind it."""
         from prefect.client.schemas.objects import StateType
+        from prefect.exceptions import ObjectNotFound
 
         if self._last_created is None:
             return False
         run_id, at = self._last_created
         if time.monotonic() - at >= self.requeue_s:
             return False
-        run = await client.read_flow_run(run_id)
+        try:
+            run = await client.read_flow_run(run_id)
+        except ObjectNotFound:  # deleted in the UI meanwhile
+            return False
         return run.state_type == StateType.SCHEDULED
