@@ -9,17 +9,17 @@ BatchComposer that reads the items of every order of the dispatcher's batch in o
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from aftercare.contact.compose import BatchComposer, ComposeContext, Composed
 from aftercare.models import Order, OrderLine, Touchpoint
+from aftercare.orders import shipping
 from aftercare.settings import PROJECT_ROOT
 from aftercare.surveys.answers import KIND, closes_at, survey_token, survey_url
 from aftercare.surveys.policy import SurveyPolicy, load_survey_policy
@@ -34,16 +34,7 @@ def order_lines(
 ) -> dict[int, list[OrderLine]]:
     """The items of these surveys' orders, by order id, in the order's own order: one query (the
     composer's `prepare`)."""
-    ids = sorted({t.order_id for t in touchpoints})
-    lines: dict[int, list[OrderLine]] = defaultdict(list)
-    query = (
-        select(OrderLine)
-        .where(OrderLine.order_id.in_(ids))  # type: ignore[attr-defined]
-        .order_by(OrderLine.order_id, OrderLine.position, OrderLine.id)  # type: ignore[arg-type]
-    )
-    for line in session.exec(query):
-        lines[line.order_id].append(line)
-    return lines
+    return shipping.lines_of(session, (t.order_id for t in touchpoints))
 
 
 def mail_context(ctx: ComposeContext, policy: SurveyPolicy) -> dict[str, Any]:
