@@ -3,6 +3,8 @@ inbox, send what the warehouse is owed; and reading rows back."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,3 +81,13 @@ def staff_mails(rt: Any, kind: str, key: str | None = None) -> list[Any]:
         ).all()
     paths = [rt.settings.outbox_dir / "staff" / f"{m.id:08d}.eml" for m in found if m.status == "sent"]
     return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in paths]
+
+
+def wait_for(check: Callable[[], bool], seconds: float) -> bool:
+    """Poll `check` every 50 ms until it holds or `seconds` have passed; its last answer."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()

@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from prefect.client import base as prefect_client_base
@@ -20,6 +19,7 @@ from sqlmodel import Session, select
 from aftercare.models import OutboxMessage, OutboxStatus
 from flows.receipt import process_inbox
 from tests.factories import deliver, order_payload
+from tests.pipeline import wait_for
 
 
 class StuckPrefect:
@@ -65,15 +65,6 @@ def prefect_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[StuckPrefect]:
         stuck.answer_again()
 
 
-def wait_for(check: Callable[[], bool], seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
 def mailed(engine: object, order_name: str) -> bool:
     with Session(engine) as s:  # type: ignore[arg-type]
         mails = s.exec(select(OutboxMessage).where(OutboxMessage.order_name == order_name)).all()
@@ -92,13 +83,13 @@ def test_orders_keep_moving_while_prefect_stops_answering_mid_drain(flow_rt, pre
     )
     run.start()
     try:
-        assert wait_for(lambda: mailed(flow_rt.engine, "#8801")), "the first order was not mailed"
+        assert wait_for(lambda: mailed(flow_rt.engine, "#8801"), 30), "the first order was not mailed"
         prefect_api.stop_answering()
         # Orders that arrive now, one after the other: each round's artifacts wait for Prefect, the
         # orders do not.
         for n in (8802, 8803):
             deliver(flow_rt.engine, order_payload(name=f"#{n}", id=90000 + n))
-            assert wait_for(lambda n=n: mailed(flow_rt.engine, f"#{n}")), (
+            assert wait_for(lambda n=n: mailed(flow_rt.engine, f"#{n}"), 30), (
                 f"#{n} waited for Prefect: the drain is held by a Prefect call ({prefect_api.held[:3]})"
             )
         assert prefect_api.held, "no Prefect call was made while it did not answer: nothing was tested"

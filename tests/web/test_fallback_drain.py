@@ -6,12 +6,13 @@ suite: the embedded Prefect server stalled on `database is locked` and orders wa
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
 from prefect.client import base as prefect_client_base
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from aftercare.drainers import drain_slot
@@ -21,6 +22,7 @@ from aftercare.web.app import DueFor, create_app, fallback_patrol
 from aftercare.web.patrol import Patrol
 from aftercare.web.wake import NoWaker
 from tests.factories import deliver, order_payload
+from tests.pipeline import wait_for
 
 
 @pytest.fixture
@@ -40,13 +42,30 @@ def prefect_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield calls
 
 
-def wait_for(check: Callable[[], bool], seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
+@contextmanager
+def live_run(engine: Engine, holder: str) -> Iterator[Callable[[], None]]:
+    """A live process-inbox run (a thread) holding the only drain slot, in `holder`'s name, until
+    the function it yields ends it, or the block does."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with drain_slot(engine, 1, wait_s=5, holder=holder) as slot:
+            assert slot == 0
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+
+    def end() -> None:
+        release.set()
+        thread.join(10)
+
+    try:
+        yield end
+    finally:
+        end()
 
 
 def test_due_for_counts_an_unbroken_stretch_of_due_work():
@@ -76,7 +95,7 @@ def test_an_order_goes_through_when_no_run_can_start_and_prefect_is_never_called
                 and all(h.status == "sent" for h in handed)
             )
 
-        assert wait_for(confirmed_and_handed), "the web app did not drain the order"
+        assert wait_for(confirmed_and_handed, 20), "the web app did not drain the order"
     with Session(engine) as s:
         row = s.get(InboxEvent, inbox_id)
         assert row is not None and row.status == InboxStatus.DONE
@@ -90,37 +109,21 @@ def test_nothing_is_drained_here_while_a_live_run_holds_every_drain_slot(setting
     stuck = settings.model_copy(update={"wake_prefect": True, "fallback_drain_after_s": 0.2, "workers": 1})
     engine = make_engine(stuck)
     inbox_id = deliver(engine, order_payload(name="#7702", id=97702))
-    held = threading.Event()
-    release = threading.Event()
-
-    def a_live_run() -> None:
-        with drain_slot(engine, 1, wait_s=5, holder="flow-run-1") as slot:
-            assert slot == 0
-            held.set()
-            release.wait(30)
-
-    run = threading.Thread(target=a_live_run)
-    run.start()
-    assert held.wait(10)
-    try:
+    with live_run(engine, "flow-run-1") as end_run:
         with TestClient(create_app(stuck, waker=NoWaker(), patrol=Patrol())) as client:
             job = client.app.state.fallback.jobs[0]  # type: ignore[attr-defined]
             assert wait_for(lambda: job.last_result == "every drain slot is held by a live run", 10)
             with Session(engine) as s:
                 row = s.get(InboxEvent, inbox_id)
                 assert row is not None and row.status == InboxStatus.PENDING  # left to the live run
-            release.set()
-            run.join(10)
+            end_run()
 
             def done() -> bool:
                 with Session(engine) as s:
                     row = s.get(InboxEvent, inbox_id)
                     return row is not None and row.status == InboxStatus.DONE
 
-            assert wait_for(done), "once the slot was free, the web app drained the waiting order"
-    finally:
-        release.set()
-        run.join(10)
+            assert wait_for(done, 20), "once the slot was free, the web app drained the waiting order"
     assert prefect_calls == []
     engine.dispose()
 
@@ -141,14 +144,6 @@ def test_time_a_live_run_drained_does_not_count_towards_the_fallback(settings, p
     inbox_id = deliver(engine, order_payload(name="#7703", id=97703))
     clock = [1000.0]
     job = fallback_patrol(stuck, every_s=5, clock=lambda: clock[0]).jobs[0]
-    held = threading.Event()
-    release = threading.Event()
-
-    def a_live_run() -> None:
-        with drain_slot(engine, 1, wait_s=5, holder="flow-run-2") as slot:
-            assert slot == 0
-            held.set()
-            release.wait(30)
 
     def status() -> str:
         with Session(engine) as s:
@@ -156,17 +151,11 @@ def test_time_a_live_run_drained_does_not_count_towards_the_fallback(settings, p
             assert row is not None
             return row.status
 
-    run = threading.Thread(target=a_live_run)
-    run.start()
-    assert held.wait(10)
-    try:
+    with live_run(engine, "flow-run-2"):
         for _ in range(20):  # 100 s of due work, all of it while a live run held the slot
             assert job.run() in (None, "every drain slot is held by a live run")
             assert status() == InboxStatus.PENDING
             clock[0] += 5
-    finally:
-        release.set()
-        run.join(10)
     # The run ended with the order still due (it arrived as the run lingered out): a new run is on
     # its way, and the web app leaves it the time it is allowed.
     assert job.run() is None and status() == InboxStatus.PENDING
