@@ -472,13 +472,26 @@ class RefundResult:
     fully_refunded: bool
 
 
-def refunded_quantities(session: Session, order: Order) -> dict[int, int]:
-    """Shopify line id -> quantity refunded so far, over every refund of the order."""
+def refunded_totals(refunds: Iterable[Iterable[Mapping[str, Any]]]) -> dict[int, int]:
+    """Shopify line id -> quantity refunded, over the given refunds' `lines`."""
     totals: dict[int, int] = defaultdict(int)
-    for refund in session.exec(select(Refund).where(Refund.order_id == order.id)):
-        for line in refund.lines:
+    for refund_lines in refunds:
+        for line in refund_lines:
             totals[int(line["line_id"])] += int(line["quantity"])
     return dict(totals)
+
+
+def refunded_quantities(session: Session, order: Order) -> dict[int, int]:
+    """Shopify line id -> quantity refunded so far, over every refund of the order."""
+    return refunded_totals(r.lines for r in session.exec(select(Refund).where(Refund.order_id == order.id)))
+
+
+def keeps(financial_status: str | None, lines: Iterable[Any], refunded: Mapping[int, int]) -> dict[int, int]:
+    """`shippable_quantities` from what was read already: the order's financial status, its lines
+    (anything with `shopify_id` and `quantity`) and `refunded_totals` of its refunds."""
+    if (financial_status or "") in NOTHING_PAID:
+        return {line.shopify_id: 0 for line in lines}
+    return {line.shopify_id: max(0, line.quantity - refunded.get(line.shopify_id, 0)) for line in lines}
 
 
 def shippable_quantities(session: Session, order: Order, lines: list[OrderLine]) -> dict[int, int]:
@@ -487,9 +500,8 @@ def shippable_quantities(session: Session, order: Order, lines: list[OrderLine])
     back: it sets the warehouse instruction's quantities, decides whether the order is called back
     from the warehouse, and whether a shipment notice (or anything after delivery) is still owed."""
     if (order.financial_status or "") in NOTHING_PAID:
-        return {line.shopify_id: 0 for line in lines}
-    refunded = refunded_quantities(session, order)
-    return {line.shopify_id: max(0, line.quantity - refunded.get(line.shopify_id, 0)) for line in lines}
+        return keeps(order.financial_status, lines, {})
+    return keeps(order.financial_status, lines, refunded_quantities(session, order))
 
 
 def lines_of(session: Session, order_ids: Iterable[int]) -> dict[int, list[OrderLine]]:
@@ -514,20 +526,16 @@ def shippable_quantities_of(
     them), their refunds read in one query: order id -> Shopify line id -> units the customer has."""
     orders = list(orders)
     ids = sorted(o.id for o in orders if o.id is not None and (o.financial_status or "") not in NOTHING_PAID)
-    refunded: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    refunds: dict[int, list[list[dict[str, Any]]]] = defaultdict(list)
     if ids:
         for refund in session.exec(select(Refund).where(Refund.order_id.in_(ids))):  # type: ignore[attr-defined]
-            for line in refund.lines:
-                refunded[refund.order_id][int(line["line_id"])] += int(line["quantity"])
+            refunds[refund.order_id].append(refund.lines)
     out: dict[int, dict[int, int]] = {}
     for order in orders:
         assert order.id is not None
-        own = lines.get(order.id, [])
-        if (order.financial_status or "") in NOTHING_PAID:
-            out[order.id] = {line.shopify_id: 0 for line in own}
-        else:
-            taken = refunded.get(order.id, {})
-            out[order.id] = {li.shopify_id: max(0, li.quantity - taken.get(li.shopify_id, 0)) for li in own}
+        out[order.id] = keeps(
+            order.financial_status, lines.get(order.id, []), refunded_totals(refunds.get(order.id, []))
+        )
     return out
 
 

@@ -25,10 +25,10 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
 
 from aftercare.errors import AftercareError
 from aftercare.models import (
@@ -38,6 +38,7 @@ from aftercare.models import (
     OrderLine,
     OutboxMessage,
     OutboxStatus,
+    Refund,
     ReviewRevision,
     Touchpoint,
     TouchpointStatus,
@@ -46,8 +47,9 @@ from aftercare.orders import shipping
 from aftercare.reviews import intake
 from aftercare.reviews.form_links import ReviewFormLink
 from aftercare.reviews.request_policy import Exclusions
-from aftercare.reviews.requests import not_reviewable, raw_items
+from aftercare.reviews.requests import not_reviewable, raw_items_of
 from aftercare.spine import addresses
+from aftercare.spine.db import autocommit
 from aftercare.spine.inbox import Delivery, insert_delivery
 
 PLATFORM = "own"
@@ -87,45 +89,45 @@ def product_ref_of(line: OrderLine) -> str:
     return ((line.sku or "").strip() or line.title.strip())[:255]
 
 
-def reviewable_lines(session: Session, order: Order, exclude: Exclusions | None = None) -> list[OrderLine]:
-    """The order's lines a customer may review: every line with units, except lines refunded in
-    full and, given the review-request policy's `exclude`, lines that are no product to review
-    (gift wrap, shipping protection, digital add-ons: `requests.not_reviewable`, the measure the
-    request mail asks by)."""
-    lines = list(
-        session.exec(
-            select(OrderLine).where(OrderLine.order_id == order.id).order_by(OrderLine.position, OrderLine.id)  # type: ignore[arg-type]
-        )
-    )
-    refunded = shipping.fully_refunded_lines(session, order, lines)
-    items = raw_items(order) if exclude is not None else {}
+def reviewable_lines(
+    lines: Sequence[OrderLine],
+    keeps: Mapping[int, int],
+    items: Mapping[int, Mapping[str, Any]],
+    exclude: Exclusions | None = None,
+) -> list[OrderLine]:
+    """The order's lines a customer may review: every line with units the customer still has (`keeps`:
+    `shipping.keeps`, so a line refunded in full is left out) and, given the review-request policy's
+    `exclude`, that is a product to review (not gift wrap, shipping protection, a digital add-on:
+    `requests.not_reviewable` over the line's raw Shopify item in `items`, the measure the request
+    mail asks by). `lines`: OrderLine rows, or rows with the same fields."""
     return [
         line
         for line in lines
         if line.quantity > 0
-        and line.shopify_id not in refunded
+        and keeps.get(line.shopify_id, line.quantity) > 0
         and (exclude is None or not_reviewable(line, items.get(line.shopify_id, {}), exclude) is None)
     ]
 
 
-def reviewable_products(
-    session: Session, order: Order, exclude: Exclusions | None = None
-) -> list[ReviewableProduct]:
+def reviewable_products(lines: Sequence[OrderLine]) -> list[ReviewableProduct]:
     """The products of `reviewable_lines`, each once (two lines of one SKU are one product)."""
     seen: dict[str, ReviewableProduct] = {}
-    for line in reviewable_lines(session, order, exclude):
+    for line in lines:
         ref = product_ref_of(line)
         if ref and ref not in seen:
             seen[ref] = ReviewableProduct(ref, line.title, line.variant_title)
     return list(seen.values())
 
 
-def default_display_name(customer: Customer | None, order: Order) -> str:
+def default_display_name(
+    first_name: str | None, last_name: str | None, shipping_address: Mapping[str, Any] | None
+) -> str:
     """The name a review is shown under unless the customer writes another: the first name and the
-    family name's initial ("Hanako Y.", "花子 山."), never the full name; "" when we know none."""
-    address = order.shipping_address or {}
-    first = addresses.clean_name((customer.first_name if customer else None) or address.get("first_name"))
-    last = addresses.clean_name((customer.last_name if customer else None) or address.get("last_name"))
+    family name's initial ("Hanako Y.", "花子 山."), never the full name; "" when we know none. The
+    customer's names first, else the shipping address's."""
+    address = shipping_address or {}
+    first = addresses.clean_name(first_name or address.get("first_name"))
+    last = addresses.clean_name(last_name or address.get("last_name"))
     if first and last:
         return f"{first} {last[0]}."[:MAX_NAME]
     return (first or "")[:MAX_NAME]
@@ -206,12 +208,35 @@ def read_review(fields: Mapping[str, Sequence[str]], products: Sequence[Reviewab
 
 
 @dataclass(frozen=True)
+class FormOrder:
+    """What the form needs of the order a link names."""
+
+    id: int
+    shopify_id: int
+    shop_domain: str
+    name: str
+    locale: str | None
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A stored revision of one product's review, as the form shows and compares it."""
+
+    seq: int
+    rating: int
+    title: str | None
+    body: str
+    display_name: str | None
+    submitted_at: datetime
+
+
+@dataclass(frozen=True)
 class FormState:
     link: ReviewFormLink
-    order: Order
-    touchpoint: Touchpoint
+    order: FormOrder
+    touchpoint_id: int
     products: list[ReviewableProduct]
-    latest: dict[str, ReviewRevision]  # product_ref -> the revision that counts
+    latest: dict[str, Revision]  # product_ref -> the revision that counts
     default_name: str
     closed_reason: str | None  # None: open for reviews
     first_submitted: dict[str, datetime] = field(default_factory=dict)  # product_ref -> revision 1's time
@@ -221,88 +246,143 @@ class FormState:
         return self.closed_reason is None
 
 
-def _closed_reason(session: Session, touchpoint: Touchpoint) -> str | None:
+_TP: sa.Table = Touchpoint.__table__  # type: ignore[attr-defined]
+_ORDERS: sa.Table = Order.__table__  # type: ignore[attr-defined]
+_CUSTOMERS: sa.Table = Customer.__table__  # type: ignore[attr-defined]
+_OUTBOX: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+_LINES: sa.Table = OrderLine.__table__  # type: ignore[attr-defined]
+_REFUNDS: sa.Table = Refund.__table__  # type: ignore[attr-defined]
+_REVISIONS: sa.Table = ReviewRevision.__table__  # type: ignore[attr-defined]
+
+# Built once (constructing a statement costs more than running it at page rates). The touchpoint a
+# link names with what the form needs of its order and customer, and whether its mail may have
+# reached the customer: one round trip.
+_FORM = (
+    sa.select(
+        _TP.c.kind,
+        _TP.c.order_id,
+        _TP.c.status,
+        _ORDERS.c.shopify_id,
+        _ORDERS.c.shop_domain,
+        _ORDERS.c.name,
+        _ORDERS.c.locale,
+        _ORDERS.c.financial_status,
+        _ORDERS.c.shipping_address,
+        _ORDERS.c.raw["line_items"].label("items"),  # not the whole Shopify payload
+        _CUSTOMERS.c.first_name,
+        _CUSTOMERS.c.last_name,
+        sa.exists()
+        .where(_OUTBOX.c.touchpoint_id == _TP.c.id, _OUTBOX.c.status.in_([s.value for s in _MAILED]))
+        .label("mailed"),
+    )
+    .select_from(
+        _TP.join(_ORDERS, _ORDERS.c.id == _TP.c.order_id).outerjoin(
+            _CUSTOMERS, _CUSTOMERS.c.id == _ORDERS.c.customer_id
+        )
+    )
+    .where(_TP.c.id == sa.bindparam("tp"))
+)
+_FORM_LINES = (
+    sa.select(
+        _LINES.c.shopify_id,
+        _LINES.c.title,
+        _LINES.c.variant_title,
+        _LINES.c.sku,
+        _LINES.c.quantity,
+        _LINES.c.requires_shipping,
+    )
+    .where(_LINES.c.order_id == sa.bindparam("order"))
+    .order_by(_LINES.c.position, _LINES.c.id)
+)
+_FORM_REFUNDS = sa.select(_REFUNDS.c.lines).where(_REFUNDS.c.order_id == sa.bindparam("order"))
+_REVISION_COLUMNS = (
+    _REVISIONS.c.product_ref,
+    _REVISIONS.c.seq,
+    _REVISIONS.c.rating,
+    _REVISIONS.c.title,
+    _REVISIONS.c.body,
+    _REVISIONS.c.display_name,
+    _REVISIONS.c.submitted_at,
+)
+_FORM_REVISIONS = (
+    sa.select(*_REVISION_COLUMNS)
+    .where(_REVISIONS.c.order_id == sa.bindparam("order"))
+    .order_by(_REVISIONS.c.seq)
+)
+_HISTORY = (
+    sa.select(*_REVISION_COLUMNS)
+    .where(_REVISIONS.c.order_id == sa.bindparam("order"), _REVISIONS.c.product_ref == sa.bindparam("ref"))
+    .order_by(_REVISIONS.c.seq)
+)
+_INSERT_REVISION = _REVISIONS.insert()
+
+
+def _revision(row: sa.Row[Any]) -> Revision:
+    return Revision(row.seq, row.rating, row.title, row.body, row.display_name, row.submitted_at)
+
+
+def _closed_reason(status: str, mailed: bool) -> str | None:
     """Why this form takes no reviews (before its link's expiry), or None. A request we called off
     before its mail went out (the order cancelled or refunded, the customer unsubscribed) was never
     meant to reach anyone; once the mail may have reached the customer, the form is theirs until the
     link expires, whatever happened to the order since."""
-    if touchpoint.status not in (TouchpointStatus.CANCELLED, TouchpointStatus.SKIPPED):
+    if status not in (TouchpointStatus.CANCELLED, TouchpointStatus.SKIPPED) or mailed:
         return None
-    mailed = session.exec(
-        select(OutboxMessage.id).where(
-            OutboxMessage.touchpoint_id == touchpoint.id,
-            OutboxMessage.status.in_(_MAILED),  # type: ignore[attr-defined]
-        )
-    ).first()
-    return None if mailed is not None else f"the review request was called off ({touchpoint.status})"
+    return f"the review request was called off ({status})"
 
 
-def _revisions(session: Session, order_id: int) -> tuple[dict[str, ReviewRevision], dict[str, datetime]]:
-    """product_ref -> the newest revision of this order's review of it, and when its first came."""
-    latest: dict[str, ReviewRevision] = {}
-    first: dict[str, datetime] = {}
-    for row in session.exec(
-        select(ReviewRevision).where(ReviewRevision.order_id == order_id).order_by(ReviewRevision.seq)  # type: ignore[arg-type]
-    ):
-        latest[row.product_ref] = row
-        first.setdefault(row.product_ref, row.submitted_at)
-    return latest, first
-
-
-def revisions_of(engine: Engine, order_id: int, product_ref: str) -> list[ReviewRevision]:
+def revisions_of(engine: Engine, order_id: int, product_ref: str) -> list[Revision]:
     """Every revision of one product's review from one order, oldest first (its history)."""
-    with Session(engine) as session:
-        return list(
-            session.exec(
-                select(ReviewRevision)
-                .where(ReviewRevision.order_id == order_id, ReviewRevision.product_ref == product_ref)
-                .order_by(ReviewRevision.seq)  # type: ignore[arg-type]
-            )
-        )
+    with autocommit(engine) as conn:
+        return [_revision(row) for row in conn.execute(_HISTORY, {"order": order_id, "ref": product_ref})]
 
 
 def form_state(engine: Engine, link: ReviewFormLink, exclude: Exclusions | None = None) -> FormState | None:
     """The form a verified link names; None when it is not one of ours (the touchpoint is not a
-    review request of that order: another order's, or rows a reset database no longer has)."""
-    with Session(engine, expire_on_commit=False) as session:
-        found = session.exec(_FORM.where(Touchpoint.id == link.touchpoint_id)).first()
-        if found is None:
+    review request of that order: another order's, or rows a reset database no longer has). At most
+    four reads outside a transaction (a page shows them; what is stored is decided by the database's
+    unique revision numbers, `submit_review`): on PostgreSQL no BEGIN and no ROLLBACK."""
+    with autocommit(engine) as conn:
+        row = conn.execute(_FORM, {"tp": link.touchpoint_id}).first()
+        if row is None or row.kind not in FORM_KINDS or row.order_id != link.order_id:
             return None
-        touchpoint, order, customer = found
-        if touchpoint.kind not in FORM_KINDS or touchpoint.order_id != link.order_id:
-            return None
-        latest, first = _revisions(session, link.order_id)
-        return FormState(
-            link=link,
-            order=order,
-            touchpoint=touchpoint,
-            products=reviewable_products(session, order, exclude),
-            latest=latest,
-            default_name=default_display_name(customer, order),
-            closed_reason=_closed_reason(session, touchpoint),
-            first_submitted=first,
+        order_id = row.order_id
+        lines = conn.execute(_FORM_LINES, {"order": order_id}).all()
+        refunded = (
+            {}
+            if (row.financial_status or "") in shipping.NOTHING_PAID
+            else shipping.refunded_totals(r.lines for r in conn.execute(_FORM_REFUNDS, {"order": order_id}))
         )
+        latest: dict[str, Revision] = {}
+        first: dict[str, datetime] = {}
+        for rev in conn.execute(_FORM_REVISIONS, {"order": order_id}):
+            latest[rev.product_ref] = _revision(rev)
+            first.setdefault(rev.product_ref, rev.submitted_at)
+    items = raw_items_of(row.items) if exclude is not None else {}
+    keeps = shipping.keeps(row.financial_status, lines, refunded)
+    return FormState(
+        link=link,
+        order=FormOrder(order_id, row.shopify_id, row.shop_domain, row.name, row.locale),
+        touchpoint_id=link.touchpoint_id,
+        products=reviewable_products(reviewable_lines(lines, keeps, items, exclude)),  # type: ignore[arg-type]
+        latest=latest,
+        default_name=default_display_name(row.first_name, row.last_name, row.shipping_address),
+        closed_reason=_closed_reason(row.status, bool(row.mailed)),
+        first_submitted=first,
+    )
 
 
-# The touchpoint a link names, its order and the order's customer: one round trip.
-_FORM = (
-    select(Touchpoint, Order, Customer)
-    .join(Order, Order.id == Touchpoint.order_id)  # type: ignore[arg-type]
-    .outerjoin(Customer, Customer.id == Order.customer_id)  # type: ignore[arg-type]
-)
-
-
-def review_key(order: Order, product_ref: str) -> str:
+def review_key(order_shopify_id: int, product_ref: str) -> str:
     """The review's `review_id` on platform `own`: the same for every revision of one order's review
     of one product (hashed when long, so that its delivery ids fit)."""
-    key = f"{order.shopify_id}/{product_ref}"
+    key = f"{order_shopify_id}/{product_ref}"
     if len(key) <= _MAX_KEY:
         return key
-    return f"{order.shopify_id}/sha256:{hashlib.sha256(product_ref.encode()).hexdigest()[:40]}"
+    return f"{order_shopify_id}/sha256:{hashlib.sha256(product_ref.encode()).hexdigest()[:40]}"
 
 
 def review_json(
-    order: Order, review: ReviewInput, *, key: str, seq: int, created_at: datetime, language: str
+    order: FormOrder, review: ReviewInput, *, key: str, seq: int, created_at: datetime, language: str
 ) -> bytes:
     """The documented review JSON (aftercare/reviews/intake.py) for one revision."""
     doc = {
@@ -322,7 +402,7 @@ def review_json(
     return json.dumps({k: v for k, v in doc.items() if v is not None}, ensure_ascii=False).encode()
 
 
-def _same(row: ReviewRevision, review: ReviewInput) -> bool:
+def _same(row: Revision, review: ReviewInput) -> bool:
     return (
         row.rating == review.rating
         and (row.title or None) == review.title
@@ -333,7 +413,7 @@ def _same(row: ReviewRevision, review: ReviewInput) -> bool:
 
 @dataclass(frozen=True)
 class Submitted:
-    revision: ReviewRevision
+    revision: Revision
     created: bool  # False: the same review was already the one that counts
 
 
@@ -349,65 +429,60 @@ def submit_review(
     one revision and one delivery; different ones are all kept, in order, the last one counting.
 
     The first try goes by the revisions `state` read: a revision stored since takes the number
-    this one wants (unique per order and product), so this one reads again and either finds its
-    twin or takes the next number."""
+    this one wants (unique per order and product, and so is the delivery id), so this one reads
+    again and either finds its twin or takes the next number. Both rows are written with
+    statements built once, in one transaction (on PostgreSQL: BEGIN, two inserts, COMMIT)."""
     order = state.order
-    assert order.id is not None
-    key = review_key(order, review.product_ref)
+    key = review_key(order.shopify_id, review.product_ref)
     language = "en" if (order.locale or "").lower().startswith("en") else "ja"
-    latest: ReviewRevision | None = state.latest.get(review.product_ref)
+    latest: Revision | None = state.latest.get(review.product_ref)
     first_at = state.first_submitted.get(review.product_ref, now)
-    for attempt in range(attempts):
-        with Session(engine, expire_on_commit=False) as session:
-            if attempt:
-                history = list(
-                    session.exec(
-                        select(ReviewRevision)
-                        .where(
-                            ReviewRevision.order_id == order.id,
-                            ReviewRevision.product_ref == review.product_ref,
-                        )
-                        .order_by(ReviewRevision.seq)  # type: ignore[arg-type]
-                    )
-                )
-                latest = history[-1] if history else None
-                first_at = history[0].submitted_at if history else now
-            if latest is not None and _same(latest, review):
-                return Submitted(latest, created=False)
-            seq = latest.seq + 1 if latest is not None else 1
-            body = review_json(order, review, key=key, seq=seq, created_at=first_at, language=language)
+    with engine.connect() as conn:
+        for attempt in range(attempts):
             try:
-                inbox_id = insert_delivery(
-                    session.connection(),
-                    Delivery(
-                        source=intake.SOURCE,
-                        delivery_id=f"{PLATFORM}:{key}#r{seq}",
-                        event_id=None,
-                        topic=intake.TOPIC,
-                        shop_domain=order.shop_domain,
-                        triggered_at=now,
-                        body=body,
-                        status=InboxStatus.PENDING,
-                        subject_ref=order.name,
-                    ),
-                )
-                row = ReviewRevision(
-                    order_id=order.id,
-                    touchpoint_id=state.touchpoint.id,
-                    product_ref=review.product_ref,
-                    seq=seq,
-                    review_key=key,
-                    rating=review.rating,
-                    title=review.title,
-                    body=review.body,
-                    display_name=review.display_name,
-                    submitted_at=now,
-                    inbox_id=inbox_id,
-                )
-                session.add(row)
-                session.commit()
+                with conn.begin():
+                    if attempt:
+                        history = conn.execute(_HISTORY, {"order": order.id, "ref": review.product_ref}).all()
+                        latest = _revision(history[-1]) if history else None
+                        first_at = history[0].submitted_at if history else now
+                    if latest is not None and _same(latest, review):
+                        return Submitted(latest, created=False)
+                    seq = latest.seq + 1 if latest is not None else 1
+                    body = review_json(
+                        order, review, key=key, seq=seq, created_at=first_at, language=language
+                    )
+                    inbox_id = insert_delivery(
+                        conn,
+                        Delivery(
+                            source=intake.SOURCE,
+                            delivery_id=f"{PLATFORM}:{key}#r{seq}",
+                            event_id=None,
+                            topic=intake.TOPIC,
+                            shop_domain=order.shop_domain,
+                            triggered_at=now,
+                            body=body,
+                            status=InboxStatus.PENDING,
+                            subject_ref=order.name,
+                        ),
+                    )
+                    conn.execute(
+                        _INSERT_REVISION,
+                        {
+                            "order_id": order.id,
+                            "touchpoint_id": state.touchpoint_id,
+                            "product_ref": review.product_ref,
+                            "seq": seq,
+                            "review_key": key,
+                            "rating": review.rating,
+                            "title": review.title,
+                            "body": review.body,
+                            "display_name": review.display_name,
+                            "submitted_at": now,
+                            "inbox_id": inbox_id,
+                        },
+                    )
             except sa.exc.IntegrityError:
-                session.rollback()  # another submission took this number first: read again
-                continue
-            return Submitted(row, created=True)
+                continue  # another submission took this number first (rolled back): read again
+            revision = Revision(seq, review.rating, review.title, review.body, review.display_name, now)
+            return Submitted(revision, created=True)
     raise SubmitConflict(f"order {order.id}, {review.product_ref!r}: gave up after {attempts} racing posts")

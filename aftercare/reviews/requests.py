@@ -115,7 +115,12 @@ def _fold(text: Any) -> str:
 
 
 def raw_items(order: Order) -> dict[int, dict[str, Any]]:
-    items = (order.raw or {}).get("line_items")
+    """Shopify line id -> the order's raw Shopify line item."""
+    return raw_items_of((order.raw or {}).get("line_items"))
+
+
+def raw_items_of(items: object) -> dict[int, dict[str, Any]]:
+    """`raw_items` from the raw payload's `line_items` alone (as a query that reads only them gives it)."""
     out: dict[int, dict[str, Any]] = {}
     if isinstance(items, list):
         for item in items:
