@@ -2,13 +2,19 @@
 
 Requests are scheduled at fixed intervals whatever the server does, and each latency is measured
 from the moment the request was *due*, not when a connection became free, so a slow server cannot
-hide its queueing (no coordinated omission). Bodies are prepared before the clock starts."""
+hide its queueing (no coordinated omission). Bodies are prepared before the clock starts.
+
+Each result also says how much of the machine's CPU time the hypervisor took while it ran (`steal`
+in /proc/stat): on a shared virtual machine a run with a third of the CPU stolen queues for reasons
+that are not the code's, and its figures are read with that beside them."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 
@@ -22,6 +28,7 @@ class Result:
     statuses: dict[int, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     due_times: list[float] = field(default_factory=list)  # wall-clock time each request was due
+    steal_pct: float | None = None  # share of CPU time the hypervisor took during the run (Linux only)
 
     def pct(self, p: float) -> float:
         if not self.latencies_ms:
@@ -46,7 +53,24 @@ class Result:
             "p99_ms": round(self.pct(99), 2),
             "max_ms": round(max(self.latencies_ms), 2) if self.latencies_ms else float("nan"),
             "mean_ms": round(statistics.fmean(self.latencies_ms), 2) if self.latencies_ms else float("nan"),
+            "cpu_steal_pct": self.steal_pct,
         }
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs so far, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7], sum(fields)) if len(fields) == 8 else None
+
+
+def steal_between(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
 
 
 class _Conn:
@@ -144,5 +168,25 @@ async def _run(
 
 
 def run(host: str, port: int, requests: list[bytes], rate: float, connections: int = 64) -> Result:
-    """Send the prepared requests at `rate` per second; return latencies and outcomes."""
-    return asyncio.run(_run(host, port, requests, rate, connections, None))
+    """Send the prepared requests at `rate` per second; return latencies, outcomes and the CPU the
+    hypervisor stole meanwhile."""
+    before = cpu_times()
+    result = asyncio.run(_run(host, port, requests, rate, connections, None))
+    result.steal_pct = steal_between(before, cpu_times())
+    return result
+
+
+def wait_warm(host: str, port: int, timeout_s: float = 120.0) -> float:
+    """Wait until the web app says its pages' warm-up is done (`/healthz` answers `"warm": true`):
+    the figures are of the app running, not of its first seconds, when the survey analysers load in
+    a background thread. Returns how long it waited, for the bench to print."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as resp:
+                if json.loads(resp.read()).get("warm"):
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the web app on port {port} did not finish its warm-up within {timeout_s:.0f} s")

@@ -69,6 +69,7 @@ def run_db(kind: str, workdir: Path, seconds: float, rate: float, port: int) -> 
         )
         with child(web_app_args(HOST, port), env, workdir / f"web-review-form-{kind}.log"):
             wait_http(f"http://{HOST}:{port}/healthz", 60)
+            say(f"  warm-up done {loadgen.wait_warm(HOST, port):.1f} s after the app answered")
             # A short warm-up (imports, the first page render, the pool): GETs, which store nothing.
             loadgen.run(HOST, port, [get_request(port, f"/r/{t}") for t in tokens[:20]], 50)
             posts = [
@@ -83,7 +84,10 @@ def run_db(kind: str, workdir: Path, seconds: float, rate: float, port: int) -> 
             ]
             result = loadgen.run(HOST, port, posts, rate)
         out = phase("post", result, 303)["post"]
-        say(f"    POST review {rate:.0f} req/s: p50 {out['p50_ms']} ms  p99 {out['p99_ms']} ms")
+        say(
+            f"    POST review {rate:.0f} req/s: p50 {out['p50_ms']} ms  p99 {out['p99_ms']} ms  "
+            f"(CPU stolen {out['cpu_steal_pct']}%)"
+        )
         accepted = result.statuses.get(303, 0)
         stored = {
             "revisions": count(url, "SELECT count(*) FROM review_revisions"),

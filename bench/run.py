@@ -259,6 +259,7 @@ def ack_phase(
     env = base_env(url, workdir, AFTERCARE_WAKE_PREFECT="false")
     with child(web_app_args(HOST, port), env, workdir / "web-ack.log"):
         wait_http(f"http://{HOST}:{port}/healthz", 60)
+        say(f"  warm-up done {loadgen.wait_warm(HOST, port):.1f} s after the app answered")
         raws, _ = order_requests(int(seconds * rate), port, "A")
         result = loadgen.run(HOST, port, raws, rate)
         stored = count(url, "SELECT count(*) FROM inbox")

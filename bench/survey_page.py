@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         with child(web_app_args(HOST, args.port), env, workdir / "web.log"):
             wait_http(f"http://{HOST}:{args.port}/healthz", 60)
+            waited = loadgen.wait_warm(HOST, args.port)  # stdout is the JSON alone
+            sys.stderr.write(f"  warm-up done {waited:.1f} s after the app answered\n")
             out: dict[str, Any] = {
                 "db": args.db,
                 "rate": args.rate,

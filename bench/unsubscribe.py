@@ -181,11 +181,15 @@ def run_db(kind: str, workdir: Path, seconds: float, rate: float, port: int) -> 
         env = base_env(url, workdir, AFTERCARE_WAKE_PREFECT="false")
         with child(web_app_args(HOST, port), env, workdir / f"web-unsubscribe-{kind}.log"):
             wait_http(f"http://{HOST}:{port}/healthz", 60)
+            say(f"  warm-up done {loadgen.wait_warm(HOST, port):.1f} s after the app answered")
             # A short warm-up (imports, the first template renders, the pool), not measured.
             loadgen.run(HOST, port, [get_request(port, f"/unsubscribe/{tokens[0]}")] * 20, 50)
             pages = loadgen.run(HOST, port, [get_request(port, f"/unsubscribe/{t}") for t in tokens], rate)
             page = pages.summary()
-            say(f"    GET  page      {rate:.0f} req/s: p50 {page['p50_ms']} ms  p99 {page['p99_ms']} ms")
+            say(
+                f"    GET  page      {rate:.0f} req/s: p50 {page['p50_ms']} ms  p99 {page['p99_ms']} ms  "
+                f"(CPU stolen {page['cpu_steal_pct']}%)"
+            )
             body = b"List-Unsubscribe=One-Click"
             posts = loadgen.run(
                 HOST,
@@ -203,7 +207,10 @@ def run_db(kind: str, workdir: Path, seconds: float, rate: float, port: int) -> 
                 rate,
             )
             post = posts.summary()
-            say(f"    POST one-click {rate:.0f} req/s: p50 {post['p50_ms']} ms  p99 {post['p99_ms']} ms")
+            say(
+                f"    POST one-click {rate:.0f} req/s: p50 {post['p50_ms']} ms  p99 {post['p99_ms']} ms  "
+                f"(CPU stolen {post['cpu_steal_pct']}%)"
+            )
         stored = counts(url)
         say(f"    database: {stored}")
         ok = (

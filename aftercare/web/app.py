@@ -298,15 +298,20 @@ def fallback_patrol(
     return patrol
 
 
-def warm_up(steps: list[Callable[[], object]]) -> None:
+def warm_up(steps: list[Callable[[], object]], done: threading.Event | None = None) -> None:
     """Run the pages' warm-ups (policies read, analysers and templates loaded) once the app has
     started, so the first customers do not wait for them. Best effort: a step that fails is logged,
-    and the page it serves loads the same thing on first use (and answers its error there)."""
-    for step in steps:
-        try:
-            step()
-        except Exception:  # logged; the page meets it again on first use and answers it there
-            log.warning("warm-up step %s failed; the page loads it on first use", step, exc_info=True)
+    and the page it serves loads the same thing on first use (and answers its error there). `done`
+    is set at the end, failed steps or not (`/healthz` says `warm`)."""
+    try:
+        for step in steps:
+            try:
+                step()
+            except Exception:  # logged; the page meets it again on first use and answers it there
+                log.warning("warm-up step %s failed; the page loads it on first use", step, exc_info=True)
+    finally:
+        if done is not None:
+            done.set()
 
 
 def create_app(
@@ -340,11 +345,12 @@ def create_app(
     )
 
     warm_ups: list[Callable[[], object]] = []
+    warm = threading.Event()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         stop_checkpointer = start_checkpointer(engine)
-        threading.Thread(target=warm_up, args=(warm_ups,), name="aftercare-warm-up", daemon=True).start()
+        threading.Thread(target=warm_up, args=(warm_ups, warm), name="aftercare-warm-up", daemon=True).start()
         await the_waker.start()
         for each in (patrol, fallback):
             if each is not None:
@@ -524,13 +530,20 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
+        """200 while the database answers. `warm` is false for the first seconds after a start, while
+        the pages' analysers and templates load in the background: pages answer meanwhile, slower."""
         try:
             await run_in_threadpool(ping, engine)
         except Exception as exc:
             return JSONResponse(
-                {"status": "unhealthy", "database": f"unreachable: {type(exc).__name__}"}, status_code=503
+                {
+                    "status": "unhealthy",
+                    "database": f"unreachable: {type(exc).__name__}",
+                    "warm": warm.is_set(),
+                },
+                status_code=503,
             )
-        return JSONResponse({"status": "ok", "database": "ok"})
+        return JSONResponse({"status": "ok", "database": "ok", "warm": warm.is_set()})
 
     return app
 
