@@ -27,10 +27,11 @@ from aftercare.surveys.answers import survey_token
 from aftercare.web.app import create_app
 from aftercare.web.wake import NoWaker
 from tasks.review_sweep import reviews_needing_a_run
-from tests.factories import refund_payload
+from tests.factories import order_payload, refund_payload
 from tests.pipeline import receive
 from tests.reviews.form_helpers import refs, review_deliveries, reviewable, revisions
 from tests.reviews.intake_helpers import process_all
+from tests.reviews.request_setup import _line
 
 
 @pytest.fixture
@@ -393,6 +394,22 @@ def test_a_line_refunded_in_full_is_not_offered_nor_taken(rt: Runtime, client):
     assert page.status_code == 200
     assert f'value="{towel}"' in page.text and f'value="{mug}"' not in page.text
     assert post(client, r.path, **good(mug)).status_code == 422
+    assert stored_nothing(rt)
+
+
+def test_lines_that_are_no_product_to_review_are_not_offered_nor_taken(rt: Runtime, client):
+    """Known only from the raw Shopify line item (the form reads its `line_items` alone): a product
+    type the policy excludes, and a gift card mailed as a card (it ships, so only `gift_card` says it)."""
+    noshi = _line(9100071, "のし紙", "NOSHI-01", 910007, product_type="Gift Wrap")
+    card = _line(9100081, "ギフトカード（カード郵送）", "GC-PLASTIC", 910008, gift_card=True)
+    r = reviewable(rt, line_items=[*order_payload()["line_items"], noshi, card])
+    towel, mug, *_ = refs(rt, r.order_id)
+    page = client.get(r.path)
+    assert page.status_code == 200
+    assert f'value="{towel}"' in page.text and f'value="{mug}"' in page.text
+    for excluded in ("NOSHI-01", "GC-PLASTIC"):
+        assert f'value="{excluded}"' not in page.text
+        assert post(client, r.path, **good(excluded)).status_code == 422
     assert stored_nothing(rt)
 
 
