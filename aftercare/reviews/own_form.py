@@ -337,6 +337,16 @@ def revisions_of(engine: Engine, order_id: int, product_ref: str) -> list[Revisi
         return [_revision(row) for row in conn.execute(_HISTORY, {"order": order_id, "ref": product_ref})]
 
 
+def warm(engine: Engine) -> None:
+    """Run the form's reads once with ids no row has, so that their SQL is compiled before the first
+    customer's (at start, in the web app's warm-up)."""
+    with autocommit(engine) as conn:
+        conn.execute(_FORM, {"tp": -1}).all()
+        for query in (_FORM_LINES, _FORM_REFUNDS, _FORM_REVISIONS):
+            conn.execute(query, {"order": -1}).all()
+        conn.execute(_HISTORY, {"order": -1, "ref": ""}).all()
+
+
 def form_state(engine: Engine, link: ReviewFormLink, exclude: Exclusions | None = None) -> FormState | None:
     """The form a verified link names; None when it is not one of ours (the touchpoint is not a
     review request of that order: another order's, or rows a reset database no longer has). At most

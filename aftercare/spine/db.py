@@ -170,6 +170,24 @@ def autocommit(engine: Engine) -> sa.Connection:
     return conn
 
 
+def prime_pool(engine: Engine, n: int | None = None) -> int:
+    """Open the pool's connections now (all `n` held at once, then returned), so that the first burst
+    of requests after a start does not pay for them: on PostgreSQL each is a new server process and
+    an authentication, and requests that queue behind them make more open. Returns how many."""
+    size = n if n is not None else getattr(engine.pool, "size", lambda: 1)()
+    held: list[sa.Connection] = []
+    try:
+        for _ in range(max(1, size)):
+            conn = engine.connect()
+            held.append(conn)
+            conn.exec_driver_sql("SELECT 1")
+            conn.rollback()
+    finally:
+        for conn in held:
+            conn.close()
+    return len(held)
+
+
 def get_many(engine: Engine, model: Any, ids: list[int]) -> list[Any]:
     """The rows of `model` with these ids, in the order given (missing ones left out): one query for
     a batch instead of one per item."""

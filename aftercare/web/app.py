@@ -40,7 +40,7 @@ from aftercare.reviews.masking import mask_contacts
 from aftercare.reviews.text import normalise_lang
 from aftercare.settings import Settings, normalise_shop
 from aftercare.spine import inbox
-from aftercare.spine.db import make_engine, ping, start_checkpointer
+from aftercare.spine.db import make_engine, ping, prime_pool, start_checkpointer
 from aftercare.web import approvals
 from aftercare.web import review_form as review_form_pages
 from aftercare.web import surveys as survey_pages
@@ -526,7 +526,8 @@ def create_app(
     app.include_router(approvals.router(settings, engine, resumer=resumer))
     app.include_router(unsubscribe_routes.router(settings, engine))
     app.include_router(survey_pages.router(settings, engine, warm_ups=warm_ups))
-    app.include_router(review_form_pages.router(settings, engine, waker=the_waker))
+    app.include_router(review_form_pages.router(settings, engine, waker=the_waker, warm_ups=warm_ups))
+    warm_ups.append(lambda: prime_pool(engine))  # last: the pages' first SQL has run on one of them
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -81,8 +81,10 @@ def router(
     *,
     waker: Waker | None = None,
     clock: Callable[[], datetime] = utcnow,
+    warm_ups: list[Callable[[], object]] | None = None,
 ) -> APIRouter:
-    """The review form's and the product reviews page's routes, for `create_app` to include."""
+    """The review form's and the product reviews page's routes, for `create_app` to include.
+    `warm_ups` gets what the app should load once it has started (its policies, templates and SQL)."""
     renderer = Renderer(settings.templates_dir)
     secret = settings.link_secret.get_secret_value()
     the_waker: Waker = waker or NoWaker()
@@ -95,6 +97,18 @@ def router(
     @cache
     def shop() -> ShopPolicy:
         return load_shop_policy(settings.policies_dir)
+
+    def warm_up() -> None:
+        zone()
+        shop()
+        request_policy_for(settings.policies_dir)
+        for locale in ("ja", "en"):
+            for name in ("review_form.html", "review_form_notice.html", "product_reviews.html"):
+                renderer.env.get_template(f"{locale}/{name}")
+        own_form.warm(engine)
+
+    if warm_ups is not None:
+        warm_ups.append(warm_up)
 
     def notice(kind: str, status: int, locale: str, headers: dict[str, str] = HEADERS) -> HTMLResponse:
         body = renderer.render(
