@@ -298,13 +298,20 @@ def fallback_patrol(
     return patrol
 
 
-def warm_up(steps: list[Callable[[], object]], done: threading.Event | None = None) -> None:
+def warm_up(
+    steps: list[Callable[[], object]],
+    done: threading.Event | None = None,
+    stopping: threading.Event | None = None,
+) -> None:
     """Run the pages' warm-ups (policies read, analysers and templates loaded) once the app has
     started, so the first customers do not wait for them. Best effort: a step that fails is logged,
     and the page it serves loads the same thing on first use (and answers its error there). `done`
-    is set at the end, failed steps or not (`/healthz` says `warm`)."""
+    is set at the end, failed steps or not (`/healthz` says `warm`). Once `stopping` is set (the app
+    shuts down) no further step starts: none opens connections to a pool being disposed."""
     try:
         for step in steps:
+            if stopping is not None and stopping.is_set():
+                break
             try:
                 step()
             except Exception:  # logged; the page meets it again on first use and answers it there
@@ -345,17 +352,20 @@ def create_app(
     )
 
     warm_ups: list[Callable[[], object]] = []
-    warm = threading.Event()
+    warm, stopping = threading.Event(), threading.Event()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         stop_checkpointer = start_checkpointer(engine)
-        threading.Thread(target=warm_up, args=(warm_ups, warm), name="aftercare-warm-up", daemon=True).start()
+        threading.Thread(
+            target=warm_up, args=(warm_ups, warm, stopping), name="aftercare-warm-up", daemon=True
+        ).start()
         await the_waker.start()
         for each in (patrol, fallback):
             if each is not None:
                 each.start()
         yield
+        stopping.set()
         for each in (patrol, fallback):
             if each is not None:
                 each.stop()

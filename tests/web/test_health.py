@@ -57,3 +57,11 @@ def test_healthz_only_answers_get(settings):
     with TestClient(create_app(settings, waker=NoWaker())) as client:
         resp = client.post("/healthz")
     assert resp.status_code == 405
+
+
+def test_warm_up_starts_no_step_once_the_app_stops():
+    ran: list[str] = []
+    done, stopping = threading.Event(), threading.Event()
+    stopping.set()
+    warm_up([lambda: ran.append("pool")], done, stopping)
+    assert ran == [] and done.is_set()
