@@ -537,7 +537,10 @@ def create_app(
     app.include_router(unsubscribe_routes.router(settings, engine))
     app.include_router(survey_pages.router(settings, engine, warm_ups=warm_ups))
     app.include_router(review_form_pages.router(settings, engine, waker=the_waker, warm_ups=warm_ups))
-    warm_ups.append(lambda: prime_pool(engine))  # last: the pages' first SQL has run on one of them
+    if settings.environment != "test":
+        # Last: the pages' first SQL has run on one of them. Not in the test suite, whose hundreds of
+        # short-lived apps would each hold a pool's worth of PostgreSQL connections (too many clients).
+        warm_ups.append(lambda: prime_pool(engine))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
