@@ -36,19 +36,16 @@ from aftercare.models import (
     InboxStatus,
     Order,
     OrderLine,
-    OutboxMessage,
-    OutboxStatus,
     Refund,
     ReviewRevision,
     Touchpoint,
-    TouchpointStatus,
 )
 from aftercare.orders import shipping
 from aftercare.reviews import intake
 from aftercare.reviews.form_links import ReviewFormLink
 from aftercare.reviews.request_policy import Exclusions
 from aftercare.reviews.requests import not_reviewable, raw_items_of
-from aftercare.spine import addresses
+from aftercare.spine import addresses, outbox
 from aftercare.spine.db import autocommit
 from aftercare.spine.inbox import Delivery, insert_delivery
 
@@ -59,7 +56,6 @@ MAX_TEXT = intake.MAX_TEXT  # what the review JSON takes: 20,000 characters
 MAX_TITLE = 200
 MAX_NAME = 60
 _RATING = re.compile(r"^[1-5]$")
-_MAILED = (OutboxStatus.SENT, OutboxStatus.SENDING, OutboxStatus.UNCERTAIN)
 # A review key longer than this is hashed, so that `own:<key>#r<revision>` fits the inbox's 128.
 _MAX_KEY = 100
 
@@ -249,7 +245,6 @@ class FormState:
 _TP: sa.Table = Touchpoint.__table__  # type: ignore[attr-defined]
 _ORDERS: sa.Table = Order.__table__  # type: ignore[attr-defined]
 _CUSTOMERS: sa.Table = Customer.__table__  # type: ignore[attr-defined]
-_OUTBOX: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 _LINES: sa.Table = OrderLine.__table__  # type: ignore[attr-defined]
 _REFUNDS: sa.Table = Refund.__table__  # type: ignore[attr-defined]
 _REVISIONS: sa.Table = ReviewRevision.__table__  # type: ignore[attr-defined]
@@ -271,9 +266,7 @@ _FORM = (
         _ORDERS.c.raw["line_items"].label("items"),  # not the whole Shopify payload
         _CUSTOMERS.c.first_name,
         _CUSTOMERS.c.last_name,
-        sa.exists()
-        .where(_OUTBOX.c.touchpoint_id == _TP.c.id, _OUTBOX.c.status.in_([s.value for s in _MAILED]))
-        .label("mailed"),
+        outbox.may_have_mailed(_TP.c.id).label("mailed"),
     )
     .select_from(
         _TP.join(_ORDERS, _ORDERS.c.id == _TP.c.order_id).outerjoin(
@@ -326,7 +319,7 @@ def _closed_reason(status: str, mailed: bool) -> str | None:
     before its mail went out (the order cancelled or refunded, the customer unsubscribed) was never
     meant to reach anyone; once the mail may have reached the customer, the form is theirs until the
     link expires, whatever happened to the order since."""
-    if status not in (TouchpointStatus.CANCELLED, TouchpointStatus.SKIPPED) or mailed:
+    if not outbox.called_off_unmailed(status, mailed):
         return None
     return f"the review request was called off ({status})"
 

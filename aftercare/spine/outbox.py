@@ -45,6 +45,26 @@ class Enqueued:
 _ENQUEUED_COLUMNS = ("id", "status", "subject", "text_body")
 
 
+# A message in one of these may have reached its recipient (sent, or its send's outcome unknown).
+MAY_HAVE_REACHED = (OutboxStatus.SENT, OutboxStatus.SENDING, OutboxStatus.UNCERTAIN)
+
+
+def may_have_mailed(touchpoint_id: Any) -> sa.Exists:
+    """EXISTS a message of this touchpoint (a column or value) that may have reached its recipient:
+    for a query that reads it beside the touchpoint, in the same round trip."""
+    table = OutboxMessage.__table__  # type: ignore[attr-defined]
+    return sa.exists().where(
+        table.c.touchpoint_id == touchpoint_id, table.c.status.in_([s.value for s in MAY_HAVE_REACHED])
+    )
+
+
+def called_off_unmailed(status: str, mailed: bool) -> bool:
+    """A touchpoint we called off (cancelled, or skipped) before its mail could reach anyone: a link
+    its mail would carry was never meant to be used. Once the mail may have reached the customer,
+    the link is theirs whatever happened since."""
+    return status in (TouchpointStatus.CANCELLED, TouchpointStatus.SKIPPED) and not mailed
+
+
 def find(session: Session, touchpoint_id: int) -> Enqueued | None:
     """The outbox row of a touchpoint, if it has one."""
     columns = [getattr(OutboxMessage, c) for c in _ENQUEUED_COLUMNS]

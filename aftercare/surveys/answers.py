@@ -31,20 +31,16 @@ from aftercare.errors import AftercareError
 from aftercare.models import (
     Order,
     OrderLine,
-    OutboxMessage,
-    OutboxStatus,
     RecoveryCase,
     SurveyResponse,
     Touchpoint,
-    TouchpointStatus,
 )
+from aftercare.spine import outbox
 from aftercare.spine.db import autocommit
 from aftercare.surveys.policy import SCALES, Scale, SurveyPolicy
 
 PURPOSE = "survey"
 KIND = "delivery_survey"
-# The customer may well have the mail when its outbox row reached any of these.
-_MAILED = (OutboxStatus.SENT, OutboxStatus.SENDING, OutboxStatus.UNCERTAIN)
 _SCORE = re.compile(r"^(?:10|[0-9])$")
 
 
@@ -214,7 +210,6 @@ def answers_of(session: Session, touchpoint_id: int) -> list[SurveyResponse]:
 _TP: sa.Table = Touchpoint.__table__  # type: ignore[attr-defined]
 _ORDERS: sa.Table = Order.__table__  # type: ignore[attr-defined]
 _LINES: sa.Table = OrderLine.__table__  # type: ignore[attr-defined]
-_OUTBOX: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 _ANSWERS: sa.Table = SurveyResponse.__table__  # type: ignore[attr-defined]
 _LATER: sa.Table = _ANSWERS.alias("later")  # type: ignore[assignment]
 _CASES: sa.Table = RecoveryCase.__table__  # type: ignore[attr-defined]
@@ -233,9 +228,7 @@ _STATE = (
         _ORDERS.c.shop_domain,
         _ORDERS.c.customer_id,
         sa.select(_CASES.c.id).where(_CASES.c.touchpoint_id == _TP.c.id).scalar_subquery().label("case_id"),
-        sa.exists()
-        .where(_OUTBOX.c.touchpoint_id == _TP.c.id, _OUTBOX.c.status.in_([s.value for s in _MAILED]))
-        .label("mailed"),
+        outbox.may_have_mailed(_TP.c.id).label("mailed"),
         _ANSWERS.c.id.label("answer_id"),
         _ANSWERS.c.seq,
         _ANSWERS.c.scale,
@@ -271,7 +264,7 @@ def _closed_reason(status: str, mailed: bool) -> str | None:
     (cancelled: the order was cancelled or refunded, the customer unsubscribed; skipped: too late)
     was never meant to reach anyone. Once the mail may have reached the customer, their answer is
     taken whatever happened to the order since (a refund is part of the experience they rate)."""
-    if status not in (TouchpointStatus.CANCELLED, TouchpointStatus.SKIPPED) or mailed:
+    if not outbox.called_off_unmailed(status, mailed):
         return None
     return f"the survey was called off ({status})"
 
