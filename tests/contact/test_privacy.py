@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -425,7 +426,14 @@ def test_on_sqlite_the_database_file_itself_keeps_no_trace(client, rt):
     path = Path(rt.engine.url.database or "")
 
     def file_bytes() -> bytes:
-        rt.engine.dispose()  # the last connection closing checkpoints the write-ahead log into the file
+        # The last connection closing checkpoints the write-ahead log into the file: the running web
+        # app's too, once its warm-up (which reads the database) is over.
+        deadline = time.monotonic() + 60
+        while not client.get("/healthz").json()["warm"]:
+            assert time.monotonic() < deadline, "the web app's warm-up never finished"
+            time.sleep(0.05)
+        client.app.state.engine.dispose()
+        rt.engine.dispose()
         return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*") if p.is_file())
 
     hanako_everywhere(rt)
